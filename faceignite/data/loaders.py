@@ -1,0 +1,96 @@
+"""From options to data loaders: index, split, datasets, samplers (the built-in data by default)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from faceignite.data.builtin import ensure_builtin_dataset
+from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
+from faceignite.data.index import ImageIndex, default_cache_path, load_or_build_index
+from faceignite.data.sampler import EpochSampler
+from faceignite.data.split import stratified_split
+from faceignite.data.transforms import eval_transform, train_transform
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FaceData:
+    """What a training recipe needs from the data side."""
+
+    index: ImageIndex
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    train_indices: list[int]
+    val_indices: list[int]
+    image_size: int
+    lfw_dir: str | None = None
+    lfw_pairs: str | None = None
+    builtin: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+    @property
+    def train_sampler(self) -> EpochSampler:
+        return self.train_loader.sampler
+
+
+def make_loader(dataset: FaceImageDataset, batch_size: int, num_workers: int,
+                sampler: EpochSampler, drop_last: bool, pin_memory: bool) -> DataLoader:
+    """A DataLoader with the speed settings (pinned memory, persistent workers, prefetching)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_skip_bad, drop_last=drop_last, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = None,
+                    num_replicas: int = 1, rank: int = 0) -> FaceData:
+    """Index ``cfg.dataroot`` (or generate the built-in data), split it, and build the loaders.
+
+    ``val_indices`` (from a checkpoint) replaces the seeded split, so a resumed run validates on
+    exactly the images it held out before.
+    """
+    builtin = cfg.dataroot is None
+    lfw_dir, lfw_pairs = cfg.lfw, cfg.lfw_pairs
+    if builtin:
+        root, pairs_root = ensure_builtin_dataset(cfg.output_dir)
+        if lfw_dir is None:
+            lfw_dir, lfw_pairs = pairs_root, os.path.join(pairs_root, "pairs.txt")
+    else:
+        root = cfg.dataroot
+    cache_path = cfg.index_cache or default_cache_path(root, cfg.output_dir)
+    index = load_or_build_index(root, cache_path)
+    labels = index.labels()
+    if val_indices is None:
+        train_idx, val_idx = stratified_split(labels, cfg.valid_split, cfg.seed)
+    else:
+        val_idx = sorted(val_indices)
+        held = set(val_idx)
+        train_idx = [i for i in range(len(labels)) if i not in held]
+    samples = index.samples()
+    pin = torch.cuda.is_available() and cfg.device != "cpu"
+    train_set = FaceImageDataset([samples[i] for i in train_idx], train_transform(cfg.image_size))
+    train_loader = make_loader(train_set, cfg.batch_size, cfg.num_workers,
+                               EpochSampler(len(train_set), cfg.seed, True, num_replicas, rank),
+                               drop_last=len(train_set) >= cfg.batch_size * num_replicas * 2,
+                               pin_memory=pin)
+    val_loader = None
+    if val_idx:
+        val_set = FaceImageDataset([samples[i] for i in val_idx], eval_transform(cfg.image_size))
+        val_loader = make_loader(val_set, cfg.batch_size, cfg.num_workers,
+                                 EpochSampler(len(val_set), cfg.seed, False, num_replicas, rank),
+                                 drop_last=False, pin_memory=pin)
+    logger.info("data: %d identities, %d training / %d held-out images at %d px",
+                len(index.classes), len(train_idx), len(val_idx), cfg.image_size)
+    return FaceData(index, train_loader, val_loader, train_idx, val_idx, cfg.image_size,
+                    lfw_dir, lfw_pairs, builtin)

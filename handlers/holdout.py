@@ -1,0 +1,39 @@
+"""Held-out split evaluation with Ignite metrics (accuracy, cross-entropy loss)."""
+from __future__ import annotations
+
+import logging
+
+from ignite.engine import Engine, Events
+from ignite.metrics import Accuracy, Loss
+from torch import nn
+from torch.utils.data import DataLoader
+
+from faceignite.engine import create_evaluator
+
+logger = logging.getLogger("faceignite")
+
+
+def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: DataLoader,
+           device, every_epochs: int = 1, every_iterations: int = 0, amp: str = "off",
+           channels_last: bool = False) -> Engine:
+    """Evaluate ``loader`` every ``every_epochs`` epochs (and every ``every_iterations``).
+
+    Writes ``val_accuracy`` and ``val_loss`` into ``trainer.state.metrics``; returns the
+    evaluator engine (its ``state.metrics`` hold the same values).
+    """
+    evaluator = create_evaluator(model, criterion, device,
+                                 {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())},
+                                 amp=amp, channels_last=channels_last)
+
+    def run_validation(engine: Engine) -> None:
+        evaluator.run(loader)
+        m = evaluator.state.metrics
+        engine.state.metrics.update({"val_accuracy": m["accuracy"], "val_loss": m["loss"]})
+        logger.info("held-out  epoch %d iteration %d | accuracy %.4f | loss %.4f",
+                    engine.state.epoch, engine.state.iteration, m["accuracy"], m["loss"])
+
+    event = Events.EPOCH_COMPLETED(every=max(1, every_epochs))
+    if every_iterations:
+        event = event | Events.ITERATION_COMPLETED(every=every_iterations)
+    trainer.add_event_handler(event, run_validation)
+    return evaluator

@@ -1,0 +1,72 @@
+"""Progress bar and one log line per epoch: losses, accuracy, images/s, learning rates."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+
+logger = logging.getLogger("faceignite")
+
+
+class EpochStats:
+    """Sums the step's scalars on their device (no host sync per step); read once per epoch."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.images = 0
+        self.skipped = 0
+        self.started = time.perf_counter()
+
+    def update(self, output: Mapping) -> None:
+        n = int(output.get("batch_size", 0))
+        self.images += n
+        self.skipped += int(output.get("skipped", 0))
+        for k, v in output.items():
+            if isinstance(v, torch.Tensor) and v.ndim == 0 and n:
+                self.sums[k] = self.sums.get(k, 0) + v.float() * n
+
+    def compute(self) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        stats = {f"train_{k}": (v / max(self.images, 1)).item() for k, v in self.sums.items()}
+        stats["images_per_sec"] = self.images / seconds
+        stats["skipped_images"] = float(self.skipped)
+        return stats
+
+
+def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+           progress_bar: bool = True) -> EpochStats:
+    """Attach a progress bar (terminals only) and the per-epoch summary line.
+
+    Epoch statistics land in ``trainer.state.metrics`` as ``train_loss``, ``train_ce``,
+    ``train_center``, ``train_accuracy``, ``images_per_sec``, ``skipped_images``, ``lr_<name>``.
+    """
+    stats = EpochStats()
+    if progress_bar:
+        ProgressBar(persist=False, disable=None).attach(
+            trainer, output_transform=lambda out: {"loss": out["loss"]})
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: stats.reset())
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stats.update(e.state.output))
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def log_epoch(engine: Engine) -> None:
+        values = stats.compute()
+        for name, opt in (optimizers or {}).items():
+            values[f"lr_{name}"] = opt.param_groups[0]["lr"]
+        engine.state.metrics.update(values)
+        parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}"]
+        parts += [f"{k[6:]} {v:.4f}" for k, v in values.items() if k.startswith("train_")]
+        parts.append(f"{values['images_per_sec']:.1f} img/s")
+        parts += [f"{k} {v:.3g}" for k, v in values.items() if k.startswith("lr_")]
+        if stats.skipped:
+            parts.append(f"skipped {stats.skipped} undecodable images")
+        logger.info(" | ".join(parts))
+
+    return stats

@@ -1,0 +1,40 @@
+"""Shared fixtures: real JPEG folders in temp dirs, the shared real-face data (skipped when absent)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
+SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test saying what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real face data not found at {path} (set FACEIGNITE_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> tuple[Path, Path]:
+    """The built-in generated dataset (real JPEG files): (train root, LFW-style pairs root)."""
+    from faceignite.data.builtin import ensure_builtin_dataset
+
+    train, pairs = ensure_builtin_dataset(str(tmp_path_factory.mktemp("builtin")))
+    return Path(train), Path(pairs)
+
+
+@pytest.fixture
+def train_args(tmp_path, synthetic_root):
+    """Command-line options for a fast CPU run on the synthetic JPEG folders."""
+    train, _ = synthetic_root
+    return ["--dataroot", str(train), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
+            "--batch_size", "32", "--epochs", "3", "--valid_split", "0.2", "--num_workers", "0",
+            "--clearml", "off", "--device", "cpu"]
