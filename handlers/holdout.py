@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from faceignite.engine import create_evaluator
+from handlers import events
 
 logger = logging.getLogger("faceignite")
 
@@ -18,9 +19,10 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
            channels_last: bool = False) -> Engine:
     """Evaluate ``loader`` every ``every_epochs`` epochs (and every ``every_iterations``).
 
-    Writes ``val_accuracy`` and ``val_loss`` into ``trainer.state.metrics``; returns the
-    evaluator engine (its ``state.metrics`` hold the same values).
+    Writes ``val_accuracy`` and ``val_loss`` into ``trainer.state.metrics``, then fires
+    ``ValidationEvents.HOLDOUT_COMPLETED`` on the trainer; returns the evaluator engine.
     """
+    events.register(trainer)
     evaluator = create_evaluator(model, criterion, device,
                                  {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())},
                                  amp=amp, channels_last=channels_last)
@@ -31,6 +33,7 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
         engine.state.metrics.update({"val_accuracy": m["accuracy"], "val_loss": m["loss"]})
         logger.info("held-out  epoch %d iteration %d | accuracy %.4f | loss %.4f",
                     engine.state.epoch, engine.state.iteration, m["accuracy"], m["loss"])
+        engine.fire_event(events.ValidationEvents.HOLDOUT_COMPLETED)
 
     event = Events.EPOCH_COMPLETED(every=max(1, every_epochs))
     if every_iterations:
