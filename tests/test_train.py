@@ -1,0 +1,17 @@
+"""End to end: a real tiny training run on JPEG folders must learn."""
+import re
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "experiments"))
+from resnet34_center import main  # noqa: E402
+
+
+def test_tiny_run_learns(train_args, tmp_path):
+    metrics = main(train_args + ["--epochs", "4"])
+    chance = 1 / 24
+    assert metrics["val_accuracy"] > 5 * chance, metrics
+    log = next((tmp_path / "runs").glob("resnet34_center-*/run.log")).read_text()
+    losses = [float(x) for x in re.findall(r"epoch \d+/4 \| loss ([0-9.]+)", log)]
+    assert len(losses) == 4 and losses[-1] < 0.6 * losses[0], losses
