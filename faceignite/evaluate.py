@@ -1,0 +1,166 @@
+"""Stand-alone pair verification under exactly the training-time protocol.
+
+    python -m faceignite.evaluate --checkpoint runs/x/best.pt --lfw lfw-mtcnn-160 [--lfw_flip]
+    python -m faceignite.evaluate --embeddings emb.npy --names names.txt --lfw_pairs pairs.txt
+
+Any LFW-format pairs file works.  ``--embeddings`` evaluates another model's embeddings (one
+row per image, named ``Name/Name_000i`` in ``--names``).  Prints the metric table, writes the
+ROC PNG and ``metrics.json`` in ``<output_dir>/evaluate-<time>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from faceignite.config import _add_lfw_args, _default_num_workers
+from faceignite.errors import FaceIgniteError
+from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
+                            find_pairs_file, match_names, read_pairs, save_roc_curve)
+from faceignite.models import EmbeddingNet
+from faceignite.run import session
+
+logger = logging.getLogger("faceignite")
+DEFAULT_IMAGE_SIZE = 160
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Options: what to evaluate, the LFW group shared with training, and the runtime."""
+    p = argparse.ArgumentParser(prog="python -m faceignite.evaluate",
+                                description="Pair verification (LFW protocol) of a checkpoint "
+                                            "or of precomputed embeddings")
+    what = p.add_argument_group("what to evaluate")
+    source = what.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=str, help="A faceignite checkpoint (.pt)")
+    source.add_argument("--embeddings", type=str,
+                        help="A .npy array, one embedding row per image (needs --names)")
+    what.add_argument("--names", type=str,
+                      help="With --embeddings: text file, one 'Name/Name_000i' per row of the array")
+    _add_lfw_args(p)
+    for action in p._actions:  # training-only option of the shared group
+        if action.dest == "lfw_validation_epoch_interval":
+            action.help = argparse.SUPPRESS
+    g = p.add_argument_group("runtime")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="Input size (default: the checkpoint's image_size, else 160)")
+    g.add_argument("--device", type=str, default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
+                   help="Automatic mixed precision on CUDA (default: off)")
+    g.add_argument("--num_workers", type=int, default=_default_num_workers(),
+                   help="Image loading workers (default: half the CPUs, max 8)")
+    g.add_argument("--output_dir", type=str, default="runs",
+                   help="Folder for the ROC PNG and metrics.json (default: ./runs/evaluate-<time>)")
+    p.set_defaults(resume_path=None, finetune=False, seed=0)  # what run.session reads
+    return p
+
+
+def load_checkpoint_model(path: str) -> tuple[EmbeddingNet, dict]:
+    """The :class:`EmbeddingNet` of a faceignite checkpoint (tensors only: ``weights_only``)."""
+    if not os.path.isfile(path):
+        raise FaceIgniteError(f"--checkpoint file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FaceIgniteError(f"cannot load checkpoint {path} safely (weights_only): "
+                              f"{exc.__class__.__name__}: {first[:200]}") from exc
+    needed = ("model_state_dict", "model_architecture", "embedding_dimension")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise FaceIgniteError(f"checkpoint {path} is not a faceignite checkpoint: needs keys "
+                              f"{needed}, found {found}")
+    model = EmbeddingNet(ckpt["model_architecture"], int(ckpt["embedding_dimension"]))
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v
+             for k, v in ckpt["model_state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise FaceIgniteError(f"checkpoint {path} does not fit {ckpt['model_architecture']} with a "
+                              f"{ckpt['embedding_dimension']}-d embedding: "
+                              f"{str(exc).splitlines()[0][:200]}") from exc
+    return model, ckpt
+
+
+def load_embeddings(embeddings: str, names: str) -> tuple[np.ndarray, list[str]]:
+    """A 2-D float array (no pickles) and its row names, checked against each other."""
+    try:
+        array = np.load(embeddings, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise FaceIgniteError(f"cannot read --embeddings {embeddings}: {exc}") from exc
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D numeric array "
+                              f"(images x dimensions), got {array.dtype} {array.shape}")
+    try:
+        with open(names, encoding="utf-8") as f:
+            rows = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FaceIgniteError(f"cannot read --names {names}: {exc}") from exc
+    if len(rows) != len(array):
+        raise FaceIgniteError(f"--names {names} has {len(rows)} names but --embeddings "
+                              f"{embeddings} has {len(array)} rows: one name per row")
+    return array, rows
+
+
+def evaluate_embeddings_file(cfg: argparse.Namespace) -> VerificationResult:
+    """``--embeddings``/``--names`` on ``--lfw_pairs`` (or the pairs file in ``--lfw``)."""
+    array, names = load_embeddings(cfg.embeddings, cfg.names)
+    pairs = read_pairs(find_pairs_file(cfg.lfw, cfg.lfw_pairs))
+    total = len(pairs)
+    pairs, rows = match_names(pairs, names, cfg.lfw_skip_missing, cfg.names)
+    logger.info("embeddings %s: %d x %d, %d of them in %d pairs", cfg.embeddings, *array.shape,
+                len(rows), len(pairs))
+    result = evaluate_embeddings(array[rows], pairs, cfg.distance)
+    result.skipped_pairs = total - len(pairs)
+    return result
+
+
+def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> VerificationResult:
+    """Embed the images of the pairs set with the checkpoint's model, then the protocol."""
+    model, ckpt = load_checkpoint_model(cfg.checkpoint)
+    image_size = cfg.image_size or int(ckpt.get("image_size") or DEFAULT_IMAGE_SIZE)
+    saved = ckpt.get("lfw_threshold")
+    logger.info("checkpoint %s: %s, %d-d embedding, %d px input%s", cfg.checkpoint,
+                model.architecture, model.embedding_dim, image_size,
+                f", threshold saved in training {float(saved):.4f}" if saved is not None else "")
+    evaluator = create_pairs_evaluator(model.to(device), cfg.lfw, device, image_size, cfg.lfw_pairs,
+                                       cfg.lfw_batch_size, cfg.lfw_flip, cfg.distance,
+                                       cfg.lfw_skip_missing, cfg.num_workers, cfg.amp)
+    return evaluator.run()
+
+
+def main(argv: Sequence[str] | None = None) -> VerificationResult:
+    """Parse ``argv``, evaluate, print the table; writes the ROC PNG and ``metrics.json``."""
+    parser = get_args_parser()
+    cfg = parser.parse_args(argv)
+    if cfg.embeddings and not cfg.names:
+        parser.error("--embeddings needs --names (one 'Name/Name_000i' per row)")
+    if cfg.embeddings and not (cfg.lfw_pairs or cfg.lfw):
+        parser.error("--embeddings needs --lfw_pairs FILE (or --lfw DIR holding pairs.txt)")
+    if cfg.checkpoint and not (cfg.lfw or cfg.lfw_pairs):
+        parser.error("--checkpoint needs --lfw DIR (the folder of person folders)")
+    with session(cfg, "evaluate") as run:
+        if cfg.embeddings:
+            result, source = evaluate_embeddings_file(cfg), cfg.embeddings
+        else:
+            result, source = evaluate_checkpoint(cfg, run.device), cfg.checkpoint
+        stem = os.path.splitext(os.path.basename(source))[0]
+        png = save_roc_curve(result, os.path.join(run.output_dir, f"roc_{stem}.png"),
+                             f"{stem} on {os.path.basename(result.pairs_file)}")
+        with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump({"source": source, "pairs_file": result.pairs_file,
+                       "distance": result.distance, "flip": bool(cfg.lfw_flip and cfg.checkpoint),
+                       **result.metrics(), "fold_accuracies": result.fold_accuracies.tolist()},
+                      f, indent=2)
+        print(f"{source}\n{result.table()}\nROC curve   {png}", flush=True)
+        logger.info("%s | %s", stem, result.summary())
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,165 @@
+"""The pairs evaluator: an Ignite engine that embeds each unique image once, and a metric that
+runs the verification protocol on the collected embeddings."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+from torch import nn
+from torch.utils.data import DataLoader
+
+from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
+from faceignite.data.transforms import eval_transform
+from faceignite.engine import autocast_context, prepare_images
+from faceignite.errors import FaceIgniteError
+from faceignite.lfw.metrics import FAR_TARGETS, VerificationResult, evaluate_embeddings
+from faceignite.lfw.pairs import Pairs, find_pairs_file, keep_available, read_pairs, resolve_images
+
+logger = logging.getLogger("faceignite")
+
+
+def embedding_function(model: nn.Module | Callable[[torch.Tensor], torch.Tensor]):
+    """``model.embed`` when the model has one, else the model (any callable) itself."""
+    return getattr(model, "embed", model)
+
+
+def create_embedding_engine(model: nn.Module | Callable, device: torch.device, flip: bool = False,
+                            amp: str = "off", channels_last: bool = False) -> Engine:
+    """An engine whose output per batch is ``(L2-normalised embeddings on CPU, image indices)``.
+
+    With ``flip`` each image and its mirror go through the model in one batch and their
+    normalised embeddings are averaged (then normalised again).
+    """
+    embed = embedding_function(model)
+
+    @torch.no_grad()
+    def step(engine: Engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        images, index, _ = batch
+        if index.numel() == 0:
+            return torch.empty(0, 0), index
+        if isinstance(model, nn.Module):
+            model.eval()
+        x = prepare_images(images, device, channels_last)
+        if flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])])
+        with autocast_context(device, amp):
+            e = F.normalize(embed(x).float(), dim=1)
+        if flip:
+            e = F.normalize(e[: len(index)] + e[len(index):], dim=1)
+        return e.cpu(), index
+
+    return Engine(step)
+
+
+class PairVerification(Metric):
+    """Collects ``(embeddings, image indices)`` and computes a :class:`VerificationResult`.
+
+    Images that could not be decoded have no embedding: their pairs fail the evaluation, or
+    with ``skip_undecodable`` are dropped with a logged warning (counted in ``skipped_pairs``).
+    """
+
+    def __init__(self, pairs: Pairs, paths: list[str], distance: str = "l2",
+                 far_targets=FAR_TARGETS, skip_undecodable: bool = False):
+        self.pairs, self.paths = pairs, paths
+        self.distance, self.far_targets = distance, far_targets
+        self.skip_undecodable = skip_undecodable
+        super().__init__(output_transform=lambda out: out, device="cpu")
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._embeddings: list[torch.Tensor] = []
+        self._indices: list[torch.Tensor] = []
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        embeddings, indices = output
+        if indices.numel():
+            self._embeddings.append(embeddings.detach().cpu())
+            self._indices.append(indices.detach().cpu())
+
+    def compute(self) -> VerificationResult:
+        pairs = self.pairs
+        if not self._indices:
+            raise FaceIgniteError(f"none of the {len(pairs.keys)} images of {pairs.path} could be "
+                                  f"decoded, e.g. {self.paths[0]}")
+        index = torch.cat(self._indices).numpy()
+        embedded = torch.cat(self._embeddings).numpy()
+        rows = np.full(len(pairs.keys), -1, dtype=np.int64)
+        rows[index] = np.arange(len(index))
+        decoded = {k for k, r in zip(pairs.keys, rows) if r >= 0}
+        if len(decoded) < len(pairs.keys):
+            pairs = keep_available(pairs, decoded, self.skip_undecodable,
+                                   "(the files exist but do not decode)",
+                                   dict(zip(self.pairs.keys, self.paths)))
+            position = {k: i for i, k in enumerate(self.pairs.keys)}
+            rows = rows[[position[k] for k in pairs.keys]]
+        result = evaluate_embeddings(embedded[rows], pairs, self.distance, self.far_targets)
+        result.skipped_pairs = len(self.pairs) - len(pairs)
+        return result
+
+
+@dataclass
+class PairsEvaluator:
+    """A ready evaluator for one pairs set: ``run()`` embeds its images and returns the result."""
+
+    engine: Engine
+    loader: DataLoader
+    pairs: Pairs
+    paths: list[str]
+    skipped_pairs: int = 0
+
+    def run(self) -> VerificationResult:
+        """Embed every unique image once, then compute the metrics (timed in ``seconds``)."""
+        started = time.perf_counter()
+        self.engine.run(self.loader)
+        result: VerificationResult = self.engine.state.metrics["verification"]
+        result.skipped_pairs += self.skipped_pairs
+        result.seconds = {"total": time.perf_counter() - started}
+        return result
+
+
+def image_loader(paths: list[str], image_size: int, batch_size: int, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """Batches ``(images, image indices, skipped)`` of ``paths`` in order, resized and
+    normalised as for training (:func:`~faceignite.data.transforms.eval_transform`)."""
+    dataset = FaceImageDataset([(p, i) for i, p in enumerate(paths)], eval_transform(image_size))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_skip_bad, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)
+
+
+def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None, device: torch.device,
+                           image_size: int, pairs_file: str | None = None, batch_size: int = 128,
+                           flip: bool = False, distance: str = "l2", skip_missing: bool = False,
+                           num_workers: int = 0, amp: str = "off", channels_last: bool = False,
+                           skip_undecodable: bool | None = None) -> PairsEvaluator:
+    """Read the pairs file (``pairs_file``, or ``pairs.txt``/``lfw_pairs.txt`` in ``lfw_dir``),
+    resolve its images under ``lfw_dir`` and build the embedding engine with its metric.
+
+    Problems with the pairs file or missing images raise :class:`FaceIgniteError` here, before
+    any training; ``skip_missing`` drops the pairs of missing images instead (logged).
+    """
+    device = torch.device(device)
+    path = find_pairs_file(lfw_dir, pairs_file)
+    pairs = read_pairs(path)
+    total = len(pairs)
+    root = lfw_dir or os.path.dirname(os.path.abspath(path))
+    pairs, paths = resolve_images(pairs, root, skip_missing)
+    engine = create_embedding_engine(model, device, flip, amp, channels_last)
+    PairVerification(pairs, paths, distance,
+                     skip_undecodable=skip_missing if skip_undecodable is None else skip_undecodable
+                     ).attach(engine, "verification")
+    loader = image_loader(paths, image_size, batch_size, num_workers, device.type == "cuda")
+    logger.info("pairs set %s: %d pairs in %d folds over %d unique images (%d slots), %d px%s",
+                path, len(pairs), pairs.num_folds, len(paths), 2 * len(pairs), image_size,
+                ", flip TTA" if flip else "")
+    return PairsEvaluator(engine, loader, pairs, paths, total - len(pairs))
