@@ -51,7 +51,8 @@ def setup_logging(log_file: str | None = None) -> None:
 def _run_dir(cfg: argparse.Namespace, name: str) -> str:
     """``output_dir/<name>-<time>``, or the resumed checkpoint's folder when resuming."""
     if cfg.resume_path and not cfg.finetune:
-        return os.path.dirname(os.path.abspath(cfg.resume_path))
+        path = os.path.abspath(os.path.expanduser(cfg.resume_path))
+        return path if os.path.isdir(path) else os.path.dirname(path)
     return os.path.join(cfg.output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
@@ -76,3 +77,6 @@ def session(cfg: argparse.Namespace, name: str) -> Iterator[Run]:
     except FaceIgniteError as exc:
         logger.error("error: %s", exc)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
+        logger.warning("%s", exc or "interrupted")
+        raise SystemExit(getattr(exc, "exit_code", 130)) from None

@@ -1,0 +1,142 @@
+"""Export the embedding model alone (weights + a small JSON) from a checkpoint, and load it back.
+
+    python -m faceignite.export --checkpoint runs/x/best_checkpoint_9_lfw_accuracy=0.95.pt --out m/
+    model = load_embedding_model("m/")      # EmbeddingNet in eval mode; model.embed(images)
+
+The folder holds ``embedding_model.pt`` (the ``EmbeddingNet`` state dict, weights only) and
+``embedding_model.json`` (architecture, embedding size, input size and normalisation, distance,
+LFW threshold and metrics of the checkpoint, SHA-256 of the weights).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from faceignite import __version__
+from faceignite.checkpoint import load_checkpoint, safe_load
+from faceignite.data.transforms import MEAN, STD
+from faceignite.errors import FaceIgniteError
+from faceignite.models import EmbeddingNet
+
+logger = logging.getLogger("faceignite")
+
+FORMAT = "faceignite-embedding-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "embedding_model.pt"
+CONFIG_FILE = "embedding_model.json"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_from(architecture: str, embedding_dim: int, weights: Mapping,
+                source: str) -> EmbeddingNet:
+    model = EmbeddingNet(architecture, int(embedding_dim))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise FaceIgniteError(f"{source}: weights do not fit {architecture} with embedding size "
+                              f"{embedding_dim}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
+    """Write the embedding model of ``checkpoint`` (a path, a run folder or a loaded dict) to
+    ``out_dir``: ``embedding_model.pt`` + ``embedding_model.json``.  Returns ``out_dir``."""
+    ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    source = str(ckpt.get("path", "checkpoint"))
+    model = _model_from(ckpt["model_architecture"], ckpt["embedding_dimension"],
+                        ckpt["model_state_dict"], source)
+    os.makedirs(out_dir, exist_ok=True)
+    weights = os.path.join(out_dir, WEIGHTS_FILE)
+    tmp = weights + ".part"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, weights)
+    config = ckpt.get("config") or {}
+    metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items()
+               if k.startswith(("lfw_", "val_"))}
+    info = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "faceignite_version": __version__,
+        "architecture": ckpt["model_architecture"],
+        "embedding_dim": int(ckpt["embedding_dimension"]),
+        "image_size": ckpt.get("image_size") or config.get("image_size"),
+        "input": {"color": "RGB", "normalise": "(pixel / 255 - mean) / std", "mean": list(MEAN),
+                  "std": list(STD), "layout": "NCHW float32", "crop": "aligned face, resized"},
+        "output": "L2-normalised embedding: model.embed(images)",
+        "distance": config.get("distance", "l2"),
+        "lfw_flip": bool(config.get("lfw_flip", False)),
+        "lfw_threshold": ckpt.get("lfw_threshold"),
+        "metrics": metrics,
+        "trained": {"checkpoint": source, "epoch": ckpt.get("epoch"),
+                    "iteration": ckpt.get("iteration"), "num_classes": ckpt.get("num_classes")},
+        "weights": WEIGHTS_FILE, "sha256": _sha256(weights),
+    }
+    tmp = os.path.join(out_dir, CONFIG_FILE + ".part")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, CONFIG_FILE))
+    logger.info("embedding model of %s exported to %s", source, out_dir)
+    return out_dir
+
+
+def load_embedding_model(path: str, device: str | torch.device = "cpu") -> EmbeddingNet:
+    """Load an exported model (its folder, JSON or .pt file) in eval mode on ``device``.
+
+    ``model.export_config`` holds the JSON (input size, normalisation, threshold, ...).
+    """
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    config_path = os.path.join(folder, CONFIG_FILE)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            info: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        raise FaceIgniteError(f"no exported model at {path}: {CONFIG_FILE} missing (export one "
+                              f"with python -m faceignite.export --checkpoint CKPT --out DIR)"
+                              ) from None
+    except ValueError as exc:
+        raise FaceIgniteError(f"{config_path} is not valid JSON: {exc}") from None
+    if info.get("format") != FORMAT:
+        raise FaceIgniteError(f"{config_path} is not a faceignite embedding model "
+                              f"(format {info.get('format')!r})")
+    weights = os.path.join(folder, info.get("weights", WEIGHTS_FILE))
+    if not os.path.isfile(weights):
+        raise FaceIgniteError(f"weights file missing: {weights}")
+    if info.get("sha256") and _sha256(weights) != info["sha256"]:
+        raise FaceIgniteError(f"{weights} does not match {config_path} (SHA-256 differs): "
+                              f"corrupt or replaced; export again")
+    model = _model_from(info["architecture"], info["embedding_dim"], safe_load(weights), weights)
+    model.export_config = info
+    return model.to(device)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description="Export the embedding model of a checkpoint")
+    parser.add_argument("--checkpoint", required=True,
+                        help="A training/best checkpoint, or a run folder (its latest checkpoint)")
+    parser.add_argument("--out", required=True, help="Output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = export_embedding_model(args.checkpoint, args.out)
+    except FaceIgniteError as exc:
+        logger.error("error: %s", exc)
+        raise SystemExit(2) from None
+    print(os.path.join(out, CONFIG_FILE))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,187 @@
+"""Checkpoints on Ignite's ``Checkpoint``: the last ``n_saved`` and the best, written crash-safely.
+
+Files in ``output_dir``: ``training_checkpoint_<iteration>.pt`` (every epoch, every
+``save_interval`` iterations, at the end of a run stopped early) and
+``best_checkpoint_<iteration>_<metric>=<score>.pt`` (after each validation that beats the best).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+
+from faceignite.checkpoint import BEST_PREFIX, BEST_RE, LATEST_PREFIX, LATEST_RE, NAME
+from faceignite.errors import FaceIgniteError
+from handlers import events
+
+logger = logging.getLogger("faceignite")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported everywhere (Windows)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class SafeDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver``, crash-safe: a new file is written to ``.<name>.part``, flushed to
+    disk, then renamed over its final name; files that ``Checkpoint`` rotates out are deleted
+    only after the next file is safely written.  A crash (or a full disk) at any point leaves
+    every earlier checkpoint intact and loadable.
+    """
+
+    def __init__(self, dirname: str | Path, **kwargs: Any):
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self._to_remove: list[str] = []
+        for stale in self.dirname.glob(".*.pt.part"):  # left by a crash mid-write
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            with open(tmp, "wb") as f:
+                func(checkpoint, f, **self.kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, Exception):
+                raise FaceIgniteError(f"could not write checkpoint {path} "
+                                      f"({exc.__class__.__name__}: {exc}); the earlier "
+                                      f"checkpoints in {self.dirname} are intact") from exc
+            raise
+        _fsync_dir(self.dirname)
+        pending, self._to_remove = self._to_remove, []
+        for name in pending:
+            if name != path.name:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dirname / name).unlink()
+
+    def remove(self, filename: str) -> None:
+        """Deferred until the next checkpoint is on disk."""
+        if idist.get_rank() == self.save_on_rank:
+            self._to_remove.append(filename)
+
+
+class Checkpointer:
+    """The checkpoint writers of a run: ``latest`` (last ``n_saved``) and ``best`` (or None)."""
+
+    def __init__(self, latest: Checkpoint, best: Checkpoint | None, best_by: str | None):
+        self.latest, self.best, self.best_by = latest, best, best_by
+        self._adopted = False
+
+    @property
+    def last_checkpoint(self) -> str | None:
+        """Path of the newest training checkpoint (``None`` before the first)."""
+        path = self.latest.last_checkpoint
+        return str(path) if path is not None else None
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        path = self.best.last_checkpoint if self.best is not None else None
+        return str(path) if path is not None else None
+
+    def _saved_at(self, engine: Engine) -> bool:
+        return bool(self.latest._saved) and any(
+            item.priority == engine.state.iteration for item in self.latest._saved)
+
+    def save(self, engine: Engine) -> str | None:
+        """Write a training checkpoint of the current iteration now; return its path.
+
+        Never after a NaN loss (``engine.state.nan_detected``, set by ``handlers.control``):
+        the weights are poisoned, the last good checkpoint stays the newest.
+        """
+        if getattr(engine.state, "nan_detected", False):
+            return self.last_checkpoint
+        self.latest(engine)
+        return self.last_checkpoint  # type: ignore[return-value]
+
+    def save_now(self, engine: Engine) -> str:
+        """Like :meth:`save`, unless this iteration is already saved (then its path)."""
+        if self._saved_at(engine):
+            return str(self.latest.save_handler.dirname /
+                       next(i.filename for i in self.latest._saved
+                            if i.priority == engine.state.iteration))
+        return self.save(engine)
+
+    def save_best(self, engine: Engine) -> None:
+        if self.best is not None and self.best_by in engine.state.metrics:
+            self.best(engine)
+
+    def adopt_existing(self, engine: Engine) -> None:
+        """Take over the files of a resumed run folder (up to the resumed iteration), so that
+        rotation keeps ``n_saved`` files in all rather than ``n_saved`` more per resume."""
+        folder = self.latest.save_handler.dirname
+        now = engine.state.iteration
+        if self._adopted or not now or not folder.is_dir():
+            return
+        self._adopted = True
+        names = os.listdir(folder)
+        latest = sorted((int(m.group(1)), n) for n in names if (m := LATEST_RE.match(n)))
+        later = [n for step, n in latest if step > now]
+        if later:
+            logger.info("checkpoints newer than the resumed iteration %d are left as they are: %s",
+                        now, ", ".join(later))
+        keep = [(step, n) for step, n in latest if step <= now]
+        keep = keep[-(self.latest.n_saved or len(keep)):]
+        self.latest.load_state_dict({"_saved": keep})
+        if self.best is not None:
+            best = sorted((float(m.group(3)), n) for n in names if (m := BEST_RE.match(n))
+                          and m.group(2) == self.best_by and int(m.group(1)) <= now)
+            self.best.load_state_dict({"_saved": best[-(self.best.n_saved or len(best)):]})
+
+
+def attach(trainer: Engine, to_save: Any, output_dir: str, n_saved: int = 3,
+           save_interval: int = 0, best_by: str | None = None,
+           best_event: Any = None, n_best: int = 1) -> Checkpointer:
+    """Save ``to_save`` every epoch, every ``save_interval`` iterations (0: off) and at the end
+    of a run stopped early (time limit, early stopping); keep the last ``n_saved`` files.
+
+    ``to_save``: one object with ``state_dict()`` (e.g. a
+    :class:`~faceignite.checkpoint.TrainingState`, whose keys become the file's top-level keys),
+    or a dict of such objects as for Ignite's ``Checkpoint``.  ``best_by``: a metric of
+    ``trainer.state.metrics`` (``"lfw_accuracy"``, ``"val_accuracy"``); the best ``n_best``
+    files by it are kept, checked at ``best_event`` (default: ``ValidationEvents.LFW_COMPLETED``
+    for ``lfw_*`` metrics, else ``HOLDOUT_COMPLETED``).  Attach it after the validation
+    handlers, so epoch checkpoints carry the epoch's metrics.  Returns the :class:`Checkpointer`.
+    """
+    if not isinstance(to_save, Mapping):
+        to_save = {NAME: to_save}
+    saver = SafeDiskSaver(output_dir)
+    step = lambda engine, _event: engine.state.iteration  # noqa: E731
+    latest = Checkpoint(to_save, saver, filename_prefix=LATEST_PREFIX, n_saved=n_saved,
+                        global_step_transform=step)
+    best = None
+    if best_by:
+        best = Checkpoint(to_save, SafeDiskSaver(output_dir), filename_prefix=BEST_PREFIX,
+                          score_name=best_by, n_saved=n_best, global_step_transform=step)
+    handler = Checkpointer(latest, best, best_by)
+
+    trainer.add_event_handler(Events.STARTED, handler.adopt_existing)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.save)
+    if save_interval > 0:
+        def save_between_epochs(engine: Engine) -> None:
+            if not engine.state.epoch_length or engine.state.iteration % engine.state.epoch_length:
+                handler.save(engine)  # the epoch-end save covers the last iteration of an epoch
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=save_interval),
+                                  save_between_epochs)
+    trainer.add_event_handler(Events.COMPLETED, handler.save_now)
+    if best is not None:
+        events.register(trainer)
+        if best_event is None:
+            best_event = (events.ValidationEvents.LFW_COMPLETED if best_by.startswith("lfw")
+                          else events.ValidationEvents.HOLDOUT_COMPLETED)
+        trainer.add_event_handler(best_event, handler.save_best)
+    return handler

@@ -1,0 +1,94 @@
+"""Ctrl-C / SIGTERM during training: finish the iteration, save a checkpoint, say where, stop.
+
+A second signal aborts at once.  The run ends with :class:`TrainingInterrupted` (a
+``KeyboardInterrupt`` carrying the checkpoint path and an exit code 128 + signal number), so that
+nothing written after ``trainer.run`` mistakes an interrupted run for a finished one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Callable, Sequence
+
+from ignite.engine import Engine, Events
+
+logger = logging.getLogger("faceignite")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after an interrupted run saved its checkpoint (``checkpoint`` is ``None`` when a
+    second signal aborted it first)."""
+
+    def __init__(self, message: str, signum: int, checkpoint: str | None = None):
+        super().__init__(message)
+        self.signum, self.checkpoint = signum, checkpoint
+        self.exit_code = 128 + signum
+
+
+class GracefulInterrupt:
+    """Signal handlers that only raise a flag; the trainer checks it after each iteration."""
+
+    def __init__(self, trainer: Engine, save: Callable[[Engine], str],
+                 signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
+        self.trainer, self.save, self.signals = trainer, save, tuple(signals)
+        self.received: int | None = None
+        self._pid = os.getpid()
+        self._previous: dict[int, object] = {}
+
+    def install(self, _: Engine | None = None) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("training outside the main thread: Ctrl-C/SIGTERM will not checkpoint")
+            return
+        self.received, self._pid = None, os.getpid()
+        for sig in self.signals:
+            current = signal.getsignal(sig)
+            if current != self._on_signal:  # not twice (a run started again after a crash)
+                self._previous[sig] = current
+            signal.signal(sig, self._on_signal)
+        logger.info("Ctrl-C or SIGTERM saves a checkpoint after the current iteration and stops")
+
+    def restore(self, _: Engine | None = None) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker inherited the handler: the main process acts
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            self.restore()
+            raise TrainingInterrupted(f"aborted by a second {name}: no checkpoint of this "
+                                      f"iteration", signum)
+        self.received = signum
+        logger.warning("%s: saving a checkpoint after the current iteration (again: abort now)",
+                       name)
+
+    def check(self, engine: Engine) -> None:
+        """At the end of an iteration or epoch: save and stop if a signal came."""
+        if self.received is None:
+            return
+        signum = self.received
+        path = self.save(engine)
+        self.restore()
+        raise TrainingInterrupted(
+            f"interrupted by {signal.Signals(signum).name} at epoch {engine.state.epoch} "
+            f"iteration {engine.state.iteration}: checkpoint saved to {path}; "
+            f"resume with --resume_path {path}", signum, path)
+
+
+def attach(trainer: Engine, save: Callable[[Engine], str],
+           signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> GracefulInterrupt:
+    """While ``trainer`` runs, turn ``signals`` into: ``save(trainer)`` at the end of the current
+    iteration, then :class:`TrainingInterrupted`.  ``save`` returns the path written, e.g.
+    ``Checkpointer.save_now`` of :mod:`handlers.checkpoint` (attach this after it).
+    """
+    handler = GracefulInterrupt(trainer, save, signals)
+    trainer.add_event_handler(Events.STARTED, handler.install)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler.check)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.check)
+    trainer.add_event_handler(Events.COMPLETED, handler.restore)
+    trainer.add_event_handler(Events.TERMINATE, handler.restore)
+    return handler
