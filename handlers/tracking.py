@@ -1,0 +1,129 @@
+"""What a tracker (ClearML, TensorBoard) records and when: shared by both tracking handlers.
+
+Every scalar goes through Ignite's own ``OutputHandler`` of the tracker, with the trainer's
+iteration as the step, so runs compare on one axis whatever the validation interval:
+
+============  ==========================================  =====================================
+tag           values                                      when
+============  ==========================================  =====================================
+``train``     the step's 0-d tensors (loss, ce, center,   every ``log_interval`` iterations
+              accuracy, ...)                              (the only time they are read)
+``lr``        ``lr_<optimizer>``                          with ``train`` (or per epoch)
+``epoch``     ``train_*`` epoch means                     ``EPOCH_COMPLETED``
+``speed``     ``images_per_sec``, ``skipped_images``      ``EPOCH_COMPLETED``
+``holdout``   ``val_*``                                   ``HOLDOUT_COMPLETED``
+``lfw``       ``lfw_*`` (+ the ROC image)                 ``LFW_COMPLETED``
+============  ==========================================  =====================================
+"""
+from __future__ import annotations
+
+import numbers
+import re
+from typing import Any, Callable, Mapping
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers.base_logger import BaseLogger, BaseOutputHandler
+
+from handlers import events
+
+Predicate = Callable[[str], bool]
+
+EPOCH_GROUPS: dict[str, Predicate] = {
+    "epoch": lambda k: k.startswith("train_"),
+    "speed": lambda k: k in ("images_per_sec", "skipped_images"),
+}
+VALIDATION_GROUPS: dict[Any, tuple[str, Predicate]] = {
+    events.ValidationEvents.HOLDOUT_COMPLETED: ("holdout", lambda k: k.startswith("val_")),
+    events.ValidationEvents.LFW_COMPLETED: ("lfw", lambda k: k.startswith("lfw_")),
+}
+_SECRET = re.compile(r"secret|password|passwd|token|credential|access_key", re.IGNORECASE)
+
+
+def iteration_step(engine: Engine, _event: Any = None) -> int:
+    """The global step of every tracked value: the trainer's iteration."""
+    return engine.state.iteration
+
+
+def select(metrics: Mapping[str, Any], keep: Predicate) -> dict[str, float]:
+    """The numeric entries (numbers, 0-d tensors) of ``metrics`` whose name passes ``keep``."""
+    selected = {}
+    for k, v in metrics.items():
+        if not keep(k) or isinstance(v, bool):
+            continue
+        if isinstance(v, numbers.Number):
+            selected[k] = float(v)
+        elif isinstance(v, torch.Tensor) and v.ndim == 0:
+            selected[k] = v.item()
+    return selected
+
+
+def step_scalars(output: Any) -> dict[str, float]:
+    """The 0-d tensors of a step output (``loss``, ``ce``, ``center``, ``accuracy``...)."""
+    if not isinstance(output, Mapping):
+        return {}
+    return {k: v.item() for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+
+def learning_rates(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, float]:
+    """``lr_<name>`` of each optimizer's first parameter group."""
+    return {f"lr_{name}": float(opt.param_groups[0]["lr"]) for name, opt in optimizers.items()}
+
+
+def clean_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Options as plain values (str for the rest); keys that look like credentials are dropped."""
+    clean: dict[str, Any] = {}
+    for k, v in (hparams or {}).items():
+        if _SECRET.search(str(k)):
+            continue
+        if v is None or isinstance(v, (bool, int, float, str)):
+            clean[str(k)] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
+            clean[str(k)] = list(v)
+        else:
+            clean[str(k)] = str(v)
+    return clean
+
+
+def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler], trainer: Engine,
+                   log_interval: int = 50,
+                   optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
+    """Attach ``output_handler`` (the tracker's Ignite ``OutputHandler`` class) for every group
+    of the table above.  Attach after the handlers that write the metrics (``progress``,
+    ``holdout``, ``lfw``): Ignite runs the handlers of one event in the order they were added."""
+    events.register(trainer)
+
+    def add(event: Any, tag: str, values: Callable[[], dict[str, float]]) -> None:
+        handler = output_handler(tag=tag, output_transform=lambda _: values(),
+                                 global_step_transform=iteration_step)
+        # custom events have no state attribute, so attach directly rather than tracker.attach
+        trainer.add_event_handler(event, handler, tracker, event)
+
+    every = Events.ITERATION_COMPLETED(every=max(1, log_interval))
+    add(every, "train", lambda: step_scalars(trainer.state.output))
+    if optimizers:
+        add(every, "lr", lambda: learning_rates(optimizers))
+    else:
+        add(Events.EPOCH_COMPLETED, "lr",
+            lambda: select(trainer.state.metrics, lambda k: k.startswith("lr_")))
+    for tag, keep in EPOCH_GROUPS.items():
+        add(Events.EPOCH_COMPLETED, tag, lambda keep=keep: select(trainer.state.metrics, keep))
+    for event, (tag, keep) in VALIDATION_GROUPS.items():
+        add(event, tag, lambda keep=keep: select(trainer.state.metrics, keep))
+
+
+def attach_figures(trainer: Engine, log_figure: Callable[[str, int], None]) -> None:
+    """Call ``log_figure(png_path, iteration)`` for each ROC figure new since the last call.
+
+    The LFW handler appends the PNG of each validation to ``trainer.state.roc_figures`` before
+    it fires ``LFW_COMPLETED``.
+    """
+    events.register(trainer)
+    done = {"count": 0}
+
+    @trainer.on(events.ValidationEvents.LFW_COMPLETED)
+    def _log_new_figures(engine: Engine) -> None:
+        figures = list(getattr(engine.state, "roc_figures", None) or [])
+        for path in figures[done["count"]:]:
+            log_figure(str(path), engine.state.iteration)
+        done["count"] = len(figures)

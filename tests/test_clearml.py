@@ -1,0 +1,239 @@
+"""ClearML tracking: an offline session read back from its files, ``off`` touching nothing, and a
+server on a closed port that neither hangs nor stops training (real ClearML client, offline)."""
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from torch import nn
+
+from conftest import REPO
+from faceignite.engine import create_trainer
+from faceignite.losses import SoftmaxCenterLoss
+from faceignite.optim import build_optimizers
+from handlers import clearml as clearml_handler
+from handlers import events, holdout, progress
+
+sys.path.insert(0, str(REPO / "experiments"))
+from resnet34_center import main  # noqa: E402
+
+LFW_VALUES = {"lfw_accuracy": 0.75, "lfw_auc": 0.8, "lfw_eer": 0.25}
+
+
+def tiny_trainer(tmp_path, batches: int = 4):
+    """A real trainer (step, center loss, optimizers, progress, held-out) on 8x8 tensors, and an
+    LFW stand-in keeping the LFW handler's contract: metrics, a ROC PNG, ``LFW_COMPLETED``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16))
+    criterion = SoftmaxCenterLoss(4, 16, 0.01)
+    optimizers = build_optimizers(model, criterion, "sgd", 0.1, 0.9, 5e-4, 0.5)
+    trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
+    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,)), 0) for _ in range(batches)]
+    holdout.attach(trainer, model, criterion, data, torch.device("cpu"))
+    progress.attach(trainer, optimizers, progress_bar=False)
+    events.register(trainer)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def fake_lfw(engine):
+        path = tmp_path / f"roc_lfw_epoch{engine.state.epoch:03d}.png"
+        image = np.full((48, 64, 3), 255, np.uint8)
+        cv2.line(image, (0, 47), (63, 0), (255, 0, 0), 2)
+        assert cv2.imwrite(str(path), image)
+        engine.state.metrics.update(LFW_VALUES)
+        engine.state.roc_figures = getattr(engine.state, "roc_figures", []) + [str(path)]
+        engine.fire_event(events.ValidationEvents.LFW_COMPLETED)
+
+    return trainer, optimizers, data
+
+
+def read_session(zip_path):
+    """(task.json, scalar events as {(title, series): {iteration: value}}, zip names)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        task = json.loads(zf.read("task.json"))
+        events_ = [e for line in zf.read("metrics.jsonl").decode().splitlines() if line.strip()
+                   for e in json.loads(line)]
+        names = zf.namelist()
+    scalars: dict = {}
+    for e in events_:
+        if e["type"] == "training_stats_scalar":
+            scalars.setdefault((e["metric"], e["variant"]), {})[e["iter"]] = e["value"]
+    images = [(e["metric"], e["variant"], e["iter"]) for e in events_
+              if e["type"] == "training_debug_image"]
+    return task, scalars, images, names
+
+
+def test_offline_session_holds_scalars_hparams_roc_and_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLEARML_CACHE_DIR", raising=False)
+    trainer, optimizers, data = tiny_trainer(tmp_path)
+    best = tmp_path / "best_checkpoint_8_lfw_accuracy=0.75.pt"
+    torch.save({"w": torch.ones(3)}, best)
+    run_dir = tmp_path / "run"
+    hparams = {"lr": 0.1, "model": "resnet34", "lr_milestones": [0.5, 0.75], "pretrained": None,
+               "api_secret_key": "do-not-log-me"}
+    tracking = clearml_handler.attach(
+        trainer, str(run_dir), mode="offline", task_name="tiny_center", tags=["resnet34", "center"],
+        hparams=hparams, log_interval=2, optimizers=optimizers,
+        best_checkpoint=lambda: str(best), upload_model=True)
+    assert tracking is not None and tracking.mode == "offline"
+    trainer.run(data, max_epochs=2)
+
+    assert tracking.closed and tracking.session_zip
+    assert tracking.session_zip.startswith(str(run_dir / "clearml"))
+    assert "CLEARML_CACHE_DIR" not in os.environ  # the process is left as it was
+    task, scalars, images, names = read_session(tracking.session_zip)
+    assert task["name"] == "tiny_center" and sorted(task["tags"]) == ["center", "resnet34"]
+    args = task["hyperparams"]["Args"]
+    assert args["lr"]["value"] == "0.1" and args["model"]["value"] == "resnet34"
+    assert args["lr_milestones"]["value"] == "[0.5, 0.75]"
+    assert "api_secret_key" not in args
+    with zipfile.ZipFile(tracking.session_zip) as zf:
+        assert not any(b"do-not-log-me" in zf.read(n) for n in zf.namelist())
+    # step scalars every 2 iterations (8 in all), the same values the step returned
+    assert set(scalars[("train", "loss")]) == {2, 4, 6, 8}
+    for series in ("ce", "center", "accuracy"):
+        assert set(scalars[("train", series)]) == {2, 4, 6, 8}
+    assert scalars[("lr", "lr_model")][2] == pytest.approx(0.1)
+    assert scalars[("lr", "lr_centers")][8] == pytest.approx(0.5)
+    # epoch means, speed, held-out and LFW at the trainer's iteration
+    assert scalars[("epoch", "train_loss")][8] == pytest.approx(trainer.state.metrics["train_loss"])
+    assert set(scalars[("speed", "images_per_sec")]) == {4, 8}
+    assert scalars[("holdout", "val_accuracy")][8] == pytest.approx(
+        trainer.state.metrics["val_accuracy"])
+    assert scalars[("lfw", "lfw_auc")] == {4: pytest.approx(0.8), 8: pytest.approx(0.8)}
+    # the ROC PNG of each validation; the best checkpoint as artifact (offline), file kept
+    assert sorted(images) == [("lfw", "roc", 4), ("lfw", "roc", 8)]
+    assert sum(n.endswith(".png") for n in names) == 2
+    stored = [n for n in names if "/artifacts/best_checkpoint/" in n]
+    with zipfile.ZipFile(tracking.session_zip) as zf:
+        assert len(stored) == 1 and zf.read(stored[0]) == best.read_bytes()
+    assert [a["key"] for a in task["execution"]["artifacts"]] == ["best_checkpoint"]
+    assert best.is_file()
+
+
+def test_off_imports_and_writes_nothing(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "clearml", None)  # any `import clearml` would now fail
+    trainer, _, data = tiny_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="faceignite"):
+        assert clearml_handler.attach(trainer, str(tmp_path / "run"), mode="off") is None
+        trainer.run(data, max_epochs=1)
+    assert not (tmp_path / "run").exists()
+    assert not [r for r in caplog.records if r.name == "faceignite"]
+
+
+def test_resolve_mode_without_server(monkeypatch, tmp_path):
+    for var in ("CLEARML_OFFLINE_MODE", "CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY",
+                "CLEARML_API_SECRET_KEY", "CLEARML_AUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/clearml.conf either
+    from clearml.config import config_obj
+    if config_obj.get("api.credentials.access_key", None):
+        pytest.skip("this machine has ClearML credentials in its configuration")
+    assert clearml_handler.resolve_mode("auto") == ("offline", None)
+    mode, warning = clearml_handler.resolve_mode("online")
+    assert mode == "offline" and "clearml-init" in warning
+    with pytest.raises(ValueError):
+        clearml_handler.resolve_mode("sometimes")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(fn, spent: list):
+    """``fn``, appending the seconds each call takes to ``spent``."""
+    def wrapper(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent.append(time.monotonic() - start)
+    return wrapper
+
+
+def tiny_faces(synthetic_root, root):
+    """4 identities x 5 real JPEGs of the synthetic set: 2 steps an epoch at batch size 8."""
+    for folder in sorted(p for p in synthetic_root[0].iterdir() if p.is_dir())[:4]:
+        (root / folder.name).mkdir(parents=True)
+        for jpg in sorted(folder.glob("*.jpg"))[:5]:
+            shutil.copy(jpg, root / folder.name / jpg.name)
+    return root
+
+
+def test_probe_counts_any_answer_but_5xx_and_bounds_the_wait():
+    status = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for code, reachable in ((200, True), (401, True), (404, True), (502, False)):
+            status["code"] = code
+            assert (clearml_handler.probe_server(url, timeout=5) is None) == reachable, code
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "refused" in clearml_handler.probe_server(f"http://127.0.0.1:{closed_port()}", 5)
+
+
+def test_unreachable_server_does_not_stop_training(train_args, synthetic_root, tmp_path,
+                                                   monkeypatch, caplog):
+    """Credentials set, API server on a closed port (ClearML alone retries for > 120 s)."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.delenv("CLEARML_OFFLINE_MODE", raising=False)
+    monkeypatch.delenv("CLEARML_CACHE_DIR", raising=False)
+    for var in ("CLEARML_API_HOST", "CLEARML_WEB_HOST", "CLEARML_FILES_HOST"):
+        monkeypatch.setenv(var, url)
+    monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "FACEIGNITETESTKEY")
+    monkeypatch.setenv("CLEARML_API_SECRET_KEY", "faceignite-test-secret")
+    spent: list = []  # seconds inside the ClearML handler: start (probe, init) and close
+    monkeypatch.setattr(clearml_handler, "attach", timed(clearml_handler.attach, spent))
+    monkeypatch.setattr(clearml_handler.ClearMLTracking, "close",
+                        timed(clearml_handler.ClearMLTracking.close, spent))
+    args = [a for a in train_args if a not in ("--clearml", "off")]
+    args[args.index("--dataroot") + 1] = str(tiny_faces(synthetic_root, tmp_path / "faces"))
+    args += ["--clearml", "auto", "--epochs", "2", "--batch_size", "8", "--log_interval", "1",
+             "--tensorboard", str(tmp_path / "tb")]
+
+    with caplog.at_level(logging.WARNING, logger="faceignite"):
+        metrics = main(args)
+
+    assert "train_loss" in metrics and "val_accuracy" in metrics  # trained and validated
+    assert len(spent) == 2 and sum(spent) < 30, spent  # bounded (ClearML alone: > 120 s)
+    warnings = [r.getMessage() for r in caplog.records if "clearml" in r.getMessage()]
+    assert len(warnings) == 1 and "unreachable" in warnings[0] and url in warnings[0], warnings
+    # the run went on offline: its session sits in the run folder, with the parsed options
+    zips = list((tmp_path / "runs").glob("resnet34_center-*/clearml/offline/*.zip"))
+    assert len(zips) == 1
+    task, scalars, _, names = read_session(zips[0])
+    assert task["hyperparams"]["Args"]["image_size"]["value"] == "32"
+    assert sorted(task["tags"]) == ["SoftmaxCenterLoss", "resnet34"]
+    assert ("train", "loss") in scalars and ("holdout", "val_accuracy") in scalars
+    with zipfile.ZipFile(zips[0]) as zf:
+        assert not any(b"faceignite-test-secret" in zf.read(n) for n in names)
+    assert "faceignite-test-secret" not in caplog.text
+    # and TensorBoard, on at the same time, wrote its event file
+    assert list((tmp_path / "tb").glob("resnet34_center-*/events.out.tfevents.*"))
