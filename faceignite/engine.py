@@ -38,16 +38,23 @@ def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bo
 def create_trainer(model: nn.Module, criterion: nn.Module,
                    optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device,
                    amp: str = "off", channels_last: bool = False,
-                   scaler: torch.amp.GradScaler | None = None) -> Engine:
+                   scaler: torch.amp.GradScaler | None = None,
+                   compile_model: bool = False) -> Engine:
     """An Ignite trainer whose step computes ``criterion(model(x), y)`` and steps every optimizer.
 
     The criterion returns a dict with ``loss`` (and e.g. ``ce``, ``center``, ``logits``); it may
     define ``before_optimizer_step()`` (center loss rescales its centres' gradient there).  The
     step returns detached tensors — total and component losses, batch accuracy, batch size,
     skipped images — so nothing synchronises with the GPU until a handler reads them.
-    ``trainer.state.scaler`` holds the GradScaler (for checkpoints).
+    ``trainer.state.scaler`` holds the GradScaler (for checkpoints).  ``channels_last`` also
+    converts the model's weights (in place: optimizers stay valid); ``compile_model`` runs the
+    model's forward through ``torch.compile`` (``model`` itself, its ``state_dict`` and the
+    evaluators stay uncompiled).
     """
     scaler = scaler or make_grad_scaler(device, amp)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_model else model
 
     def step(engine: Engine, batch) -> dict[str, torch.Tensor]:
         images, labels, skipped = batch
@@ -58,7 +65,7 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
         images = prepare_images(images, device, channels_last)
         labels = labels.to(device, non_blocking=True)
         with autocast_context(device, amp):
-            out = criterion(model(images), labels)
+            out = criterion(forward(images), labels)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import random
 import zlib
 from typing import Any, Callable, Sequence
 
 import cv2
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
@@ -24,6 +26,20 @@ def read_rgb(path: str):
 def sample_seed(*parts: int) -> int:
     """A 32-bit seed derived from integers, the same in every process."""
     return zlib.crc32(repr(parts).encode())
+
+
+def seed_transform(transform: Any, seed: int) -> None:
+    """Seed an albumentations ``Compose`` for one sample: one pair of generators it shares.
+
+    ``Compose.set_random_seed`` would give every transform its own identically seeded
+    generators, so their draws coincide (a flip with p=0.5 and a jitter with p=0.5 always fire
+    together) and seeding costs a dozen generators per image; one shared pair is drawn from in
+    turn, so the transforms are independent, and seeding costs two.
+    """
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    elif hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
 
 
 class FaceImageDataset(Dataset):
@@ -56,8 +72,8 @@ class FaceImageDataset(Dataset):
                 logger.warning("skipping undecodable image: %s", path)
             return None
         if self.transform is not None:
-            if seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(seed)
+            if seed is not None:
+                seed_transform(self.transform, seed)
             image = self.transform(image=image)["image"]
         return image, label
 
