@@ -17,7 +17,8 @@ logger = logging.getLogger("faceignite")
 def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: DataLoader,
            device, every_epochs: int = 1, every_iterations: int = 0, amp: str = "off",
            channels_last: bool = False) -> Engine:
-    """Evaluate ``loader`` every ``every_epochs`` epochs (and every ``every_iterations``).
+    """Evaluate ``loader`` every ``every_epochs`` epochs (and every ``every_iterations``), and at
+    the end of the run if its last iteration was not validated yet.
 
     Writes ``val_accuracy`` and ``val_loss`` into ``trainer.state.metrics``, then fires
     ``ValidationEvents.HOLDOUT_COMPLETED`` on the trainer; returns the evaluator engine.
@@ -28,6 +29,7 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
                                  amp=amp, channels_last=channels_last)
 
     def run_validation(engine: Engine) -> None:
+        evaluator.state.validated_at = engine.state.iteration
         evaluator.run(loader)
         m = evaluator.state.metrics
         engine.state.metrics.update({"val_accuracy": m["accuracy"], "val_loss": m["loss"]})
@@ -39,4 +41,11 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
     if every_iterations:
         event = event | Events.ITERATION_COMPLETED(every=every_iterations)
     trainer.add_event_handler(event, run_validation)
+
+    @trainer.on(Events.COMPLETED)
+    def final_validation(engine: Engine) -> None:
+        """A run stopped early (``--max_time``, early stopping) still ends validated."""
+        if getattr(evaluator.state, "validated_at", None) != engine.state.iteration:
+            run_validation(engine)
+
     return evaluator

@@ -21,6 +21,7 @@ def build(optimizer: torch.optim.Optimizer, lr: float, epochs: int, epoch_length
     """An iteration-level LR scheduler for ``optimizer`` (not yet attached)."""
     total = max(1, epochs * epoch_length)
     warmup = min(int(round(warmup_epochs * epoch_length)), total - 1)
+    warmup = warmup if warmup >= 2 else 0  # Ignite's warm-up needs two iterations at least
     if schedule == "none":
         return PiecewiseLinear(optimizer, "lr", [(0, lr * 0.01 if warmup else lr), (max(warmup, 1), lr)])
     for group in optimizer.param_groups:

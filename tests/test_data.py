@@ -82,3 +82,17 @@ def test_augmentation_is_a_function_of_the_sample_seed(synthetic_root):
     a, b = dataset[(0, 123)][0], dataset[(0, 123)][0]
     c = dataset[(0, 124)][0]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_augmentations_are_drawn_independently():
+    """Seeding per sample must not make flip and colour jitter fire together."""
+    from faceignite.data.dataset import seed_transform
+
+    transform, image = train_transform(32), np.zeros((64, 64, 3), np.uint8)
+    flips, jitters = [], []
+    for seed in range(200):
+        seed_transform(transform, seed)
+        transform(image=image)
+        flips.append(bool(transform.transforms[1].params))
+        jitters.append(bool(transform.transforms[2].params))
+    assert 0.3 < np.mean(np.array(flips) == np.array(jitters)) < 0.7
