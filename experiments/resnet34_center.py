@@ -2,21 +2,26 @@
 
     python experiments/resnet34_center.py                       # built-in data, a few minutes on CPU
     python experiments/resnet34_center.py --dataroot VGGFace2/train --lfw lfw-mtcnn-160
+    torchrun --nproc_per_node 4 experiments/resnet34_center.py --dataroot ...   # 4 GPUs
+    python experiments/resnet34_center.py --nproc_per_node 4 --dataroot ...     # the same
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
+
+import ignite.distributed as idist
+from ignite.engine import Engine
 
 from faceignite.checkpoint import Resume, TrainingState
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
-from faceignite.engine import create_trainer
+from faceignite.engine import auto_modules, create_trainer, stop_together
 from faceignite.losses import SoftmaxCenterLoss
 from faceignite.models import build_model
 from faceignite.optim import build_optimizers
-from faceignite.run import session
+from faceignite.run import parallel, session
 from handlers import (checkpoint, clearml, control, holdout, interrupt, lfw, lr_scheduler,
                       progress, tensorboard)
 
@@ -27,21 +32,30 @@ def center_loss(cfg, num_classes: int) -> SoftmaxCenterLoss:
                              cfg.label_smoothing)
 
 
-def main(argv: Sequence[str] | None = None, name: str = "resnet34_center",
-         criterion_factory=center_loss, **defaults) -> dict:
-    cfg = parse_args(argv, **defaults)
+Hook = Callable[[Engine, TrainingState], None]
+
+
+def training(local_rank: int, cfg, name: str = "resnet34_center", criterion_factory=center_loss,
+             result: dict | None = None, hooks: Sequence[Hook] = ()) -> dict:
+    """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
+    the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own."""
     with session(cfg, name) as run:
-        # data (a resumed run keeps its held-out split)
+        # data (a resumed run keeps its held-out split); each process loads its share
         resume = Resume.from_options(cfg)
-        data = build_face_data(cfg, val_indices=resume.val_indices)
+        data = build_face_data(cfg, val_indices=resume.val_indices,
+                               num_replicas=run.world_size, rank=run.rank)
         # model and losses
         model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
         criterion = criterion_factory(cfg, data.num_classes).to(run.device)
         optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                       cfg.weight_decay, cfg.center_loss_lr)
-        # trainer
-        trainer = create_trainer(model, criterion, optimizers, run.device, cfg.amp, cfg.channels_last,
-                                 compile_model=cfg.compile)
+        optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
+        # trainer: several processes train DDP modules (the criterion too: the classifier and
+        # centres get all-reduced gradients); evaluators and checkpoints use the plain ones
+        ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn,
+                                                cfg.channels_last)
+        trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
+                                 cfg.channels_last, compile_model=cfg.compile)
         # handlers
         scheduler = lr_scheduler.attach(
             trainer, optimizers["model"], cfg.lr, cfg.epochs, len(data.train_loader),
@@ -79,10 +93,28 @@ def main(argv: Sequence[str] | None = None, name: str = "resnet34_center",
             tb_dir = os.path.join(cfg.tensorboard, os.path.basename(run.output_dir))
             tensorboard.attach(trainer, tb_dir, log_interval=cfg.log_interval,
                                optimizers=optimizers, hparams=vars(cfg))
+        for hook in hooks:
+            hook(trainer, state)
+        stop_together(trainer)  # last: several processes stop at the same iteration
         resume.restore(state)
         # run
         trainer.run(data.train_loader, max_epochs=cfg.epochs)
-        return dict(trainer.state.metrics)
+        metrics = dict(trainer.state.metrics)
+        if result is not None:
+            result.update(metrics)
+        return metrics
+
+
+def main(argv: Sequence[str] | None = None, name: str = "resnet34_center",
+         criterion_factory=center_loss, hooks: Sequence[Hook] = (), **defaults) -> dict:
+    """Train in this process, in each process torchrun/srun started, or in ``--nproc_per_node``
+    processes spawned here (Ignite's ``idist.Parallel``).  Returns the final metrics; empty when
+    the processes were spawned here (their results are in ``run.log`` and the checkpoints)."""
+    cfg = parse_args(argv, **defaults)
+    result: dict = {}
+    with parallel(cfg) as launcher:
+        launcher.run(training, cfg, name, criterion_factory, result, tuple(hooks))
+    return result
 
 
 if __name__ == "__main__":

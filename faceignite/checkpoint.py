@@ -26,6 +26,7 @@ import warnings
 import zipfile
 from typing import Any, Mapping
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -266,6 +267,12 @@ class TrainingState:
     plain values).  :meth:`load_state_dict` first checks that the checkpoint fits (architecture,
     classes, embedding size, optimizers, data set, epoch length) and raises
     :class:`FaceIgniteError` naming the mismatch before changing anything.
+
+    Distributed runs: rank 0's Ignite ``Checkpoint`` writes the file; every process loads it.
+    Files hold the plain modules' weights (no ``module.`` prefixes) and the batch of all
+    processes together (``batch_size_training``), so a checkpoint resumes with any number of
+    processes, mid-epoch too: iterations are global (see ``build_face_data``), and each
+    process skips ``iterations done x its per-process batch`` of its shard.
     """
 
     def __init__(self, trainer: Engine, model: nn.Module, criterion: nn.Module,
@@ -279,7 +286,10 @@ class TrainingState:
         self.split = dataset_split(data) if data is not None else None
         self.image_size = getattr(data, "image_size", None) or self.config.get("image_size")
         loader = getattr(data, "train_loader", None)
-        self.batch_size = getattr(loader, "batch_size", None) or self.config.get("batch_size")
+        self.world_size = idist.get_world_size()
+        self.process_batch_size = getattr(loader, "batch_size", None)  # what each process loads
+        self.batch_size = (self.process_batch_size * self.world_size if self.process_batch_size
+                           else self.config.get("batch_size"))  # all processes together
 
     def state_dict(self) -> dict:
         model = unwrap(self.model)
@@ -302,6 +312,7 @@ class TrainingState:
                                                    if self.lr_scheduler is not None else None),
             # what an exact resume needs besides
             "iteration": state.iteration,
+            "world_size": self.world_size,
             "optimizer_classes": {k: type(o).__name__ for k, o in self.optimizers.items()},
             "criterion_state_dict": unwrap(self.criterion).state_dict(),
             "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else {},
@@ -341,8 +352,12 @@ class TrainingState:
         loader = getattr(self.data, "train_loader", None)
         saved_length = ckpt["trainer_state_dict"].get("epoch_length")
         if loader is not None and saved_length and len(loader) != saved_length:
+            then = ckpt.get("world_size") or 1
+            hint = (f" (saved by {then} processes, {self.world_size} now: the last, partial "
+                    f"batch of an epoch differs; resume with {then} processes)"
+                    if then != self.world_size else "")
             raise FaceIgniteError(f"{path}: epochs of {saved_length} iterations then, "
-                                  f"{len(loader)} now: same --batch_size and data needed")
+                                  f"{len(loader)} now: same --batch_size and data needed{hint}")
 
     def load_state_dict(self, ckpt: Mapping) -> None:
         self.check(ckpt)
@@ -383,9 +398,9 @@ class TrainingState:
             return False
         done = state.iteration % state.epoch_length
         sampler = getattr(getattr(self.data, "train_loader", None), "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if hasattr(sampler, "set_epoch"):  # global iterations: this process's share of each
             sampler.set_epoch(state.iteration // state.epoch_length,
-                              skip=done * (self.batch_size or 0))
+                              skip=done * (self.process_batch_size or self.batch_size or 0))
         return done > 0
 
 

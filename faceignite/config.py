@@ -31,7 +31,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="Input size in pixels: 224 (original), 160 or 112 "
                         "(default: 224 for --dataroot, 64 for the built-in dataset)")
     g.add_argument("--batch_size", type=int, default=None,
-                   help="Batch size (default: 64; 32 for the built-in dataset)")
+                   help="Batch size of all processes together (default: 64; 32 for the built-in dataset)")
     g.add_argument("--num_workers", type=int, default=_default_num_workers(),
                    help="Number of workers for data loaders (default: half the CPUs, max 8)")
     g.add_argument("--index_cache", type=str, default=None,
@@ -80,6 +80,24 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
                    help="Label smoothing of the cross-entropy term (default: 0)")
 
 
+def _add_loss_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("losses (triplet, ArcFace, CosFace experiments)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="Margin of the loss: triplet on L2 distance (default 0.2; the second "
+                        "seed used 0.5), ArcFace angle in radians (0.5), CosFace cosine (0.35)")
+    g.add_argument("--scale", type=float, default=64.0,
+                   help="ArcFace/CosFace logit scale s (default: 64)")
+    g.add_argument("--triplet_mining", type=str, default="semi_hard",
+                   choices=("batch_hard", "semi_hard"),
+                   help="Online triplet mining inside each batch (default: semi_hard)")
+    g.add_argument("--identities_per_batch", type=int, default=None, metavar="P",
+                   help="P x K batches: identities per batch "
+                        "(default: --batch_size / --images_per_identity)")
+    g.add_argument("--images_per_identity", type=int, default=None, metavar="K",
+                   help="P x K batches: images per identity; setting it turns P x K batches on "
+                        "(default: off, plain shuffled batches; 4 in the triplet experiment)")
+
+
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=0, help="Random seed (default: 0)")
@@ -91,6 +109,15 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--output_dir", type=str, default="runs",
                    help="Folder for checkpoints, logs, ROC plots (default: ./runs/<experiment>-<time>)")
+    g.add_argument("--backend", type=str, default="auto", choices=("auto", "nccl", "gloo", "none"),
+                   help="Distributed backend: auto = nccl on GPUs (gloo on CPU) when started by "
+                        "torchrun or with --nproc_per_node > 1, else one plain process; give "
+                        "nccl/gloo explicitly under SLURM srun (default: auto)")
+    g.add_argument("--nproc_per_node", type=int, default=1,
+                   help="Spawn this many training processes on this machine (Ignite's "
+                        "idist.Parallel), e.g. one per GPU; not with torchrun (default: 1)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="Several processes: SyncBatchNorm, batch statistics over all of them")
 
 
 def _add_lfw_args(p: argparse.ArgumentParser) -> None:
@@ -155,6 +182,7 @@ def get_args_parser(model: str = "resnet34", description: str | None = None,
     _add_data_args(p)
     _add_model_args(p, model)
     _add_optim_args(p)
+    _add_loss_args(p)
     _add_runtime_args(p)
     _add_lfw_args(p)
     _add_checkpoint_args(p)

@@ -5,14 +5,19 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
+import ignite.distributed as idist
 import torch
-from ignite.utils import manual_seed
+import torch.distributed as dist
+from ignite.utils import manual_seed, setup_logger
+from torch.multiprocessing import ProcessExitedException
 
 from faceignite.engine import resolve_device
 from faceignite.errors import FaceIgniteError
@@ -22,19 +27,26 @@ logger = logging.getLogger("faceignite")
 
 @dataclass
 class Run:
-    """Where a run writes (``output_dir``) and what it runs on."""
+    """Where a run writes (``output_dir``), what it runs on, and which process of how many."""
 
     name: str
     output_dir: str
     device: torch.device
     cfg: argparse.Namespace
+    rank: int = 0
+    world_size: int = 1
 
 
-def setup_logging(log_file: str | None = None) -> None:
-    """Log lines with time to stderr, and to ``log_file`` when given."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+def setup_logging(log_file: str | None = None, rank: int = 0) -> None:
+    """Log lines with time to stderr, and to ``log_file`` when given.
+
+    Processes other than rank 0 of a distributed run log warnings and errors only, prefixed
+    with their rank (pass them no ``log_file``: ``run.log`` is rank 0's).
+    """
+    prefix = f"[rank {rank}] " if rank else ""
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     for h in list(root.handlers):
         if getattr(h, "_faceignite", False):
             root.removeHandler(h)
@@ -56,24 +68,120 @@ def _run_dir(cfg: argparse.Namespace, name: str) -> str:
     return os.path.join(cfg.output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+# --------------------------------------------------------------------------- launching
+def launched_externally() -> bool:
+    """Started as one of several processes by torchrun (or another ``env://`` launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_backend(backend: str = "auto", nproc_per_node: int = 1,
+                    device: str = "auto") -> str | None:
+    """The ``idist.Parallel`` backend of ``--backend``: ``None`` runs one plain process.
+
+    ``auto``: ``nccl`` on CUDA (``gloo`` with ``--device cpu`` or no GPU) when torchrun started
+    this process or ``nproc_per_node > 1``, else ``None``.  Inside a process group that already
+    exists (a launcher of your own), ``None`` as well: the run joins it.
+    """
+    if backend == "none" or (dist.is_available() and dist.is_initialized()):
+        return None
+    if backend == "auto":
+        if not launched_externally() and nproc_per_node <= 1:
+            return None
+        cuda = torch.cuda.is_available() and not str(device).startswith("cpu")
+        return "nccl" if cuda else "gloo"
+    return backend
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parallel_options(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``idist.Parallel`` for ``--backend`` and ``--nproc_per_node``."""
+    nproc = max(1, cfg.nproc_per_node)
+    backend = resolve_backend(cfg.backend, nproc, cfg.device)
+    if nproc > 1 and launched_externally():
+        raise FaceIgniteError(f"--nproc_per_node {nproc} spawns processes itself: leave it out "
+                              f"under torchrun/srun (they start the processes)")
+    if backend is None:
+        if nproc > 1:
+            raise FaceIgniteError(f"--nproc_per_node {nproc} needs a backend: --backend auto, "
+                                  f"nccl or gloo (not none)")
+        return {"backend": None}
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise FaceIgniteError("--backend nccl needs CUDA GPUs: use --backend gloo on CPU")
+    if nproc > 1 and backend == "nccl" and nproc > torch.cuda.device_count():
+        raise FaceIgniteError(f"--nproc_per_node {nproc} with nccl: this machine has "
+                              f"{torch.cuda.device_count()} GPUs (one process per GPU)")
+    options: dict[str, Any] = {"backend": backend}
+    if nproc > 1:
+        options.update(nproc_per_node=nproc,
+                       master_port=int(os.environ.get("MASTER_PORT") or _free_port()))
+    return options
+
+
+@contextlib.contextmanager
+def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
+    """``idist.Parallel`` for the options: ``parallel.run(training, ...)`` then runs ``training``
+    in this process, in each process torchrun/SLURM started, or in ``--nproc_per_node`` processes
+    spawned here.  A spawned process that fails has logged why; this one then exits with its code.
+    On Ctrl-C this one waits for the spawned processes, which save a checkpoint and stop.
+    """
+    setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # ours says it
+    try:
+        options = parallel_options(cfg)
+    except FaceIgniteError as exc:
+        setup_logging()
+        logger.error("error: %s", exc)
+        raise SystemExit(2) from None
+    try:
+        with idist.Parallel(**options) as launcher:
+            yield launcher
+    except ProcessExitedException as exc:  # a spawned process exited (error, interrupt)
+        raise SystemExit(exc.exit_code or 1) from None
+    except KeyboardInterrupt:
+        if "nproc_per_node" not in options:
+            raise
+        for process in multiprocessing.active_children():  # they got it too: let them save
+            process.join()
+        raise SystemExit(130) from None
+
+
 @contextlib.contextmanager
 def session(cfg: argparse.Namespace, name: str) -> Iterator[Run]:
     """Create the run folder, log to ``run.log`` there, seed everything, pick the device.
 
     A :class:`FaceIgniteError` inside ends the program with its one-line message (exit code 2).
+    In a distributed run every process calls it: they share rank 0's run folder; only rank 0
+    writes ``run.log`` and ``config.json``; each process trains on ``idist.device()``.
     """
+    rank, world_size = idist.get_rank(), idist.get_world_size()
     run_dir = _run_dir(cfg, name)
+    if world_size > 1:  # the folder's time stamp is rank 0's
+        run_dir = str(idist.broadcast(run_dir, src=0))
     os.makedirs(run_dir, exist_ok=True)
-    setup_logging(os.path.join(run_dir, "run.log"))
+    setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
     manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if world_size > 1 and device.type == "cuda":
+        if device != idist.device() and device.index is not None:
+            logger.warning("--device %s ignored: process %d trains on %s", device, rank,
+                           idist.device())
+        device = idist.device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(vars(cfg), f, indent=2, default=str)
-    logger.info("%s: output in %s, device %s", name, run_dir, device)
+    elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
+    if rank == 0:
+        with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(vars(cfg), f, indent=2, default=str)
+    where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
+             if world_size > 1 else "")
+    logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
     try:
-        yield Run(name, run_dir, device, cfg)
+        yield Run(name, run_dir, device, cfg, rank, world_size)
     except FaceIgniteError as exc:
         logger.error("error: %s", exc)
         raise SystemExit(2) from None

@@ -3,6 +3,7 @@
 Files in ``output_dir``: ``training_checkpoint_<iteration>.pt`` (every epoch, every
 ``save_interval`` iterations, at the end of a run stopped early) and
 ``best_checkpoint_<iteration>_<metric>=<score>.pt`` (after each validation that beats the best).
+Distributed: every process runs the handlers (same decisions, same file names), rank 0 writes.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class SafeDiskSaver(DiskSaver):
     def __init__(self, dirname: str | Path, **kwargs: Any):
         super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
         self._to_remove: list[str] = []
+        if idist.get_rank() != self.save_on_rank:
+            return  # only the writing process touches the folder
         for stale in self.dirname.glob(".*.pt.part"):  # left by a crash mid-write
             with contextlib.suppress(OSError):
                 stale.unlink()

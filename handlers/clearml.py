@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Mapping, Sequence
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
@@ -263,11 +264,12 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
     ``timeout`` bounds the server probe, ``init_timeout`` the online ``Task.init``.  An offline
     session goes to ``<output_dir>/clearml``.  Returns None when ``mode`` is ``off`` (clearml is
     not imported) or when ClearML cannot start (after one warning): training goes on.
+    Distributed: rank 0 tracks the run; the other processes get None.
     """
     global _last_run
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "off":
+    if mode == "off" or idist.get_rank() != 0:
         return None
     try:
         from clearml import Task

@@ -3,6 +3,9 @@
 A second signal aborts at once.  The run ends with :class:`TrainingInterrupted` (a
 ``KeyboardInterrupt`` carrying the checkpoint path and an exit code 128 + signal number), so that
 nothing written after ``trainer.run`` mistakes an interrupted run for a finished one.
+
+Distributed: the processes agree (an all-reduce every ``sync_every`` iterations and at each
+epoch end) so that all stop at the same iteration, after rank 0 saved, whichever received it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import signal
 import threading
 from typing import Callable, Sequence
 
+import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 
 logger = logging.getLogger("faceignite")
@@ -67,10 +72,14 @@ class GracefulInterrupt:
                        name)
 
     def check(self, engine: Engine) -> None:
-        """At the end of an iteration or epoch: save and stop if a signal came."""
-        if self.received is None:
-            return
+        """At the end of an iteration or epoch: save and stop if a signal came (to any process
+        of a distributed run: every process calls this at the same points)."""
         signum = self.received
+        if idist.get_world_size() > 1:
+            agreed = idist.all_reduce(torch.tensor([signum or 0], device=idist.device()), op="MAX")
+            signum = int(agreed.item()) or None
+        if signum is None:
+            return
         path = self.save(engine)
         self.restore()
         raise TrainingInterrupted(
@@ -80,14 +89,18 @@ class GracefulInterrupt:
 
 
 def attach(trainer: Engine, save: Callable[[Engine], str],
-           signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> GracefulInterrupt:
+           signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+           sync_every: int = 10) -> GracefulInterrupt:
     """While ``trainer`` runs, turn ``signals`` into: ``save(trainer)`` at the end of the current
     iteration, then :class:`TrainingInterrupted`.  ``save`` returns the path written, e.g.
     ``Checkpointer.save_now`` of :mod:`handlers.checkpoint` (attach this after it).
+    Distributed: checked every ``sync_every`` iterations (and each epoch end), all processes
+    together.
     """
     handler = GracefulInterrupt(trainer, save, signals)
+    every = 1 if idist.get_world_size() == 1 else max(1, sync_every)
     trainer.add_event_handler(Events.STARTED, handler.install)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler.check)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), handler.check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.check)
     trainer.add_event_handler(Events.COMPLETED, handler.restore)
     trainer.add_event_handler(Events.TERMINATE, handler.restore)

@@ -30,6 +30,9 @@ def attach(trainer: Engine, model: nn.Module | Callable, lfw_dir: str | None, de
     them in one line, saves ``<output_dir>/roc_<prefix>_epoch<E>_iter<I>.png`` (appended to
     ``trainer.state.roc_figures``) and fires ``ValidationEvents.LFW_COMPLETED``.  The pairs file
     and images are checked now, so a bad ``--lfw`` fails before training.  Returns the evaluator.
+
+    Distributed: attach it in every process; each embeds its share of the images, the metrics
+    (computed on the gathered embeddings) are the same everywhere, rank 0 writes the figure.
     """
     events.register(trainer)
     # Training must not die on an unreadable file: its pairs are dropped with a warning.

@@ -1,4 +1,8 @@
-"""Progress bar and one log line per epoch: losses, accuracy, images/s, learning rates."""
+"""Progress bar and one log line per epoch: losses, accuracy, images/s, learning rates.
+
+Distributed: the epoch statistics are summed over all processes (one all-reduce per epoch), so
+they describe the whole batch, and ``images_per_sec`` the whole run; the progress bar and the
+iteration log lines are rank 0's."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +10,7 @@ import sys
 import time
 from typing import Mapping
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
@@ -35,11 +40,23 @@ class EpochStats:
                 self.sums[k] = self.sums.get(k, 0) + v.float() * n
 
     def compute(self) -> dict[str, float]:
+        """Means over the epoch's images (of every process, in a distributed run)."""
         seconds = max(self.last - self.started, 1e-9)  # training only, not the validations
-        stats = {f"train_{k}": (v / max(self.images, 1)).item() for k, v in self.sums.items()}
-        stats["images_per_sec"] = self.images / seconds
-        stats["skipped_images"] = float(self.skipped)
+        images, skipped, sums = self.images, self.skipped, self.sums
+        if idist.get_world_size() > 1:
+            images, skipped, sums = self._sum_over_processes()
+        stats = {f"train_{k}": (v / max(images, 1)).item() for k, v in sums.items()}
+        stats["images_per_sec"] = images / seconds
+        stats["skipped_images"] = float(skipped)
         return stats
+
+    def _sum_over_processes(self) -> tuple[int, int, dict[str, torch.Tensor]]:
+        keys = sorted(self.sums)  # the same step outputs in every process
+        values = [torch.as_tensor(float(self.images)), torch.as_tensor(float(self.skipped))]
+        values += [torch.as_tensor(self.sums[k]).detach().cpu() for k in keys]
+        total = idist.all_reduce(torch.stack([v.double() for v in values]).to(idist.device()))
+        total = total.cpu()
+        return int(total[0]), int(total[1]), dict(zip(keys, total[2:]))
 
 
 def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
@@ -51,7 +68,9 @@ def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | No
     ``train_center``, ``train_accuracy``, ``images_per_sec``, ``skipped_images``, ``lr_<name>``.
     """
     stats = EpochStats()
-    if progress_bar and sys.stderr.isatty():  # reading the loss syncs the GPU: every N steps only
+    rank = idist.get_rank()
+    # reading the loss syncs the GPU: every N steps only
+    if progress_bar and sys.stderr.isatty() and rank == 0:
         ProgressBar(persist=False).attach(
             trainer, output_transform=lambda out: {"loss": out["loss"]},
             event_name=Events.ITERATION_COMPLETED(every=max(1, log_interval // 5)))
@@ -59,7 +78,7 @@ def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | No
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: stats.reset())
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stats.update(e.state.output))
 
-    if log_interval > 0:
+    if log_interval > 0 and rank == 0:
         @trainer.on(Events.ITERATION_COMPLETED(every=log_interval))
         def log_iteration(engine: Engine) -> None:
             out = engine.state.output  # read here only: no host sync in the other steps

@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any, Mapping
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.tensorboard_logger import OutputHandler, TensorboardLogger
@@ -18,12 +19,15 @@ logger = logging.getLogger("faceignite")
 
 def attach(trainer: Engine, log_dir: str, *, log_interval: int = 50,
            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-           hparams: Mapping[str, Any] | None = None) -> TensorboardLogger:
+           hparams: Mapping[str, Any] | None = None) -> TensorboardLogger | None:
     """Log the scalars of :mod:`handlers.tracking` and each LFW ROC image to ``log_dir``.
 
     The options ``hparams`` are written once as a text summary (``hparams``); the event file is
     closed when the trainer completes.  View with ``tensorboard --logdir <parent of log_dir>``.
+    Distributed: rank 0 logs (its metrics are the run's); the other processes get None.
     """
+    if idist.get_rank() != 0:
+        return None
     os.makedirs(log_dir, exist_ok=True)
     tb = TensorboardLogger(log_dir=log_dir, flush_secs=30)
     if hparams:

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
+import ignite.distributed as idist
 import torch
 from torch.utils.data import DataLoader
 
 from faceignite.data.builtin import ensure_builtin_dataset
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.index import ImageIndex, default_cache_path, load_or_build_index
+from faceignite.data.pk_sampler import pk_sampler_from_options
 from faceignite.data.sampler import EpochSampler
 from faceignite.data.split import stratified_split
 from faceignite.data.transforms import eval_transform, train_transform
+from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +58,58 @@ def make_loader(dataset: FaceImageDataset, batch_size: int, num_workers: int,
     )
 
 
+@contextlib.contextmanager
+def rank_zero_first(num_replicas: int, rank: int) -> Iterator[None]:
+    """Rank 0 runs the block first (generating data, writing the index cache), the other
+    processes after it, reading what it wrote (Ignite's ImageNet reference does the same).
+    If rank 0 fails there, the others still go on to fail with the same error, not wait."""
+    if num_replicas > 1 and rank > 0:
+        idist.barrier()
+    try:
+        yield
+    finally:
+        if num_replicas > 1 and rank == 0:
+            idist.barrier()
+
+
+def per_process_batch_size(batch_size: int, num_replicas: int) -> int:
+    """``batch_size // num_replicas``, as Ignite's ``auto_dataloader`` divides it."""
+    if batch_size < num_replicas:
+        raise FaceIgniteError(f"--batch_size {batch_size} is the batch of all {num_replicas} "
+                              f"processes together: give at least {num_replicas}")
+    per_process = batch_size // num_replicas
+    if per_process * num_replicas != batch_size:
+        logger.warning("--batch_size %d is not a multiple of the %d processes: %d per process, "
+                       "%d in all", batch_size, num_replicas, per_process,
+                       per_process * num_replicas)
+    return per_process
+
+
 def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = None,
                     num_replicas: int = 1, rank: int = 0) -> FaceData:
     """Index ``cfg.dataroot`` (or generate the built-in data), split it, and build the loaders.
 
     ``val_indices`` (from a checkpoint) replaces the seeded split, so a resumed run validates on
     exactly the images it held out before.
+
+    Distributed (``num_replicas`` processes, this one ``rank``): ``cfg.batch_size`` is the
+    batch of all processes together; each loads ``batch_size // num_replicas`` images (as
+    ``idist.auto_dataloader`` does) from its shard of the same seeded permutation, so that step
+    ``k`` covers together the images of step ``k`` of a single-process run, with the same
+    augmentations, and an epoch has the same number of iterations whatever the number of
+    processes.  P x K batches (``--images_per_identity``) are per process instead.
     """
     builtin = cfg.dataroot is None
     lfw_dir, lfw_pairs = cfg.lfw, cfg.lfw_pairs
-    if builtin:
-        root, pairs_root = ensure_builtin_dataset(cfg.output_dir)
-        if lfw_dir is None:
-            lfw_dir, lfw_pairs = pairs_root, os.path.join(pairs_root, "pairs.txt")
-    else:
-        root = cfg.dataroot
-    cache_path = cfg.index_cache or default_cache_path(root, cfg.output_dir)
-    index = load_or_build_index(root, cache_path)
+    with rank_zero_first(num_replicas, rank):
+        if builtin:
+            root, pairs_root = ensure_builtin_dataset(cfg.output_dir)
+            if lfw_dir is None:
+                lfw_dir, lfw_pairs = pairs_root, os.path.join(pairs_root, "pairs.txt")
+        else:
+            root = cfg.dataroot
+        cache_path = cfg.index_cache or default_cache_path(root, cfg.output_dir)
+        index = load_or_build_index(root, cache_path)
     labels = index.labels()
     if val_indices is None:
         train_idx, val_idx = stratified_split(labels, cfg.valid_split, cfg.seed)
@@ -80,14 +120,22 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
     samples = index.samples()
     pin = torch.cuda.is_available() and cfg.device != "cpu"
     train_set = FaceImageDataset([samples[i] for i in train_idx], train_transform(cfg.image_size))
-    train_loader = make_loader(train_set, cfg.batch_size, cfg.num_workers,
-                               EpochSampler(len(train_set), cfg.seed, True, num_replicas, rank),
-                               drop_last=len(train_set) >= cfg.batch_size * num_replicas * 2,
-                               pin_memory=pin)
+    if getattr(cfg, "images_per_identity", None):  # P x K identity-balanced batches (triplets)
+        pk = pk_sampler_from_options(train_set.targets, cfg.batch_size, cfg.images_per_identity,
+                                     cfg.identities_per_batch, cfg.seed, num_replicas, rank)
+        logger.info("P x K batches: %d identities x %d images", pk.p, pk.k)
+        train_loader = make_loader(train_set, pk.batch_size, cfg.num_workers, pk,
+                                   drop_last=False, pin_memory=pin)
+    else:
+        batch_size = per_process_batch_size(cfg.batch_size, num_replicas)
+        train_loader = make_loader(train_set, batch_size, cfg.num_workers,
+                                   EpochSampler(len(train_set), cfg.seed, True, num_replicas, rank),
+                                   drop_last=len(train_set) >= cfg.batch_size * 2,
+                                   pin_memory=pin)
     val_loader = None
     if val_idx:
         val_set = FaceImageDataset([samples[i] for i in val_idx], eval_transform(cfg.image_size))
-        val_loader = make_loader(val_set, cfg.batch_size, cfg.num_workers,
+        val_loader = make_loader(val_set, max(1, cfg.batch_size // num_replicas), cfg.num_workers,
                                  EpochSampler(len(val_set), cfg.seed, False, num_replicas, rank),
                                  drop_last=False, pin_memory=pin)
     logger.info("data: %d identities, %d training / %d held-out images at %d px",

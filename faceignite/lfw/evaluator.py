@@ -1,5 +1,10 @@
 """The pairs evaluator: an Ignite engine that embeds each unique image once, and a metric that
-runs the verification protocol on the collected embeddings."""
+runs the verification protocol on the collected embeddings.
+
+In a distributed run (``idist.get_world_size() > 1``) each process embeds every
+``world_size``-th image and the metric gathers all embeddings (``idist.all_gather``) before the
+protocol runs, on every process: the metrics equal a single-process evaluation's.  Every process
+must then run the evaluator together."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,6 +23,7 @@ from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 from torch.utils.data import DataLoader
 
+from faceignite.checkpoint import unwrap
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform
 from faceignite.engine import autocast_context, prepare_images
@@ -28,8 +35,36 @@ logger = logging.getLogger("faceignite")
 
 
 def embedding_function(model: nn.Module | Callable[[torch.Tensor], torch.Tensor]):
-    """``model.embed`` when the model has one, else the model (any callable) itself."""
+    """``model.embed`` when the model has one, else the model (any callable) itself.
+
+    A ``DistributedDataParallel`` (or compiled) model is unwrapped first: evaluation runs on
+    the plain module, whose forward does not synchronise the processes."""
+    if isinstance(model, nn.Module):
+        model = unwrap(model)
     return getattr(model, "embed", model)
+
+
+def gather_embeddings(indices: torch.Tensor, embeddings: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's ``(image indices, embeddings)`` rows, concatenated (on the CPU).
+
+    Processes may hold different numbers of rows (shards of unequal size, undecodable images),
+    none at all too.  A no-op in a single process.
+    """
+    if idist.get_world_size() == 1:
+        return indices, embeddings
+    device = torch.device("cpu") if idist.backend() == "gloo" else idist.device()
+    dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
+    sizes = idist.all_gather(torch.tensor([len(indices), dim], device=device)).view(-1, 2).cpu()
+    dim = int(sizes[:, 1].max())
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim:  # no rows here
+        embeddings = torch.zeros(0, dim)
+    counts = [int(n) for n in sizes[:, 0]]
+    gathered_e = idist.all_gather_tensors_with_shapes(embeddings.float().to(device),
+                                                      [[n, dim] for n in counts])
+    gathered_i = idist.all_gather_tensors_with_shapes(indices.long().to(device),
+                                                      [[n] for n in counts])
+    return torch.cat(gathered_i).cpu(), torch.cat(gathered_e).cpu()
 
 
 def create_embedding_engine(model: nn.Module | Callable, device: torch.device, flip: bool = False,
@@ -88,11 +123,13 @@ class PairVerification(Metric):
 
     def compute(self) -> VerificationResult:
         pairs = self.pairs
-        if not self._indices:
+        index, embedded = gather_embeddings(
+            torch.cat(self._indices) if self._indices else torch.zeros(0, dtype=torch.long),
+            torch.cat(self._embeddings) if self._embeddings else torch.zeros(0, 0))
+        if not len(index):
             raise FaceIgniteError(f"none of the {len(pairs.keys)} images of {pairs.path} could be "
                                   f"decoded, e.g. {self.paths[0]}")
-        index = torch.cat(self._indices).numpy()
-        embedded = torch.cat(self._embeddings).numpy()
+        index, embedded = index.numpy(), embedded.numpy()
         rows = np.full(len(pairs.keys), -1, dtype=np.int64)
         rows[index] = np.arange(len(index))
         decoded = {k for k, r in zip(pairs.keys, rows) if r >= 0}
@@ -128,10 +165,14 @@ class PairsEvaluator:
 
 
 def image_loader(paths: list[str], image_size: int, batch_size: int, num_workers: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
     """Batches ``(images, image indices, skipped)`` of ``paths`` in order, resized and
-    normalised as for training (:func:`~faceignite.data.transforms.eval_transform`)."""
-    dataset = FaceImageDataset([(p, i) for i, p in enumerate(paths)], eval_transform(image_size))
+    normalised as for training (:func:`~faceignite.data.transforms.eval_transform`).
+
+    With ``num_replicas > 1``: only this ``rank``'s share, every ``num_replicas``-th image
+    (indices stay those of ``paths``)."""
+    samples = [(p, i) for i, p in enumerate(paths)][rank::num_replicas]
+    dataset = FaceImageDataset(samples, eval_transform(image_size))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_skip_bad, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
@@ -146,7 +187,8 @@ def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None, dev
     resolve its images under ``lfw_dir`` and build the embedding engine with its metric.
 
     Problems with the pairs file or missing images raise :class:`FaceIgniteError` here, before
-    any training; ``skip_missing`` drops the pairs of missing images instead (logged).
+    any training; ``skip_missing`` drops the pairs of missing images instead (logged).  In a
+    distributed context the images are sharded over the processes (see the module's note).
     """
     device = torch.device(device)
     path = find_pairs_file(lfw_dir, pairs_file)
@@ -158,7 +200,8 @@ def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None, dev
     PairVerification(pairs, paths, distance,
                      skip_undecodable=skip_missing if skip_undecodable is None else skip_undecodable
                      ).attach(engine, "verification")
-    loader = image_loader(paths, image_size, batch_size, num_workers, device.type == "cuda")
+    loader = image_loader(paths, image_size, batch_size, num_workers, device.type == "cuda",
+                          idist.get_world_size(), idist.get_rank())
     logger.info("pairs set %s: %d pairs in %d folds over %d unique images (%d slots), %d px%s",
                 path, len(pairs), pairs.num_folds, len(paths), 2 * len(pairs), image_size,
                 ", flip TTA" if flip else "")

@@ -1,0 +1,22 @@
+"""ResNet-34 + ArcFace (additive angular margin, s = 64, m = 0.5): the center-loss recipe, another head.
+
+    python experiments/resnet34_arcface.py --dataroot VGGFace2/train --lfw lfw-mtcnn-160
+"""
+import sys
+
+from faceignite.losses import ArcFace
+from resnet34_center import main as recipe  # the recipe, beside this file
+
+DEFAULTS = dict(description="Training a face embedding with an ArcFace head")
+
+
+def arcface(cfg, num_classes: int) -> ArcFace:
+    return ArcFace(num_classes, cfg.embedding_dim, cfg.scale, cfg.margin)
+
+
+def main(argv=None, **defaults) -> dict:
+    return recipe(argv, "resnet34_arcface", arcface, **{**DEFAULTS, **defaults})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,167 @@
+"""Embed a folder of face images with a trained model: a ``.npy`` array plus the list of names.
+
+    python -m faceignite.embed --checkpoint runs/x/best_checkpoint_....pt faces/ --out faces.npy
+
+writes ``faces.npy`` (one L2-normalised float32 row per image) and ``faces.txt`` (its relative
+path, one per row, e.g. ``Name/Name_0001.jpg``).  The pair is what
+``python -m faceignite.evaluate --embeddings faces.npy --names faces.txt`` reads.  Images go
+through the same pipeline as LFW validation (OpenCV decode, resize, normalise, ``model.embed``,
+flip TTA when the run validated with ``--lfw_flip``); give aligned crops, like the training data.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Events
+
+from faceignite.checkpoint import load_checkpoint
+from faceignite.data.index import IMAGE_EXTENSIONS
+from faceignite.engine import resolve_device
+from faceignite.errors import FaceIgniteError
+from faceignite.export import CONFIG_FILE, WEIGHTS_FILE, load_embedding_model
+from faceignite.lfw.evaluator import create_embedding_engine, image_loader
+from faceignite.models import EmbeddingNet
+
+logger = logging.getLogger("faceignite")
+DEFAULT_IMAGE_SIZE = 160
+
+
+def _is_export(path: str) -> bool:
+    """A folder (or one of its two files) written by ``python -m faceignite.export``."""
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, CONFIG_FILE))
+    return os.path.basename(path) in (CONFIG_FILE, WEIGHTS_FILE)
+
+
+def load_inference_model(path: str, device: str | torch.device = "cpu"
+                         ) -> tuple[EmbeddingNet, dict[str, Any]]:
+    """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
+    latest) or a folder written by ``python -m faceignite.export``.
+
+    ``info``: ``image_size``, ``lfw_threshold`` (None when no LFW validation ran), ``distance``
+    and ``flip`` (the LFW validation's settings, which the threshold belongs to), ``source``.
+    """
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if _is_export(path):
+        model = load_embedding_model(path, device)
+        cfg = model.export_config
+        info = {"image_size": cfg.get("image_size"), "lfw_threshold": cfg.get("lfw_threshold"),
+                "distance": cfg.get("distance") or "l2", "flip": bool(cfg.get("lfw_flip", False))}
+    else:
+        ckpt = load_checkpoint(path)
+        config = ckpt.get("config") or {}
+        model = EmbeddingNet(ckpt["model_architecture"], int(ckpt["embedding_dimension"]))
+        try:
+            model.load_state_dict(ckpt["model_state_dict"])
+        except RuntimeError as exc:
+            raise FaceIgniteError(f"{ckpt['path']}: weights do not fit {model.architecture} with "
+                                  f"a {model.embedding_dim}-d embedding: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+        model = model.to(device).eval()
+        info = {"image_size": ckpt.get("image_size") or config.get("image_size"),
+                "lfw_threshold": ckpt.get("lfw_threshold"),
+                "distance": config.get("distance") or "l2",
+                "flip": bool(config.get("lfw_flip", False))}
+        path = ckpt["path"]
+    threshold = info["lfw_threshold"]
+    info["lfw_threshold"] = None if threshold is None else float(threshold)
+    info["image_size"] = int(info["image_size"] or DEFAULT_IMAGE_SIZE)
+    info["source"] = path
+    return model, info
+
+
+def list_images(root: str) -> list[str]:
+    """Image files under ``root`` (recursively, sorted), as paths relative to ``root``."""
+    if not os.path.isdir(root):
+        raise FaceIgniteError(f"images folder not found: {root}")
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(folder, root)
+        found += [os.path.normpath(os.path.join(rel, f)) for f in files
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    if not found:
+        raise FaceIgniteError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {root}")
+    return sorted(found)
+
+
+def embed_images(model: EmbeddingNet, paths: Sequence[str], image_size: int,
+                 device: str | torch.device = "cpu", batch_size: int = 64, flip: bool = False,
+                 num_workers: int = 0) -> tuple[np.ndarray, list[int]]:
+    """``(embeddings, rows)``: L2-normalised float32 embeddings of the images that decode, and
+    their positions in ``paths`` (undecodable files are skipped and logged)."""
+    device = torch.device(device)
+    engine = create_embedding_engine(model, device, flip)
+    chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def collect(e) -> None:
+        embeddings, index = e.state.output
+        if index.numel():
+            chunks.append((embeddings, index))
+
+    engine.run(image_loader(list(paths), image_size, batch_size, num_workers))
+    if not chunks:
+        raise FaceIgniteError(f"none of the {len(paths)} images could be decoded, e.g. {paths[0]}")
+    rows = torch.cat([i for _, i in chunks])
+    order = torch.argsort(rows)
+    embeddings = torch.cat([e for e, _ in chunks])[order].numpy().astype(np.float32)
+    return embeddings, rows[order].tolist()
+
+
+def names_path(out: str) -> str:
+    """The names file written beside ``out``: ``faces.npy`` → ``faces.txt``."""
+    return os.path.splitext(out)[0] + ".txt"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m faceignite.embed",
+                                description="Embed every image of a folder with a trained model")
+    p.add_argument("images", help="Folder of (aligned) face images, searched recursively")
+    p.add_argument("--checkpoint", required=True,
+                   help="Training checkpoint (.pt), run folder, or exported model folder")
+    p.add_argument("--out", required=True, help="Output .npy; the names go beside it as .txt")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="Input size (default: the checkpoint's)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="Flip TTA (default: as the run's LFW validation, --lfw_flip)")
+    p.add_argument("--batch_size", type=int, default=64, help="Batch size (default: 64)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
+    """Write ``--out`` (.npy) and its names file; return both paths."""
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    try:
+        device = resolve_device(args.device)
+        model, info = load_inference_model(args.checkpoint, device)
+        size = args.image_size or info["image_size"]
+        flip = info["flip"] if args.flip is None else args.flip
+        names = list_images(args.images)
+        paths = [os.path.join(args.images, n) for n in names]
+        embeddings, rows = embed_images(model, paths, size, device, args.batch_size, flip)
+    except FaceIgniteError as exc:
+        logger.error("error: %s", exc)
+        raise SystemExit(2) from None
+    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.save(out, embeddings)
+    with open(names_path(out), "w", encoding="utf-8") as f:
+        f.writelines(names[r].replace(os.sep, "/") + "\n" for r in rows)
+    logger.info("%d embeddings (%d-d, %d px%s) of %s written to %s and %s (%d undecodable "
+                "skipped)", len(rows), embeddings.shape[1], size, ", flip" if flip else "",
+                args.images, out, names_path(out), len(names) - len(rows))
+    return out, names_path(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
