@@ -79,7 +79,7 @@ def test_class_weights_train_with_the_model_optimizer(cls):
 @pytest.mark.parametrize("experiment", ["resnet34_arcface", "resnet34_cosface"])
 def test_margin_experiment_lowers_its_loss_on_real_faces(experiment, tmp_path):
     main = __import__(experiment).main
-    # scale-64 heads need a smaller learning rate than 0.1 without warm-up
+    # 8 steps: at a constant 0.01 the loss falls clearly (at the default 0.003 it barely moves yet)
     metrics = main(real_face_args(celeba_subset(tmp_path), tmp_path) + ["--lr", "0.01"])
     losses = epoch_losses(tmp_path / "runs", experiment)
     assert len(losses) == 2 and losses[1] < losses[0], losses
