@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,15 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real face data not found at {path} (set FACEIGNITE_SHARED_DATA)")
     return path
+
+
+def copy_subset(source: Path, dest: Path, identities: int, images: int) -> Path:
+    """Copy the first ``images`` JPEGs of the first ``identities`` folders of ``source``."""
+    for ident in sorted(os.listdir(source))[:identities]:
+        (dest / ident).mkdir(parents=True)
+        for name in sorted(os.listdir(source / ident))[:images]:
+            shutil.copy(source / ident / name, dest / ident / name)
+    return dest
 
 
 @pytest.fixture(scope="session")

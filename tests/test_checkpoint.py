@@ -28,7 +28,7 @@ from handlers import checkpoint as checkpoint_handler
 from handlers import events
 from handlers import interrupt, lr_scheduler
 
-from conftest import REPO
+from conftest import REPO, copy_subset
 
 sys.path.insert(0, str(REPO / "experiments"))
 from resnet34_center import main  # noqa: E402
@@ -55,11 +55,7 @@ def build_run(cfg, data, embedding_dim=None, num_classes=None):
 def saved(tmp_path_factory, synthetic_root):
     """A real checkpoint after one training iteration on 4 identities x 3 JPEGs."""
     train, _ = synthetic_root
-    root = tmp_path_factory.mktemp("small")
-    for ident in sorted(os.listdir(train))[:4]:
-        (root / ident).mkdir()
-        for name in sorted(os.listdir(train / ident))[:3]:
-            shutil.copy(train / ident / name, root / ident / name)
+    root = copy_subset(train, tmp_path_factory.mktemp("small"), identities=4, images=3)
     out = tmp_path_factory.mktemp("ckpt")
     cfg = parse_args(small_args(root, out))
     data = build_face_data(cfg)

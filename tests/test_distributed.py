@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO
+from conftest import REPO, copy_subset
 
 sys.path.insert(0, str(REPO / "experiments"))
 from resnet34_center import main  # noqa: E402
@@ -35,11 +34,7 @@ LFW_KEYS = ("accuracy", "accuracy_std", "threshold", "val_far1e-3", "val_far1e-2
 def small_root(tmp_path_factory, synthetic_root):
     """4 identities x 4 real JPEGs: 3 train + 1 held out each (12 + 4 images)."""
     train, _ = synthetic_root
-    root = tmp_path_factory.mktemp("small")
-    for ident in sorted(os.listdir(train))[:4]:
-        (root / ident).mkdir()
-        for name in sorted(os.listdir(train / ident))[:4]:
-            shutil.copy(train / ident / name, root / ident / name)
+    root = copy_subset(train, tmp_path_factory.mktemp("small"), identities=4, images=4)
     return root
 
 

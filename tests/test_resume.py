@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, copy_subset
 
 sys.path.insert(0, str(REPO / "experiments"))
 from resnet34_center import main  # noqa: E402
@@ -25,11 +25,7 @@ EPOCHS, EPOCH_LENGTH = 2, 2
 def small_root(tmp_path_factory, synthetic_root):
     """4 identities x 3 real JPEGs: 2 train + 1 held out each, batch 4 → 2 iterations/epoch."""
     train, _ = synthetic_root
-    root = tmp_path_factory.mktemp("small")
-    for ident in sorted(os.listdir(train))[:4]:
-        (root / ident).mkdir()
-        for name in sorted(os.listdir(train / ident))[:3]:
-            shutil.copy(train / ident / name, root / ident / name)
+    root = copy_subset(train, tmp_path_factory.mktemp("small"), identities=4, images=3)
     return root
 
 
