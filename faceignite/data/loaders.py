@@ -5,7 +5,7 @@ import argparse
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import ignite.distributed as idist
@@ -37,7 +37,6 @@ class FaceData:
     lfw_dir: str | None = None
     lfw_pairs: str | None = None
     builtin: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
