@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from conftest import shared_path
 from faceignite.errors import FaceIgniteError
+from faceignite.lfw.make_pairs import main as make_pairs_main
 from faceignite.lfw.pairs import find_pairs_file, match_names, read_pairs, resolve_images
 
 
@@ -162,3 +164,28 @@ def test_real_lfw_pairs_parse_and_every_pair_resolves():
     resolved, paths = resolve_images(pairs, str(root))
     assert len(resolved) == 6000 and len(paths) == len(pairs.keys)
     assert all(p.endswith((".jpg", ".jpeg", ".png")) for p in paths)
+
+
+def test_make_pairs_builds_an_lfw_set_the_reader_resolves(tmp_path, synthetic_root, capsys):
+    train, _ = synthetic_root
+    dest = tmp_path / "pairs_set"
+    assert make_pairs_main([str(train), str(dest), "--folds", "4", "--per_fold", "25"]) == 0
+    pairs = read_pairs(str(dest / "pairs.txt"))
+    assert len(pairs) == 200 and pairs.issame.sum() == 100 and pairs.num_folds == 4
+    pairs, paths = resolve_images(pairs, str(dest))
+    assert len(pairs) == 200 and all(os.path.isfile(p) for p in paths)
+    # each fold's people are its own, as in LFW View 2
+    people = [{k.split("/")[0] for i, k in enumerate(pairs.keys)
+               if i in set(pairs.left[pairs.folds == f]) | set(pairs.right[pairs.folds == f])}
+              for f in range(4)]
+    assert all(not people[a] & people[b] for a in range(4) for b in range(a + 1, 4))
+    assert len(os.listdir(dest / sorted(os.listdir(train))[0])) == len(
+        os.listdir(train / sorted(os.listdir(train))[0]))
+
+
+def test_make_pairs_bad_input_is_one_line_and_exit_2(tmp_path, synthetic_root, capsys):
+    assert make_pairs_main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: identity root not found: {tmp_path / 'nowhere'}"
+    train, _ = synthetic_root
+    assert make_pairs_main([str(train), str(tmp_path / "out"), "--folds", "20"]) == 2
+    assert "24 identities cannot fill 20 folds" in capsys.readouterr().err

@@ -13,6 +13,8 @@ import os
 import cv2
 import numpy as np
 
+from faceignite.lfw.make_pairs import write_pairs
+
 logger = logging.getLogger(__name__)
 BUILTIN_VERSION = 1
 SIZE = 64
@@ -75,23 +77,6 @@ def _write_identities(root: str, names: list[str], images_each: int, rng: np.ran
                         [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
-def _write_pairs(path: str, names: list[str], images_each: int, rng: np.random.Generator,
-                 folds: int = 10, per_fold: int = 30) -> None:
-    """LFW format: header ``folds\\tper_fold``, then per fold same pairs then different pairs."""
-    lines = [f"{folds}\t{per_fold}"]
-    fold_names = np.array_split(np.array(names), folds)  # identities disjoint across folds
-    for group in fold_names:
-        for _ in range(per_fold):
-            n = rng.choice(group)
-            i, j = rng.choice(np.arange(1, images_each + 1), 2, replace=False)
-            lines.append(f"{n}\t{i}\t{j}")
-        for _ in range(per_fold):
-            a, b = rng.choice(group, 2, replace=False)
-            lines.append(f"{a}\t{rng.integers(1, images_each + 1)}\t{b}\t{rng.integers(1, images_each + 1)}")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def ensure_builtin_dataset(cache_dir: str, num_identities: int = 24, images_each: int = 30,
                            pair_identities: int = 40, pair_images_each: int = 6) -> tuple[str, str]:
     """Generate (once) the built-in data under ``cache_dir``; return ``(train_root, pairs_root)``.
@@ -107,7 +92,8 @@ def ensure_builtin_dataset(cache_dir: str, num_identities: int = 24, images_each
                           rng, lfw_style=False)
         names = [f"Synthetic_Person{i:03d}" for i in range(pair_identities)]
         _write_identities(pairs_root, names, pair_images_each, rng, lfw_style=True)
-        _write_pairs(os.path.join(pairs_root, "pairs.txt"), names, pair_images_each, rng)
+        write_pairs(os.path.join(pairs_root, "pairs.txt"), dict.fromkeys(names, pair_images_each),
+                    rng, folds=10, per_fold=30)
         with open(marker, "w") as f:
             f.write("ok\n")
     logger.info("no --dataroot/--lfw given: using the built-in synthetic dataset in %s "
