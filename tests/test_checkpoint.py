@@ -279,6 +279,16 @@ def test_recipe_exits_with_one_line_naming_the_mismatch(saved, tmp_path, caplog)
     assert len(errors) == 1 and "embedding size 128 in the checkpoint, 64 here" in errors[0]
 
 
+def test_resume_on_a_shrunk_training_folder_names_the_change(saved, tmp_path, caplog):
+    root = copy_subset(saved["root"], tmp_path / "shrunk", identities=2, images=3)
+    with pytest.raises(SystemExit) as exc:
+        main(small_args(root, tmp_path, "--resume_path", saved["path"]))
+    assert exc.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "the training folder changed since it was saved" in errors[0]
+    assert "now holds 6 images" in errors[0]
+
+
 def test_finetune_restore_starts_a_new_run_from_the_weights(saved):
     ckpt = load_checkpoint(saved["path"])
     state = build_run(saved["cfg"], saved["data"], embedding_dim=64, num_classes=9)

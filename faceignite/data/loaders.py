@@ -114,6 +114,11 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
         train_idx, val_idx = stratified_split(labels, cfg.valid_split, cfg.seed)
     else:
         val_idx = sorted(val_indices)
+        if val_idx and val_idx[-1] >= len(labels):
+            raise FaceIgniteError(
+                f"the checkpoint's held-out split names image {val_idx[-1]} but {root} now holds "
+                f"{len(labels)} images: the training folder changed since it was saved; resume "
+                f"on the same data, or --finetune to start a new run from its weights")
         held = set(val_idx)
         train_idx = [i for i in range(len(labels)) if i not in held]
     samples = index.samples()
