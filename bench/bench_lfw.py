@@ -24,7 +24,7 @@ from common import (SHARED_DATA, add_rounds_arg, add_threads_arg, interleaved, p
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from faceignite.config import ARCHITECTURES, _default_num_workers
+    from faceignite.config import ARCHITECTURES, default_num_workers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", default=str(SHARED_DATA / "lfw" / "lfw-mtcnn-160"),
@@ -34,7 +34,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet34", choices=ARCHITECTURES)
     p.add_argument("--image_size", type=int, default=112, help="Input size (default: 112)")
     p.add_argument("--batch_size", type=int, default=128, help="Batch size (default: 128)")
-    p.add_argument("--num_workers", type=int, default=_default_num_workers(),
+    p.add_argument("--num_workers", type=int, default=default_num_workers(),
                    help="Loader workers (default: half the CPUs, max 8)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))

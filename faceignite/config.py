@@ -13,7 +13,7 @@ from typing import Any, Sequence
 ARCHITECTURES = ("resnet34", "resnet50", "resnet101")
 
 
-def _default_num_workers() -> int:
+def default_num_workers() -> int:
     """Half the CPUs, at most 8, at least 0 (2-core laptops load in the main process)."""
     cpus = os.cpu_count() or 1
     return 0 if cpus <= 2 else min(8, cpus // 2)
@@ -32,7 +32,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(default: 224 for --dataroot, 64 for the built-in dataset)")
     g.add_argument("--batch_size", type=int, default=None,
                    help="Batch size of all processes together (default: 64; 32 for the built-in dataset)")
-    g.add_argument("--num_workers", type=int, default=_default_num_workers(),
+    g.add_argument("--num_workers", type=int, default=default_num_workers(),
                    help="Number of workers for data loaders (default: half the CPUs, max 8)")
     g.add_argument("--index_cache", type=str, default=None,
                    help="File caching the image index of --dataroot "
@@ -120,7 +120,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="Several processes: SyncBatchNorm, batch statistics over all of them")
 
 
-def _add_lfw_args(p: argparse.ArgumentParser) -> None:
+def add_lfw_args(p: argparse.ArgumentParser) -> None:
+    """The LFW validation options (training and ``faceignite.evaluate`` share them)."""
     g = p.add_argument_group("LFW validation")
     g.add_argument("--lfw", type=str, default=None,
                    help="Absolute path to the labeled faces in the wild dataset folder "
@@ -184,7 +185,7 @@ def get_args_parser(model: str = "resnet34", description: str | None = None,
     _add_optim_args(p)
     _add_loss_args(p)
     _add_runtime_args(p)
-    _add_lfw_args(p)
+    add_lfw_args(p)
     _add_checkpoint_args(p)
     _add_control_args(p)
     _add_tracking_args(p)

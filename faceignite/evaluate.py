@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from faceignite.config import _add_lfw_args, _default_num_workers
+from faceignite.config import add_lfw_args, default_num_workers
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
                             find_pairs_file, match_names, read_pairs, save_roc_curve)
@@ -42,17 +42,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="A .npy array, one embedding row per image (needs --names)")
     what.add_argument("--names", type=str,
                       help="With --embeddings: text file, one 'Name/Name_000i' per row of the array")
-    _add_lfw_args(p)
+    add_lfw_args(p)
     for action in p._actions:  # training-only option of the shared group
         if action.dest == "lfw_validation_epoch_interval":
             action.help = argparse.SUPPRESS
+        elif action.dest == "lfw_flip":
+            action.help = "Average with the mirrored image (default: as the checkpoint was validated)"
+        elif action.dest == "distance":
+            action.help = ("Pair distance: l2 or cosine (default: the checkpoint's training "
+                           "setting; l2 for --embeddings)")
+    p.set_defaults(lfw_flip=None, distance=None)  # None: take the checkpoint's setting
     g = p.add_argument_group("runtime")
     g.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's image_size, else 160)")
     g.add_argument("--device", type=str, default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
                    help="Automatic mixed precision on CUDA (default: off)")
-    g.add_argument("--num_workers", type=int, default=_default_num_workers(),
+    g.add_argument("--num_workers", type=int, default=default_num_workers(),
                    help="Image loading workers (default: half the CPUs, max 8)")
     g.add_argument("--output_dir", type=str, default="runs",
                    help="Folder for the ROC PNG and metrics.json (default: ./runs/evaluate-<time>)")
@@ -125,6 +131,10 @@ def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> Verifi
     model, ckpt = load_checkpoint_model(cfg.checkpoint)
     image_size = cfg.image_size or int(ckpt.get("image_size") or DEFAULT_IMAGE_SIZE)
     saved = ckpt.get("lfw_threshold")
+    trained = ckpt.get("config") or {}  # validate as training did, unless told otherwise
+    if cfg.lfw_flip is None:
+        cfg.lfw_flip = bool(trained.get("lfw_flip", False))
+    cfg.distance = cfg.distance or trained.get("distance") or "l2"
     logger.info("checkpoint %s: %s, %d-d embedding, %d px input%s", cfg.checkpoint,
                 model.architecture, model.embedding_dim, image_size,
                 f", threshold saved in training {float(saved):.4f}" if saved is not None else "")
@@ -144,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> VerificationResult:
         parser.error("--embeddings needs --lfw_pairs FILE (or --lfw DIR holding pairs.txt)")
     if cfg.checkpoint and not (cfg.lfw or cfg.lfw_pairs):
         parser.error("--checkpoint needs --lfw DIR (the folder of person folders)")
+    if cfg.embeddings:
+        cfg.distance = cfg.distance or "l2"
     with session(cfg, "evaluate") as run:
         if cfg.embeddings:
             result, source = evaluate_embeddings_file(cfg), cfg.embeddings

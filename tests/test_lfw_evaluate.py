@@ -110,6 +110,18 @@ def test_checkpoint_mode_matches_the_training_time_evaluator(synthetic_root, tmp
     assert result.metrics() == pytest.approx(expected.metrics(), abs=1e-6)
     assert os.path.isfile(os.path.join(run_dir(str(tmp_path / "runs")), "roc_best.png"))
 
+    # a checkpoint validated with flip TTA and cosine distance is evaluated the same way
+    trained_as = _checkpoint(tmp_path / "flip.pt", model, image_size=32,
+                             config={"lfw_flip": True, "distance": "cosine"})
+    again = main(["--checkpoint", trained_as, "--lfw", pairs_root, "--lfw_pairs", str(pairs_file),
+                  "--output_dir", str(tmp_path / "flip"), "--device", "cpu", "--num_workers", "0"])
+    expected = create_pairs_evaluator(model, pairs_root, "cpu", 32, str(pairs_file), flip=True,
+                                      distance="cosine").run()
+    assert again.distance == "cosine"
+    assert again.metrics() == pytest.approx(expected.metrics(), abs=1e-6)
+    written = json.load(open(os.path.join(run_dir(str(tmp_path / "flip")), "metrics.json")))
+    assert written["flip"] is True and written["distance"] == "cosine"
+
 
 class Custom:
     """An arbitrary pickled object: ``weights_only`` loading must refuse it."""
