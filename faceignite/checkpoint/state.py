@@ -1,16 +1,6 @@
-"""Training checkpoints: what one holds, how to read one safely, and how a run resumes from it.
-
-A checkpoint is one ``torch.save`` file of tensors and plain containers, so it loads with
-``torch.load(..., weights_only=True)``: loading never runs code from the file.  Its top-level keys
-are the original trainer's (``epoch``, ``num_classes``, ``embedding_dimension``,
-``batch_size_training``, ``model_state_dict``, ``model_architecture``,
-``optimizer_model_state_dict``, ``optimizer_centerloss_state_dict``,
-``learning_rate_scheduler_state_dict``) plus what an exact resume needs: ``criterion_state_dict``
-(classifier and centres), ``scaler_state_dict``, ``trainer_state_dict``, ``rng_state``, ``split``,
-``image_size``, ``metrics``, ``lfw_threshold`` and ``config``.
-
-:class:`TrainingState` is the ``state_dict``/``load_state_dict`` object Ignite's ``Checkpoint``
-saves; :class:`Resume` is what an experiment calls for ``--resume_path`` / ``--finetune``.
+"""What a checkpoint holds: :class:`TrainingState`, the ``state_dict``/``load_state_dict``
+object Ignite's ``Checkpoint`` saves (model, centres, optimizers, scheduler, scaler, trainer,
+RNG, split, options), and its parts.
 """
 from __future__ import annotations
 
@@ -18,12 +8,7 @@ import argparse
 import hashlib
 import logging
 import numbers
-import os
-import pickle
 import random
-import re
-import warnings
-import zipfile
 from typing import Any, Mapping
 
 import ignite.distributed as idist
@@ -33,137 +18,14 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from faceignite import __version__
+from faceignite.checkpoint.files import FORMAT, FORMAT_VERSION, RESUME_KEYS, check_compatible
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite")
 
-FORMAT = "faceignite-checkpoint"
-FORMAT_VERSION = 1
-ORIGINAL_KEYS = ("epoch", "num_classes", "embedding_dimension", "batch_size_training",
-                 "model_state_dict", "model_architecture", "optimizer_model_state_dict",
-                 "optimizer_centerloss_state_dict", "learning_rate_scheduler_state_dict")
-RESUME_KEYS = ORIGINAL_KEYS + ("criterion_state_dict", "scaler_state_dict", "trainer_state_dict",
-                               "rng_state", "split")
-# File names written by handlers/checkpoint.py (Ignite's "{prefix}_{name}_{step}..." pattern).
-LATEST_PREFIX, BEST_PREFIX, NAME = "training", "best", "checkpoint"
-LATEST_RE = re.compile(rf"^{LATEST_PREFIX}_{NAME}_(\d+)\.pt$")
-BEST_RE = re.compile(rf"^{BEST_PREFIX}_{NAME}_(\d+)_(\w+)=([-+0-9.eE]+|nan|inf)\.pt$")
-# Options a resumed run must share with its checkpoint (name in the checkpoint config, option).
-TRAJECTORY_OPTIONS = ("batch_size", "image_size", "seed", "optimizer", "lr_scheduler")
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
 
-# --------------------------------------------------------------------------- reading safely
-def latest_checkpoint(folder: str) -> str | None:
-    """The ``training_checkpoint_<iteration>.pt`` with the highest iteration in ``folder``."""
-    found = [(int(m.group(1)), name) for name in os.listdir(folder)
-             if (m := LATEST_RE.match(name))]
-    return os.path.join(folder, max(found)[1]) if found else None
-
-
-def resolve_checkpoint_path(path: str) -> str:
-    """``path`` itself, or for a run folder its latest training checkpoint."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise FaceIgniteError(f"no {LATEST_PREFIX}_{NAME}_<iteration>.pt in folder {path}: "
-                                  f"pass a checkpoint file to --resume_path")
-        return latest
-    if not os.path.isfile(path):
-        raise FaceIgniteError(f"checkpoint not found: {path}")
-    return path
-
-
-def safe_load(path: str, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, every failure turned into one clear error.
-
-    A file holding other Python objects than tensors and plain containers (a pickle that could
-    run code) is refused without executing anything; a truncated or corrupt file is named.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's note about the pickle protocol
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
-            try:
-                names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-            except Exception:  # noqa: BLE001 - only for the message
-                names = "unknown"
-            raise FaceIgniteError(
-                f"refusing to load {path}: it holds Python objects ({names}) that loading would "
-                f"have to execute, not only tensors; faceignite loads weights only") from None
-        raise FaceIgniteError(f"{path} is not a readable PyTorch checkpoint (corrupt, or another "
-                              f"format): {_first_line(exc)}") from None
-    except FileNotFoundError:
-        raise FaceIgniteError(f"checkpoint not found: {path}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FaceIgniteError(f"checkpoint {path} is truncated or corrupt "
-                              f"({exc.__class__.__name__}: {_first_line(exc) or 'empty file'}); "
-                              f"use an earlier checkpoint of its folder") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    return text.splitlines()[0][:200] if text else ""
-
-
-def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
-    """Read a training checkpoint (a file, or a run folder → its latest) safely; return its dict.
-
-    Raises :class:`FaceIgniteError` for a missing, truncated, corrupt, unsafe or non-faceignite
-    file.  The dict gets ``"path"`` (the file read) added.
-    """
-    path = resolve_checkpoint_path(path)
-    ckpt = safe_load(path, map_location)
-    if not isinstance(ckpt, dict):
-        raise FaceIgniteError(f"{path} is not a training checkpoint (it holds a "
-                              f"{type(ckpt).__name__}, not a dict)")
-    missing = [k for k in ("model_state_dict", "model_architecture", "embedding_dimension")
-               if k not in ckpt]
-    if missing:
-        raise FaceIgniteError(f"{path} is not a faceignite training checkpoint: no "
-                              f"{', '.join(missing)}")
-    ckpt["path"] = path
-    return ckpt
-
-
-# --------------------------------------------------------------------------- compatibility
-def check_compatible(ckpt: Mapping, architecture: str | None = None, num_classes: int | None = None,
-                     embedding_dim: int | None = None, finetune_hint: bool = True) -> None:
-    """Raise :class:`FaceIgniteError` naming every mismatch between ``ckpt`` and this run."""
-    wanted = (("architecture", "model_architecture", architecture, "--model"),
-              ("number of classes", "num_classes", num_classes, "--dataroot"),
-              ("embedding size", "embedding_dimension", embedding_dim, "--embedding_dim"))
-    problems = [f"{what} {ckpt.get(key)} in the checkpoint, {value} here ({option})"
-                for what, key, value, option in wanted
-                if value is not None and ckpt.get(key) is not None and ckpt.get(key) != value]
-    if problems:
-        hint = ("; --finetune loads its backbone alone" if finetune_hint
-                and architecture in (None, ckpt.get("model_architecture")) else "")
-        raise FaceIgniteError(f"checkpoint {ckpt.get('path', '')} does not fit this model: "
-                              f"{'; '.join(problems)}{hint}")
-
-
-def check_options(ckpt: Mapping, cfg: argparse.Namespace) -> None:
-    """A resumed run keeps the batch size, image size, seed (data order), optimizer, LR schedule."""
-    saved = dict(ckpt.get("config") or {})
-    saved.setdefault("batch_size", ckpt.get("batch_size_training"))
-    saved.setdefault("image_size", ckpt.get("image_size"))
-    problems = [f"--{name} {saved[name]} (checkpoint) vs {getattr(cfg, name)} (here)"
-                for name in TRAJECTORY_OPTIONS
-                if saved.get(name) is not None
-                and getattr(cfg, name, None) not in (None, saved[name])]
-    if problems:
-        raise FaceIgniteError(f"cannot resume {ckpt.get('path', '')} exactly with other options: "
-                              f"{'; '.join(problems)}: pass the checkpoint's values (or --finetune "
-                              f"to start a new run from its weights)")
-
-
-# --------------------------------------------------------------------------- state objects
 class RNGState:
     """The random generators (Python, NumPy, torch CPU and every CUDA device) as plain data."""
 
@@ -402,89 +264,3 @@ class TrainingState:
             sampler.set_epoch(state.iteration // state.epoch_length,
                               skip=done * (self.process_batch_size or self.batch_size or 0))
         return done > 0
-
-
-def load_backbone(model: nn.Module, ckpt: Mapping) -> None:
-    """``--finetune``: copy the checkpoint's backbone weights (same architecture) into ``model``.
-
-    The embedding head is copied too when its size matches; classes, optimizers and the run's
-    position are not.
-    """
-    model = unwrap(model)
-    check_compatible(ckpt, architecture=getattr(model, "architecture", None), finetune_hint=False)
-    weights = ckpt["model_state_dict"]
-    own = model.state_dict()
-    take = {k: v for k, v in weights.items()
-            if k in own and own[k].shape == v.shape
-            and (k.startswith("backbone.") or ckpt.get("embedding_dimension") == getattr(
-                model, "embedding_dim", None))}
-    missing = [k for k in own if k.startswith("backbone.") and k not in take]
-    if missing:
-        raise FaceIgniteError(f"checkpoint {ckpt.get('path', '')} lacks backbone weights of "
-                              f"{getattr(model, 'architecture', 'this model')} (e.g. {missing[0]})")
-    model.load_state_dict(take, strict=False)
-    logger.info("finetune: %s weights (%s) loaded from %s", len(take),
-                "backbone and embedding head" if len(take) > sum(
-                    k.startswith("backbone.") for k in take) else "backbone only", ckpt.get("path"))
-
-
-class Resume:
-    """``--resume_path`` / ``--finetune`` for an experiment: read the file before the data is
-    built (to reuse its split), then :meth:`restore` once every object exists.
-
-        resume = Resume.from_options(cfg)
-        data = build_face_data(cfg, val_indices=resume.val_indices)
-        ...
-        resume.restore(TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg))
-    """
-
-    def __init__(self, ckpt: Mapping | None = None, finetune: bool = False,
-                 max_epochs: int | None = None):
-        self.ckpt, self.finetune, self.max_epochs = ckpt, finetune, max_epochs
-
-    @classmethod
-    def from_options(cls, cfg: argparse.Namespace) -> "Resume":
-        """Load and check ``cfg.resume_path`` (nothing when it is not set)."""
-        if not cfg.resume_path:
-            if cfg.finetune:
-                raise FaceIgniteError("--finetune needs --resume_path CHECKPOINT")
-            return cls()
-        ckpt = load_checkpoint(cfg.resume_path)
-        if cfg.finetune:
-            check_compatible(ckpt, architecture=cfg.model, finetune_hint=False)
-        else:
-            check_compatible(ckpt, architecture=cfg.model, embedding_dim=cfg.embedding_dim)
-            check_options(ckpt, cfg)
-            done = ckpt.get("trainer_state_dict", {})
-            length = done.get("epoch_length")
-            if length and done.get("iteration", 0) >= cfg.epochs * length:
-                raise FaceIgniteError(f"{ckpt['path']} has already trained {ckpt.get('epoch')} "
-                                      f"epochs; pass --epochs above {ckpt.get('epoch')} to go on")
-        before = (ckpt.get("config") or {}).get("epochs")
-        if not cfg.finetune and before not in (None, cfg.epochs):
-            logger.warning("--epochs %s (the checkpoint's run: %s): the LR schedule goes on as "
-                           "built for %s epochs", cfg.epochs, before, before)
-        logger.info("%s from %s (epoch %s, iteration %s)", "finetuning" if cfg.finetune else
-                    "resuming", ckpt["path"], ckpt.get("epoch"), ckpt.get("iteration"))
-        return cls(ckpt, cfg.finetune, cfg.epochs)
-
-    @property
-    def path(self) -> str | None:
-        return self.ckpt.get("path") if self.ckpt else None
-
-    @property
-    def val_indices(self) -> list[int] | None:
-        """The held-out images of the resumed run (``None``: split anew)."""
-        if not self.ckpt or self.finetune or not self.ckpt.get("split"):
-            return None
-        return self.ckpt["split"]["val_indices"].tolist()
-
-    def restore(self, state: TrainingState) -> None:
-        """Load everything (resume) or the backbone alone (finetune); no checkpoint: nothing."""
-        if not self.ckpt:
-            return
-        if self.finetune:
-            load_backbone(state.model, self.ckpt)
-        else:
-            state.load_state_dict(self.ckpt)
-        self.ckpt = {"path": self.path}  # free the tensors

@@ -1,0 +1,140 @@
+"""Checkpoint files: their names, reading them safely (``weights_only``), and checking
+that one fits this run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from typing import Any, Mapping
+
+import torch
+
+from faceignite.errors import FaceIgniteError
+
+FORMAT = "faceignite-checkpoint"
+FORMAT_VERSION = 1
+ORIGINAL_KEYS = ("epoch", "num_classes", "embedding_dimension", "batch_size_training",
+                 "model_state_dict", "model_architecture", "optimizer_model_state_dict",
+                 "optimizer_centerloss_state_dict", "learning_rate_scheduler_state_dict")
+RESUME_KEYS = ORIGINAL_KEYS + ("criterion_state_dict", "scaler_state_dict", "trainer_state_dict",
+                               "rng_state", "split")
+# File names written by handlers/checkpoint.py (Ignite's "{prefix}_{name}_{step}..." pattern).
+LATEST_PREFIX, BEST_PREFIX, NAME = "training", "best", "checkpoint"
+LATEST_RE = re.compile(rf"^{LATEST_PREFIX}_{NAME}_(\d+)\.pt$")
+BEST_RE = re.compile(rf"^{BEST_PREFIX}_{NAME}_(\d+)_(\w+)=([-+0-9.eE]+|nan|inf)\.pt$")
+# Options a resumed run must share with its checkpoint (name in the checkpoint config, option).
+TRAJECTORY_OPTIONS = ("batch_size", "image_size", "seed", "optimizer", "lr_scheduler")
+
+
+# --------------------------------------------------------------------------- reading safely
+def latest_checkpoint(folder: str) -> str | None:
+    """The ``training_checkpoint_<iteration>.pt`` with the highest iteration in ``folder``."""
+    found = [(int(m.group(1)), name) for name in os.listdir(folder)
+             if (m := LATEST_RE.match(name))]
+    return os.path.join(folder, max(found)[1]) if found else None
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """``path`` itself, or for a run folder its latest training checkpoint."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise FaceIgniteError(f"no {LATEST_PREFIX}_{NAME}_<iteration>.pt in folder {path}: "
+                                  f"pass a checkpoint file to --resume_path")
+        return latest
+    if not os.path.isfile(path):
+        raise FaceIgniteError(f"checkpoint not found: {path}")
+    return path
+
+
+def safe_load(path: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, every failure turned into one clear error.
+
+    A file holding other Python objects than tensors and plain containers (a pickle that could
+    run code) is refused without executing anything; a truncated or corrupt file is named.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note about the pickle protocol
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            try:
+                names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            except Exception:  # noqa: BLE001 - only for the message
+                names = "unknown"
+            raise FaceIgniteError(
+                f"refusing to load {path}: it holds Python objects ({names}) that loading would "
+                f"have to execute, not only tensors; faceignite loads weights only") from None
+        raise FaceIgniteError(f"{path} is not a readable PyTorch checkpoint (corrupt, or another "
+                              f"format): {_first_line(exc)}") from None
+    except FileNotFoundError:
+        raise FaceIgniteError(f"checkpoint not found: {path}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise FaceIgniteError(f"checkpoint {path} is truncated or corrupt "
+                              f"({exc.__class__.__name__}: {_first_line(exc) or 'empty file'}); "
+                              f"use an earlier checkpoint of its folder") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+    """Read a training checkpoint (a file, or a run folder → its latest) safely; return its dict.
+
+    Raises :class:`FaceIgniteError` for a missing, truncated, corrupt, unsafe or non-faceignite
+    file.  The dict gets ``"path"`` (the file read) added.
+    """
+    path = resolve_checkpoint_path(path)
+    ckpt = safe_load(path, map_location)
+    if not isinstance(ckpt, dict):
+        raise FaceIgniteError(f"{path} is not a training checkpoint (it holds a "
+                              f"{type(ckpt).__name__}, not a dict)")
+    missing = [k for k in ("model_state_dict", "model_architecture", "embedding_dimension")
+               if k not in ckpt]
+    if missing:
+        raise FaceIgniteError(f"{path} is not a faceignite training checkpoint: no "
+                              f"{', '.join(missing)}")
+    ckpt["path"] = path
+    return ckpt
+
+
+# --------------------------------------------------------------------------- compatibility
+def check_compatible(ckpt: Mapping, architecture: str | None = None, num_classes: int | None = None,
+                     embedding_dim: int | None = None, finetune_hint: bool = True) -> None:
+    """Raise :class:`FaceIgniteError` naming every mismatch between ``ckpt`` and this run."""
+    wanted = (("architecture", "model_architecture", architecture, "--model"),
+              ("number of classes", "num_classes", num_classes, "--dataroot"),
+              ("embedding size", "embedding_dimension", embedding_dim, "--embedding_dim"))
+    problems = [f"{what} {ckpt.get(key)} in the checkpoint, {value} here ({option})"
+                for what, key, value, option in wanted
+                if value is not None and ckpt.get(key) is not None and ckpt.get(key) != value]
+    if problems:
+        hint = ("; --finetune loads its backbone alone" if finetune_hint
+                and architecture in (None, ckpt.get("model_architecture")) else "")
+        raise FaceIgniteError(f"checkpoint {ckpt.get('path', '')} does not fit this model: "
+                              f"{'; '.join(problems)}{hint}")
+
+
+def check_options(ckpt: Mapping, cfg: argparse.Namespace) -> None:
+    """A resumed run keeps the batch size, image size, seed (data order), optimizer, LR schedule."""
+    saved = dict(ckpt.get("config") or {})
+    saved.setdefault("batch_size", ckpt.get("batch_size_training"))
+    saved.setdefault("image_size", ckpt.get("image_size"))
+    problems = [f"--{name} {saved[name]} (checkpoint) vs {getattr(cfg, name)} (here)"
+                for name in TRAJECTORY_OPTIONS
+                if saved.get(name) is not None
+                and getattr(cfg, name, None) not in (None, saved[name])]
+    if problems:
+        raise FaceIgniteError(f"cannot resume {ckpt.get('path', '')} exactly with other options: "
+                              f"{'; '.join(problems)}: pass the checkpoint's values (or --finetune "
+                              f"to start a new run from its weights)")

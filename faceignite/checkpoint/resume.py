@@ -1,0 +1,102 @@
+"""Starting from a checkpoint: :class:`Resume` (``--resume_path``: the exact run goes on;
+``--finetune``: a new run from its backbone) and :func:`load_backbone`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Mapping
+
+from torch import nn
+
+from faceignite.checkpoint.files import check_compatible, check_options, load_checkpoint
+from faceignite.checkpoint.state import TrainingState, unwrap
+from faceignite.errors import FaceIgniteError
+
+logger = logging.getLogger("faceignite")
+
+
+def load_backbone(model: nn.Module, ckpt: Mapping) -> None:
+    """``--finetune``: copy the checkpoint's backbone weights (same architecture) into ``model``.
+
+    The embedding head is copied too when its size matches; classes, optimizers and the run's
+    position are not.
+    """
+    model = unwrap(model)
+    check_compatible(ckpt, architecture=getattr(model, "architecture", None), finetune_hint=False)
+    weights = ckpt["model_state_dict"]
+    own = model.state_dict()
+    take = {k: v for k, v in weights.items()
+            if k in own and own[k].shape == v.shape
+            and (k.startswith("backbone.") or ckpt.get("embedding_dimension") == getattr(
+                model, "embedding_dim", None))}
+    missing = [k for k in own if k.startswith("backbone.") and k not in take]
+    if missing:
+        raise FaceIgniteError(f"checkpoint {ckpt.get('path', '')} lacks backbone weights of "
+                              f"{getattr(model, 'architecture', 'this model')} (e.g. {missing[0]})")
+    model.load_state_dict(take, strict=False)
+    logger.info("finetune: %s weights (%s) loaded from %s", len(take),
+                "backbone and embedding head" if len(take) > sum(
+                    k.startswith("backbone.") for k in take) else "backbone only", ckpt.get("path"))
+
+
+class Resume:
+    """``--resume_path`` / ``--finetune`` for an experiment: read the file before the data is
+    built (to reuse its split), then :meth:`restore` once every object exists.
+
+        resume = Resume.from_options(cfg)
+        data = build_face_data(cfg, val_indices=resume.val_indices)
+        ...
+        resume.restore(TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg))
+    """
+
+    def __init__(self, ckpt: Mapping | None = None, finetune: bool = False,
+                 max_epochs: int | None = None):
+        self.ckpt, self.finetune, self.max_epochs = ckpt, finetune, max_epochs
+
+    @classmethod
+    def from_options(cls, cfg: argparse.Namespace) -> "Resume":
+        """Load and check ``cfg.resume_path`` (nothing when it is not set)."""
+        if not cfg.resume_path:
+            if cfg.finetune:
+                raise FaceIgniteError("--finetune needs --resume_path CHECKPOINT")
+            return cls()
+        ckpt = load_checkpoint(cfg.resume_path)
+        if cfg.finetune:
+            check_compatible(ckpt, architecture=cfg.model, finetune_hint=False)
+        else:
+            check_compatible(ckpt, architecture=cfg.model, embedding_dim=cfg.embedding_dim)
+            check_options(ckpt, cfg)
+            done = ckpt.get("trainer_state_dict", {})
+            length = done.get("epoch_length")
+            if length and done.get("iteration", 0) >= cfg.epochs * length:
+                raise FaceIgniteError(f"{ckpt['path']} has already trained {ckpt.get('epoch')} "
+                                      f"epochs; pass --epochs above {ckpt.get('epoch')} to go on")
+        before = (ckpt.get("config") or {}).get("epochs")
+        if not cfg.finetune and before not in (None, cfg.epochs):
+            logger.warning("--epochs %s (the checkpoint's run: %s): the LR schedule goes on as "
+                           "built for %s epochs", cfg.epochs, before, before)
+        logger.info("%s from %s (epoch %s, iteration %s)", "finetuning" if cfg.finetune else
+                    "resuming", ckpt["path"], ckpt.get("epoch"), ckpt.get("iteration"))
+        return cls(ckpt, cfg.finetune, cfg.epochs)
+
+    @property
+    def path(self) -> str | None:
+        return self.ckpt.get("path") if self.ckpt else None
+
+    @property
+    def val_indices(self) -> list[int] | None:
+        """The held-out images of the resumed run (``None``: split anew)."""
+        if not self.ckpt or self.finetune or not self.ckpt.get("split"):
+            return None
+        return self.ckpt["split"]["val_indices"].tolist()
+
+    def restore(self, state: TrainingState) -> None:
+        """Load everything (resume) or the backbone alone (finetune); no checkpoint: nothing."""
+        if not self.ckpt:
+            return
+        if self.finetune:
+            load_backbone(state.model, self.ckpt)
+        else:
+            state.load_state_dict(self.ckpt)
+        self.ckpt = {"path": self.path}  # free the tensors
