@@ -1,0 +1,6 @@
+"""``python -m faceignite.align SRC DST``."""
+import sys
+
+from faceignite.align.cli import main
+
+sys.exit(main())
