@@ -7,12 +7,10 @@ import shutil
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import REPO, shared_path
 from faceignite.lfw import create_pairs_evaluator, read_pairs
-from faceignite.lfw.make_pairs import main as make_pairs_main
 from faceignite.lfw.make_pairs import make_pairs_set
 from faceignite.models import build_model
 
