@@ -7,7 +7,7 @@ epochs (the same work for both, fair on a shared machine), optionally capped by 
 seconds of wall time.
 
     python bench/real_data_lfw.py                                  # 2 x 6 epochs at 64 px
-    python bench/real_data_lfw.py --image_size 112 --epochs 10 --budget 1200
+    python bench/real_data_lfw.py --image_size 112 --epochs 5 --budget 1500   # BENCHMARKS.md
 """
 from __future__ import annotations
 
