@@ -5,9 +5,13 @@ folder, uploaded later with ``clearml-task --import-offline-session <zip>``), ``
 when a server is configured in ``clearml.conf`` or ``CLEARML_API_*`` variables, else offline),
 ``off`` (clearml is not even imported).  An unreachable or silent server costs at most
 ``timeout`` seconds, one warning, and the run goes on offline (or untracked).
+
+A resumed run (same output folder) continues its task: the task id is kept in
+``<output_dir>/clearml/task.json``, and the trainer's iteration numbers go on where they stopped.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -28,6 +32,26 @@ logger = logging.getLogger("faceignite")
 
 MODES = ("auto", "online", "offline", "off")
 _TRUE = ("1", "true", "yes", "on")
+TASK_RECORD = os.path.join("clearml", "task.json")  # under the run's output folder
+
+
+def read_task_record(output_dir: str) -> dict | None:
+    """The ``{"id", "mode"}`` of the task an earlier session of this run folder tracked, if any."""
+    try:
+        with open(os.path.join(output_dir, TASK_RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("id"), str) and record.get("mode") in (
+        "online", "offline")
+    return record if ok else None
+
+
+def write_task_record(output_dir: str, task_id: str, mode: str) -> None:
+    path = os.path.join(output_dir, TASK_RECORD)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"id": task_id, "mode": mode}, f)
 
 
 def server_configured() -> bool:
@@ -211,9 +235,16 @@ class ClearMLTracking:
 _last_run: ClearMLTracking | None = None  # closed by the next attach if its training crashed
 
 
+def _continuing(previous: dict | None, mode: str) -> dict:
+    """``Task.init`` arguments that continue the ``previous`` task when it was tracked ``mode``."""
+    return {"continue_last_task": previous["id"]} if previous and previous["mode"] == mode else {}
+
+
 def _start_task(resolved: str, warning: str | None, kwargs: dict, output_dir: str,
-                upload_model: bool, init_timeout: float) -> _ProcessSettings | None:
-    """Create the task: online within ``init_timeout`` s, else offline under ``output_dir``.
+                upload_model: bool, init_timeout: float,
+                previous: dict | None = None) -> _ProcessSettings | None:
+    """Create the task (or continue ``previous``, the run's task when it was tracked the same way):
+    online within ``init_timeout`` s, else offline under ``output_dir``.
 
     None, after one warning, when neither works; a warning is also given for a fallback.
     """
@@ -224,7 +255,8 @@ def _start_task(resolved: str, warning: str | None, kwargs: dict, output_dir: st
 
         def init_online() -> Any:
             Task.set_offline(offline_mode=False)  # may reconnect old sessions: inside the bound
-            return Task.init(**kwargs, output_uri=True if upload_model else None)
+            return Task.init(**kwargs, **_continuing(previous, "online"),
+                             output_uri=True if upload_model else None)
 
         task, error, timed_out = _init_task(init_online, init_timeout)
         if task is not None:
@@ -239,7 +271,7 @@ def _start_task(resolved: str, warning: str | None, kwargs: dict, output_dir: st
     settings = _ProcessSettings(offline=True, folder=folder)
     try:
         Task.set_offline(offline_mode=True)
-        Task.init(**kwargs)
+        Task.init(**kwargs, **_continuing(previous, "offline"))
     except Exception as exc:  # noqa: BLE001 - tracking must not stop training
         settings.restore()
         logger.warning("clearml: %soffline Task.init failed (%s); tracking off for this run "
@@ -290,12 +322,21 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
         kwargs = dict(project_name=project, task_name=task_name, tags=list(tags),
                       reuse_last_task_id=False, auto_connect_frameworks=False,
                       auto_connect_arg_parser=False)
-        settings = _start_task(resolved, warning, kwargs, output_dir, upload_model, init_timeout)
+        previous = read_task_record(output_dir)
+        settings = _start_task(resolved, warning, kwargs, output_dir, upload_model, init_timeout,
+                               previous)
         if settings is None:
             return None
 
     clearml_logger = ClearMLLogger()  # takes the current task
     task = clearml_logger.get_task()
+    mode_now = "offline" if task.is_offline() else "online"
+    if owns_task:
+        continued = previous is not None and task.id == previous["id"]
+        if continued:  # ClearML would shift the iterations: keep the trainer's numbering
+            task.set_initial_iteration(0)
+            logger.info("clearml: continuing task %s of this run", task.id)
+        write_task_record(output_dir, task.id, mode_now)
     if hparams:
         task.connect(tracking.clean_hparams(hparams), name="Args")
     tracking.attach_scalars(clearml_logger, OutputHandler, trainer, log_interval, optimizers)
@@ -305,7 +346,7 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
                                     max_image_history=-1)
 
     tracking.attach_figures(trainer, log_figure)
-    run = ClearMLTracking(clearml_logger, "offline" if task.is_offline() else "online", owns_task,
+    run = ClearMLTracking(clearml_logger, mode_now, owns_task,
                           settings, best_checkpoint, f"{task_name}-best", tags)
     trainer.add_event_handler(Events.COMPLETED, lambda _: run.close(upload_model))
     _last_run = run

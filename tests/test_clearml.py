@@ -237,3 +237,29 @@ def test_unreachable_server_does_not_stop_training(train_args, synthetic_root, t
     assert "faceignite-test-secret" not in caplog.text
     # and TensorBoard, on at the same time, wrote its event file
     assert list((tmp_path / "tb").glob("resnet34_center-*/events.out.tfevents.*"))
+
+
+def test_resumed_run_continues_its_offline_task(train_args, synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("CLEARML_CACHE_DIR", raising=False)
+    args = [a for a in train_args if a not in ("--clearml", "off")]
+    args[args.index("--dataroot") + 1] = str(tiny_faces(synthetic_root, tmp_path / "faces"))
+    args += ["--clearml", "offline", "--batch_size", "8", "--log_interval", "1", "--epochs", "2"]
+    main(args)  # 2 epochs of 2 steps
+    run_dir = next((tmp_path / "runs").glob("resnet34_center-*"))
+    first = json.loads((run_dir / "clearml" / "task.json").read_text())
+    assert first["mode"] == "offline" and first["id"].startswith("offline-")
+    session = run_dir / "clearml" / "offline" / f"{first['id']}.zip"
+
+    def loss_events() -> list[int]:
+        with zipfile.ZipFile(session) as zf:
+            return sorted(e["iter"] for line in zf.read("metrics.jsonl").decode().splitlines()
+                          if line.strip() for e in json.loads(line)
+                          if e["type"] == "training_stats_scalar" and e["variant"] == "loss"
+                          and e["metric"] == "train")
+
+    assert loss_events() == [1, 2, 3, 4]
+    # resume from the end of epoch 1: the same task goes on, at the trainer's iteration numbers
+    main(args + ["--resume_path", str(run_dir / "training_checkpoint_2.pt")])
+    assert json.loads((run_dir / "clearml" / "task.json").read_text()) == first
+    assert [p.name for p in run_dir.glob("clearml/offline/*.zip")] == [session.name]
+    assert loss_events() == [1, 2, 3, 3, 4, 4]  # epoch 2 twice, not shifted by ClearML
