@@ -24,7 +24,7 @@ from faceignite.checkpoint import load_checkpoint
 from faceignite.data.index import IMAGE_EXTENSIONS
 from faceignite.engine import resolve_device
 from faceignite.errors import FaceIgniteError
-from faceignite.export import CONFIG_FILE, WEIGHTS_FILE, load_embedding_model
+from faceignite.export import CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingNet
 
@@ -56,14 +56,8 @@ def load_inference_model(path: str, device: str | torch.device = "cpu"
     else:
         ckpt = load_checkpoint(path)
         config = ckpt.get("config") or {}
-        model = EmbeddingNet(ckpt["model_architecture"], int(ckpt["embedding_dimension"]))
-        try:
-            model.load_state_dict(ckpt["model_state_dict"])
-        except RuntimeError as exc:
-            raise FaceIgniteError(f"{ckpt['path']}: weights do not fit {model.architecture} with "
-                                  f"a {model.embedding_dim}-d embedding: "
-                                  f"{str(exc).splitlines()[0][:200]}") from None
-        model = model.to(device).eval()
+        model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
+                                   ckpt["model_state_dict"], ckpt["path"]).to(device)
         info = {"image_size": ckpt.get("image_size") or config.get("image_size"),
                 "lfw_threshold": ckpt.get("lfw_threshold"),
                 "distance": config.get("distance") or "l2",

@@ -20,14 +20,13 @@ import numpy as np
 import torch
 
 from faceignite.config import add_lfw_args, default_num_workers
+from faceignite.embed import load_inference_model
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
                             find_pairs_file, match_names, read_pairs, save_roc_curve)
-from faceignite.models import EmbeddingNet
 from faceignite.run import session
 
 logger = logging.getLogger("faceignite")
-DEFAULT_IMAGE_SIZE = 160
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,7 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                             "or of precomputed embeddings")
     what = p.add_argument_group("what to evaluate")
     source = what.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=str, help="A faceignite checkpoint (.pt)")
+    source.add_argument("--checkpoint", type=str,
+                        help="A training checkpoint (.pt; a run folder: its latest) or an "
+                             "exported model folder (python -m faceignite.export)")
     source.add_argument("--embeddings", type=str,
                         help="A .npy array, one embedding row per image (needs --names)")
     what.add_argument("--names", type=str,
@@ -64,33 +65,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Folder for the ROC PNG and metrics.json (default: ./runs/evaluate-<time>)")
     p.set_defaults(resume_path=None, finetune=False, seed=0)  # what run.session reads
     return p
-
-
-def load_checkpoint_model(path: str) -> tuple[EmbeddingNet, dict]:
-    """The :class:`EmbeddingNet` of a faceignite checkpoint (tensors only: ``weights_only``)."""
-    if not os.path.isfile(path):
-        raise FaceIgniteError(f"--checkpoint file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FaceIgniteError(f"cannot load checkpoint {path} safely (weights_only): "
-                              f"{exc.__class__.__name__}: {first[:200]}") from exc
-    needed = ("model_state_dict", "model_architecture", "embedding_dimension")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise FaceIgniteError(f"checkpoint {path} is not a faceignite checkpoint: needs keys "
-                              f"{needed}, found {found}")
-    model = EmbeddingNet(ckpt["model_architecture"], int(ckpt["embedding_dimension"]))
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v
-             for k, v in ckpt["model_state_dict"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise FaceIgniteError(f"checkpoint {path} does not fit {ckpt['model_architecture']} with a "
-                              f"{ckpt['embedding_dimension']}-d embedding: "
-                              f"{str(exc).splitlines()[0][:200]}") from exc
-    return model, ckpt
 
 
 def load_embeddings(embeddings: str, names: str) -> tuple[np.ndarray, list[str]]:
@@ -128,17 +102,16 @@ def evaluate_embeddings_file(cfg: argparse.Namespace) -> VerificationResult:
 
 def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> VerificationResult:
     """Embed the images of the pairs set with the checkpoint's model, then the protocol."""
-    model, ckpt = load_checkpoint_model(cfg.checkpoint)
-    image_size = cfg.image_size or int(ckpt.get("image_size") or DEFAULT_IMAGE_SIZE)
-    saved = ckpt.get("lfw_threshold")
-    trained = ckpt.get("config") or {}  # validate as training did, unless told otherwise
-    if cfg.lfw_flip is None:
-        cfg.lfw_flip = bool(trained.get("lfw_flip", False))
-    cfg.distance = cfg.distance or trained.get("distance") or "l2"
-    logger.info("checkpoint %s: %s, %d-d embedding, %d px input%s", cfg.checkpoint,
+    model, info = load_inference_model(cfg.checkpoint, device)
+    image_size = cfg.image_size or info["image_size"]
+    if cfg.lfw_flip is None:  # validate as training did, unless told otherwise
+        cfg.lfw_flip = info["flip"]
+    cfg.distance = cfg.distance or info["distance"]
+    saved = info["lfw_threshold"]
+    logger.info("checkpoint %s: %s, %d-d embedding, %d px input%s", info["source"],
                 model.architecture, model.embedding_dim, image_size,
-                f", threshold saved in training {float(saved):.4f}" if saved is not None else "")
-    evaluator = create_pairs_evaluator(model.to(device), cfg.lfw, device, image_size, cfg.lfw_pairs,
+                f", threshold saved in training {saved:.4f}" if saved is not None else "")
+    evaluator = create_pairs_evaluator(model, cfg.lfw, device, image_size, cfg.lfw_pairs,
                                        cfg.lfw_batch_size, cfg.lfw_flip, cfg.distance,
                                        cfg.lfw_skip_missing, cfg.num_workers, cfg.amp)
     return evaluator.run()

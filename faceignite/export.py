@@ -41,8 +41,9 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _model_from(architecture: str, embedding_dim: int, weights: Mapping,
-                source: str) -> EmbeddingNet:
+def model_from_weights(architecture: str, embedding_dim: int, weights: Mapping,
+                       source: str) -> EmbeddingNet:
+    """An :class:`EmbeddingNet` in eval mode holding ``weights``; one clear error if they do not fit."""
     model = EmbeddingNet(architecture, int(embedding_dim))
     try:
         model.load_state_dict(weights)
@@ -57,7 +58,7 @@ def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
     ``out_dir``: ``embedding_model.pt`` + ``embedding_model.json``.  Returns ``out_dir``."""
     ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     source = str(ckpt.get("path", "checkpoint"))
-    model = _model_from(ckpt["model_architecture"], ckpt["embedding_dimension"],
+    model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
                         ckpt["model_state_dict"], source)
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, WEIGHTS_FILE)
@@ -117,7 +118,7 @@ def load_embedding_model(path: str, device: str | torch.device = "cpu") -> Embed
     if info.get("sha256") and _sha256(weights) != info["sha256"]:
         raise FaceIgniteError(f"{weights} does not match {config_path} (SHA-256 differs): "
                               f"corrupt or replaced; export again")
-    model = _model_from(info["architecture"], info["embedding_dim"], safe_load(weights), weights)
+    model = model_from_weights(info["architecture"], info["embedding_dim"], safe_load(weights), weights)
     model.export_config = info
     return model.to(device)
 
