@@ -70,16 +70,18 @@ def _run_dir(cfg: argparse.Namespace, name: str) -> str:
 
 # --------------------------------------------------------------------------- launching
 def launched_externally() -> bool:
-    """Started as one of several processes by torchrun (or another ``env://`` launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Started as one of several processes by torchrun (or another ``env://`` launcher), or as
+    one task of a several-task ``srun`` step (Ignite reads the SLURM variables)."""
+    return (int(os.environ.get("WORLD_SIZE", "1")) > 1
+            or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1)
 
 
 def resolve_backend(backend: str = "auto", nproc_per_node: int = 1,
                     device: str = "auto") -> str | None:
     """The ``idist.Parallel`` backend of ``--backend``: ``None`` runs one plain process.
 
-    ``auto``: ``nccl`` on CUDA (``gloo`` with ``--device cpu`` or no GPU) when torchrun started
-    this process or ``nproc_per_node > 1``, else ``None``.  Inside a process group that already
+    ``auto``: ``nccl`` on CUDA (``gloo`` with ``--device cpu`` or no GPU) when torchrun or srun
+    started this process or ``nproc_per_node > 1``, else ``None``.  Inside a process group that already
     exists (a launcher of your own), ``None`` as well: the run joins it.
     """
     if backend == "none" or (dist.is_available() and dist.is_initialized()):

@@ -264,3 +264,20 @@ def test_a_signal_to_one_process_stops_both_after_saving(two_process_checks):
     _, ranks = two_process_checks
     expected = {"stopped_at": 4, "saved": [4], "exit_code": 128 + signal.SIGTERM}
     assert [r["signal"] for r in ranks] == [expected] * 2
+
+
+def test_auto_backend_for_torchrun_srun_nproc_and_plain_runs(monkeypatch):
+    from faceignite.run import resolve_backend
+
+    for var in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert resolve_backend("auto", 1, "cpu") is None  # one plain process
+    assert resolve_backend("auto", 2, "cpu") == "gloo"  # --nproc_per_node 2 on a laptop
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun with one task: one plain process
+    assert resolve_backend("auto", 1, "cpu") is None
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "16")  # one task of a 16-task srun step
+    assert resolve_backend("auto", 1, "cpu") == "gloo"
+    assert resolve_backend("none", 1, "cpu") is None
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun
+    assert resolve_backend("auto", 1, "cpu") == "gloo"
