@@ -124,3 +124,25 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_exactly(baseline, small_ro
     resumed_log = (out / os.path.basename(os.path.dirname(saved)) / "run.log").read_text()
     assert f"iteration {iteration})" in resumed_log  # "resuming from ... (epoch E, iteration I)"
     shutil.rmtree(out)
+
+
+def test_a_finished_run_extends_by_more_epochs(baseline, small_root, tmp_path, caplog):
+    metrics, run_dir = baseline
+    final = EPOCHS * EPOCH_LENGTH
+    done = tmp_path / "extended" / f"training_checkpoint_{final}.pt"
+    done.parent.mkdir()
+    shutil.copy(run_dir / done.name, done)
+    args = run_args(small_root, tmp_path / "unused")
+    with pytest.raises(SystemExit):  # nothing left to train: says which --epochs to pass
+        main(args + ["--resume_path", str(done)])
+    assert f"pass --epochs above {EPOCHS} to go on" in caplog.text
+    more = args[:args.index("--epochs")] + ["--epochs", str(EPOCHS + 1)] + args[
+        args.index("--epochs") + 2:]
+    extended = main(more + ["--resume_path", str(done)])
+    after = load(done.parent / f"training_checkpoint_{final + EPOCH_LENGTH}.pt")
+    assert after["epoch"] == EPOCHS + 1
+    assert after["trainer_state_dict"]["iteration"] == final + EPOCH_LENGTH
+    # the schedule goes on as built for the first run: its last LR, not a new warm-up
+    assert extended["lr_model"] == pytest.approx(metrics["lr_model"])
+    assert f"goes on as built for {EPOCHS} epochs" in caplog.text
+    shutil.rmtree(done.parent)
