@@ -29,6 +29,8 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
                                  amp=amp, channels_last=channels_last)
 
     def run_validation(engine: Engine) -> None:
+        if getattr(evaluator.state, "validated_at", None) == engine.state.iteration:
+            return  # an epoch end that is also a --val_interval step: validate once
         evaluator.state.validated_at = engine.state.iteration
         evaluator.run(loader)
         m = evaluator.state.metrics
@@ -41,11 +43,7 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
     if every_iterations:
         event = event | Events.ITERATION_COMPLETED(every=every_iterations)
     trainer.add_event_handler(event, run_validation)
-
-    @trainer.on(Events.COMPLETED)
-    def final_validation(engine: Engine) -> None:
-        """A run stopped early (``--max_time``, early stopping) still ends validated."""
-        if getattr(evaluator.state, "validated_at", None) != engine.state.iteration:
-            run_validation(engine)
+    # a run stopped early (--max_time, early stopping) still ends validated
+    trainer.add_event_handler(Events.COMPLETED, run_validation)
 
     return evaluator

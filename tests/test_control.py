@@ -26,6 +26,12 @@ def test_val_interval_validates_at_the_right_iterations(train_args, tmp_path):
     assert iterations == [5, 10, 15, ITERS_PER_EPOCH]
 
 
+def test_epoch_end_on_a_val_interval_step_validates_once(train_args, tmp_path):
+    main(train_args + ["--epochs", "1", "--val_interval", "6"])
+    iterations = [int(i) for i in re.findall(r"held-out  epoch 1 iteration (\d+)", _run_log(tmp_path))]
+    assert iterations == [6, 12, ITERS_PER_EPOCH]
+
+
 def test_max_time_stops_cleanly_with_a_loadable_checkpoint(train_args, tmp_path):
     metrics = main(train_args + ["--epochs", "40", "--max_time", "4"])
     run_dir = next((tmp_path / "runs").glob("resnet34_center-*"))
