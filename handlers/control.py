@@ -30,11 +30,14 @@ class TerminateOnNanLoss(TerminateOnNan):
         output = engine.state.output
         if not isinstance(output, dict):
             return super().__call__(engine)
+        tensors = [v.detach().float().reshape(-1) for v in output.values()
+                   if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        finite = not tensors or bool(torch.isfinite(torch.cat(tensors)).all())  # one host sync
+        if finite and all(math.isfinite(v) for v in output.values() if isinstance(v, float)):
+            return
         bad = [k for k, v in output.items()
                if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
                or isinstance(v, float) and not math.isfinite(v)]
-        if not bad:
-            return
         engine.state.nan_detected = True
         checkpoint = self.last_checkpoint()
         where = f"resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
