@@ -21,7 +21,7 @@ import torch
 from ignite.engine import Events
 
 from faceignite.checkpoint import load_checkpoint
-from faceignite.data.index import IMAGE_EXTENSIONS
+from faceignite.data.index import IMAGE_EXTENSIONS, list_images
 from faceignite.engine import resolve_device
 from faceignite.errors import FaceIgniteError
 from faceignite.export import CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights
@@ -70,19 +70,15 @@ def load_inference_model(path: str, device: str | torch.device = "cpu"
     return model, info
 
 
-def list_images(root: str) -> list[str]:
-    """Image files under ``root`` (recursively, sorted), as paths relative to ``root``."""
+def images_to_embed(root: str) -> list[str]:
+    """Image files under ``root`` (recursively, sorted), as paths relative to ``root``; one
+    clear error when the folder is missing or holds none."""
     if not os.path.isdir(root):
         raise FaceIgniteError(f"images folder not found: {root}")
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = os.path.relpath(folder, root)
-        found += [os.path.normpath(os.path.join(rel, f)) for f in files
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    found = list_images(root)
     if not found:
         raise FaceIgniteError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {root}")
-    return sorted(found)
+    return found
 
 
 def embed_images(model: EmbeddingNet, paths: Sequence[str], image_size: int,
@@ -140,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
         model, info = load_inference_model(args.checkpoint, device)
         size = args.image_size or info["image_size"]
         flip = info["flip"] if args.flip is None else args.flip
-        names = list_images(args.images)
+        names = images_to_embed(args.images)
         paths = [os.path.join(args.images, n) for n in names]
         embeddings, rows = embed_images(model, paths, size, device, args.batch_size, flip)
     except FaceIgniteError as exc:

@@ -18,8 +18,9 @@ from faceignite.align.cli import get_args_parser, main
 from faceignite.align.detect import (FACENET_PYTORCH, Face, center_box, choose_face,
                                      crop_and_resize, crop_box, detect_faces, load_detector)
 from faceignite.align.files import (FAILED_FILE, LANDMARK_COLUMNS, NO_FACE_FILE, LandmarkWriter,
-                                    list_images, read_list)
+                                    read_list)
 from faceignite.align.folder import Summary, align_folder
+from faceignite.data.index import list_images
 
 __all__ = [
     "FACENET_PYTORCH", "FAILED_FILE", "Face", "LANDMARK_COLUMNS", "LandmarkWriter", "NO_FACE_FILE",

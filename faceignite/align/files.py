@@ -10,7 +10,6 @@ from typing import Iterable
 from PIL import Image, ImageOps
 
 from faceignite.align.detect import Face
-from faceignite.data.index import IMAGE_EXTENSIONS
 
 NO_FACE_FILE = "no_face.txt"
 FAILED_FILE = "failed.txt"
@@ -21,17 +20,6 @@ LANDMARK_COLUMNS = [
     "crop_x1", "crop_y1", "crop_x2", "crop_y2", "fallback",
 ]
 SAVE_OPTIONS = {"JPEG": {"quality": 92, "optimize": True}, "PNG": {}}
-
-
-def list_images(src: str, exclude: str | None = None) -> list[str]:
-    """SRC-relative paths of every JPEG/PNG at any depth (sorted; hidden names and ``exclude`` skipped)."""
-    found = []
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and os.path.join(root, d) != exclude)
-        found.extend(os.path.relpath(os.path.join(root, f), src) for f in files
-                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-    return sorted(found)
 
 
 def output_name(rel: str, ext: str) -> str:

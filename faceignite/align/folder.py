@@ -12,9 +12,8 @@ from PIL import Image
 from faceignite.align.detect import (Face, center_box, crop_and_resize, crop_box, detect_faces,
                                      load_detector)
 from faceignite.align.files import (FAILED_FILE, NO_FACE_FILE, LandmarkWriter, landmark_row,
-                                    list_images, load_image, output_name, read_list, save_image,
-                                    write_lines)
-from faceignite.data.index import IMAGE_EXTENSIONS
+                                    load_image, output_name, read_list, save_image, write_lines)
+from faceignite.data.index import IMAGE_EXTENSIONS, list_images
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite.align")

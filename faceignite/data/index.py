@@ -34,8 +34,20 @@ class ImageIndex:
         return [label for label, names in enumerate(self.files) for _ in names]
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
+    """A JPEG/PNG file name that is not hidden."""
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def list_images(root: str, exclude: str | None = None) -> list[str]:
+    """``root``-relative paths of every image at any depth (sorted; hidden folders and the folder
+    ``exclude`` skipped)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.join(folder, d) != exclude)
+        found.extend(os.path.relpath(os.path.join(folder, f), root) for f in files if is_image(f))
+    return sorted(found)
 
 
 def scan_identity_folders(root: str) -> ImageIndex:
@@ -51,7 +63,7 @@ def scan_identity_folders(root: str) -> ImageIndex:
         folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     for name in folders:
         with os.scandir(os.path.join(root, name)) as entries:
-            images = sorted(e.name for e in entries if e.is_file() and _is_image(e.name))
+            images = sorted(e.name for e in entries if e.is_file() and is_image(e.name))
         if images:
             classes.append(name)
             files.append(images)

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from faceignite.data.index import IMAGE_EXTENSIONS
+from faceignite.data.index import is_image
 from faceignite.errors import FaceIgniteError
 
 
@@ -57,8 +57,7 @@ def copy_lfw_layout(source: str, dest: str, identities: Sequence[str]) -> dict[s
         folder = os.path.join(source, name)
         if not os.path.isdir(folder):
             raise FaceIgniteError(f"identity folder not found: {folder}")
-        files = sorted(f for f in os.listdir(folder)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        files = sorted(f for f in os.listdir(folder) if is_image(f))
         os.makedirs(os.path.join(dest, name), exist_ok=True)
         for i, fname in enumerate(files, 1):
             ext = os.path.splitext(fname)[1].lower()
