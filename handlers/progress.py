@@ -15,6 +15,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from handlers.tracking import learning_rates, step_scalars
+
 logger = logging.getLogger("faceignite")
 
 
@@ -82,24 +84,21 @@ def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | No
         @trainer.on(Events.ITERATION_COMPLETED(every=log_interval))
         def log_iteration(engine: Engine) -> None:
             out = engine.state.output  # read here only: no host sync in the other steps
-            scalars = " | ".join(f"{k} {float(v):.4f}" for k, v in out.items()
-                                 if isinstance(v, torch.Tensor) and v.ndim == 0)
+            scalars = " | ".join(f"{k} {v:.4f}" for k, v in step_scalars(out).items())
             seconds = max(time.perf_counter() - stats.started, 1e-9)
             logger.info("epoch %d iteration %d | %s | %.1f img/s", engine.state.epoch,
                         engine.state.iteration, scalars, stats.images / seconds)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def log_epoch(engine: Engine) -> None:
-        values = stats.compute()
-        for name, opt in (optimizers or {}).items():
-            values[f"lr_{name}"] = opt.param_groups[0]["lr"]
+        values = {**stats.compute(), **learning_rates(optimizers or {})}
         engine.state.metrics.update(values)
         parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}"]
         parts += [f"{k[6:]} {v:.4f}" for k, v in values.items() if k.startswith("train_")]
         parts.append(f"{values['images_per_sec']:.1f} img/s")
         parts += [f"{k} {v:.3g}" for k, v in values.items() if k.startswith("lr_")]
-        if stats.skipped:
-            parts.append(f"skipped {stats.skipped} undecodable images")
+        if values["skipped_images"]:  # of every process
+            parts.append(f"skipped {values['skipped_images']:.0f} undecodable images")
         logger.info(" | ".join(parts))
 
     return stats
