@@ -8,9 +8,32 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 ARCHITECTURES = ("resnet34", "resnet50", "resnet101")
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential")
+
+
+def plain_config(config: Mapping | argparse.Namespace | None,
+                 other: Callable[[Any], Any] | None = None) -> dict:
+    """Options as JSON-plain values (``other(value)`` for the rest, or left out when ``other`` is
+    None), leaving out every option whose name looks like a credential (:data:`SECRET_WORDS`).
+
+    Checkpoints, ClearML and TensorBoard all record the options through this one filter."""
+    if isinstance(config, argparse.Namespace):
+        config = vars(config)
+    plain: dict[str, Any] = {}
+    for k, v in (config or {}).items():
+        k = str(k)
+        if any(w in k.lower() for w in SECRET_WORDS):
+            continue
+        if v is None or isinstance(v, (bool, int, float, str)):
+            plain[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+            plain[k] = list(v)
+        elif other is not None:
+            plain[k] = other(v)
+    return plain
 
 
 def default_num_workers() -> int:

@@ -18,13 +18,13 @@ tag           values                                      when
 from __future__ import annotations
 
 import numbers
-import re
 from typing import Any, Callable, Mapping
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.base_logger import BaseLogger, BaseOutputHandler
 
+from faceignite.config import plain_config
 from handlers import events
 
 Predicate = Callable[[str], bool]
@@ -37,7 +37,6 @@ VALIDATION_GROUPS: dict[Any, tuple[str, Predicate]] = {
     events.ValidationEvents.HOLDOUT_COMPLETED: ("holdout", lambda k: k.startswith("val_")),
     events.ValidationEvents.LFW_COMPLETED: ("lfw", lambda k: k.startswith("lfw_")),
 }
-_SECRET = re.compile(r"secret|password|passwd|token|credential|access_key", re.IGNORECASE)
 
 
 def iteration_step(engine: Engine, _event: Any = None) -> int:
@@ -72,17 +71,7 @@ def learning_rates(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str,
 
 def clean_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
     """Options as plain values (str for the rest); keys that look like credentials are dropped."""
-    clean: dict[str, Any] = {}
-    for k, v in (hparams or {}).items():
-        if _SECRET.search(str(k)):
-            continue
-        if v is None or isinstance(v, (bool, int, float, str)):
-            clean[str(k)] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
-            clean[str(k)] = list(v)
-        else:
-            clean[str(k)] = str(v)
-    return clean
+    return plain_config(hparams, other=str)
 
 
 def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler], trainer: Engine,

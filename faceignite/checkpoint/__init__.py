@@ -19,7 +19,8 @@ from faceignite.checkpoint.files import (BEST_PREFIX, BEST_RE, FORMAT, FORMAT_VE
                                          resolve_checkpoint_path, safe_load)
 from faceignite.checkpoint.resume import Resume, load_backbone
 from faceignite.checkpoint.state import (RNGState, TrainingState, dataset_split, index_digest,
-                                         num_classes_of, plain_config, unwrap)
+                                         num_classes_of, unwrap)
+from faceignite.config import plain_config
 
 __all__ = [
     "BEST_PREFIX", "BEST_RE", "FORMAT", "FORMAT_VERSION", "LATEST_PREFIX", "LATEST_RE", "NAME",

@@ -19,12 +19,10 @@ from torch import nn
 
 from faceignite import __version__
 from faceignite.checkpoint.files import FORMAT, FORMAT_VERSION, RESUME_KEYS, check_compatible
+from faceignite.config import plain_config
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite")
-
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
 
 class RNGState:
     """The random generators (Python, NumPy, torch CPU and every CUDA device) as plain data."""
@@ -93,22 +91,6 @@ def dataset_split(data: Any) -> dict:
     return {"train_indices": torch.tensor(data.train_indices, dtype=torch.int32),
             "val_indices": torch.tensor(data.val_indices, dtype=torch.int32),
             "num_images": len(index), "index_digest": index_digest(index.classes, index.files)}
-
-
-def plain_config(config: Mapping | argparse.Namespace | None) -> dict:
-    """Options as JSON-plain values, leaving out anything that looks like a credential."""
-    if isinstance(config, argparse.Namespace):
-        config = vars(config)
-    plain = {}
-    for k, v in (config or {}).items():
-        if any(w in k.lower() for w in _SECRET_WORDS):
-            continue
-        if v is None or isinstance(v, (bool, int, float, str)):
-            plain[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str))
-                                                  for x in v):
-            plain[k] = list(v)
-    return plain
 
 
 def _metrics(trainer: Engine) -> dict:
