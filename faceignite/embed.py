@@ -24,7 +24,8 @@ from faceignite.checkpoint import load_checkpoint
 from faceignite.data.index import IMAGE_EXTENSIONS, list_images
 from faceignite.engine import resolve_device
 from faceignite.errors import FaceIgniteError
-from faceignite.export import CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights
+from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
+                               validation_settings)
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingNet
 
@@ -50,19 +51,14 @@ def load_inference_model(path: str, device: str | torch.device = "cpu"
     path = os.path.abspath(os.path.expanduser(str(path)))
     if _is_export(path):
         model = load_embedding_model(path, device)
-        cfg = model.export_config
-        info = {"image_size": cfg.get("image_size"), "lfw_threshold": cfg.get("lfw_threshold"),
-                "distance": cfg.get("distance") or "l2", "flip": bool(cfg.get("lfw_flip", False))}
+        saved = model.export_config  # validation_settings(checkpoint), written at export
     else:
         ckpt = load_checkpoint(path)
-        config = ckpt.get("config") or {}
         model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
                                    ckpt["model_state_dict"], ckpt["path"]).to(device)
-        info = {"image_size": ckpt.get("image_size") or config.get("image_size"),
-                "lfw_threshold": ckpt.get("lfw_threshold"),
-                "distance": config.get("distance") or "l2",
-                "flip": bool(config.get("lfw_flip", False))}
-        path = ckpt["path"]
+        saved, path = validation_settings(ckpt), ckpt["path"]
+    info = {"image_size": saved.get("image_size"), "lfw_threshold": saved.get("lfw_threshold"),
+            "distance": saved.get("distance") or "l2", "flip": bool(saved.get("lfw_flip", False))}
     threshold = info["lfw_threshold"]
     info["lfw_threshold"] = None if threshold is None else float(threshold)
     info["image_size"] = int(info["image_size"] or DEFAULT_IMAGE_SIZE)

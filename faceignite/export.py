@@ -53,32 +53,42 @@ def model_from_weights(architecture: str, embedding_dim: int, weights: Mapping,
     return model.eval()
 
 
+def validation_settings(ckpt: Mapping) -> dict[str, Any]:
+    """What a threshold of ``ckpt`` belongs to: ``image_size``, ``distance``, ``lfw_flip`` and
+    ``lfw_threshold`` (None when no LFW validation ran), from the checkpoint and its options."""
+    config = ckpt.get("config") or {}
+    return {"image_size": ckpt.get("image_size") or config.get("image_size"),
+            "distance": config.get("distance") or "l2",
+            "lfw_flip": bool(config.get("lfw_flip", False)),
+            "lfw_threshold": ckpt.get("lfw_threshold")}
+
+
 def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
     """Write the embedding model of ``checkpoint`` (a path, a run folder or a loaded dict) to
     ``out_dir``: ``embedding_model.pt`` + ``embedding_model.json``.  Returns ``out_dir``."""
     ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     source = str(ckpt.get("path", "checkpoint"))
     model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
-                        ckpt["model_state_dict"], source)
+                               ckpt["model_state_dict"], source)
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, WEIGHTS_FILE)
     tmp = weights + ".part"
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, weights)
-    config = ckpt.get("config") or {}
     metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items()
                if k.startswith(("lfw_", "val_"))}
+    settings = validation_settings(ckpt)
     info = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "faceignite_version": __version__,
         "architecture": ckpt["model_architecture"],
         "embedding_dim": int(ckpt["embedding_dimension"]),
-        "image_size": ckpt.get("image_size") or config.get("image_size"),
+        "image_size": settings["image_size"],
         "input": {"color": "RGB", "normalise": "(pixel / 255 - mean) / std", "mean": list(MEAN),
                   "std": list(STD), "layout": "NCHW float32", "crop": "aligned face, resized"},
         "output": "L2-normalised embedding: model.embed(images)",
-        "distance": config.get("distance", "l2"),
-        "lfw_flip": bool(config.get("lfw_flip", False)),
-        "lfw_threshold": ckpt.get("lfw_threshold"),
+        "distance": settings["distance"],
+        "lfw_flip": settings["lfw_flip"],
+        "lfw_threshold": settings["lfw_threshold"],
         "metrics": metrics,
         "trained": {"checkpoint": source, "epoch": ckpt.get("epoch"),
                     "iteration": ckpt.get("iteration"), "num_classes": ckpt.get("num_classes")},
