@@ -1,7 +1,6 @@
 """MTCNN detection and the davidsandberg crop: which face, which box, which pixels."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -9,8 +8,6 @@ import numpy as np
 from PIL import Image
 
 from faceignite.errors import FaceIgniteError
-
-logger = logging.getLogger("faceignite.align")
 
 FACENET_PYTORCH = "facenet-pytorch==2.5.3"
 
@@ -91,18 +88,15 @@ def _faces(boxes, probs, points, width: int, height: int) -> Face | None:
 def detect_faces(detector, images: list[Image.Image], min_face_size: int = 20) -> list[Face | None]:
     """The chosen face of each image (``None``: no face); equal-size images go in one batch.
 
-    A batch that fails is retried image by image; an image that fails raises from here.
+    A failure raises from here: the caller (``folder._align_batch``) retries image by image.
     """
     width, height = images[0].size
     if min(width, height) < min_face_size:   # MTCNN builds no pyramid level for these
         return [None] * len(images)
     if len(images) > 1 and all(im.size == (width, height) for im in images):
-        try:
-            batch = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-            boxes, probs, points = detector.detect(batch, landmarks=True)
-            return [_faces(b, p, q, width, height) for b, p, q in zip(boxes, probs, points)]
-        except Exception as exc:  # noqa: BLE001 - one odd image must not sink the batch
-            logger.warning("batch detection failed (%s); detecting one by one", exc)
+        batch = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+        boxes, probs, points = detector.detect(batch, landmarks=True)
+        return [_faces(b, p, q, width, height) for b, p, q in zip(boxes, probs, points)]
     out = []
     for im in images:
         if min(im.size) < min_face_size:

@@ -177,7 +177,8 @@ def _align_batch(detector, batch: list[tuple[str, Image.Image]], finish, summary
     images = [im for _, im in batch]
     try:
         faces = detect_faces(detector, images, min_face_size)
-    except Exception:  # noqa: BLE001 - fall back to one by one to find the culprit
+    except Exception as exc:  # noqa: BLE001 - one odd image must not sink the batch
+        logger.warning("batch detection failed (%s); detecting one by one", exc)
         faces = None
     for j, (rel, image) in enumerate(batch):
         try:
