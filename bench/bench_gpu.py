@@ -27,8 +27,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def parse(argv=None) -> argparse.Namespace:
+    from faceignite.config import ARCHITECTURES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="resnet34", choices=("resnet34", "resnet50", "resnet101"))
+    p.add_argument("--model", default="resnet34", choices=ARCHITECTURES)
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 112],
                    help="Input sizes, one table each (default: 224 112)")
     p.add_argument("--batch_size", type=int, default=256, help="Batch size (default: 256)")
@@ -216,7 +218,7 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
 
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    specs = [("plain fp32 loop, as the original trainer (baseline)", baseline, None)]
+    specs = [("plain fp32 loop, as the original trainer (baseline)", baseline)]
     for precision in args.precisions:
         for cl in layouts:
             layout = "channels_last" if cl else "nchw"
@@ -225,14 +227,14 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
                     continue
                 name = (f"{precision}, {'channels_last' if cl else 'NCHW'}, "
                         f"{'torch.compile' if compiled else 'eager'}")
-                specs.append((name, ours(precision, cl, compiled), (precision, cl, compiled)))
+                specs.append((name, ours(precision, cl, compiled)))
     if not args.no_handlers_row:
         precision = "bf16" if "bf16" in args.precisions else args.precisions[0]
         specs.append((f"{precision}, {'channels_last' if True in layouts else 'NCHW'}, eager "
-                      f"+ recipe handlers", ours(precision, True in layouts, False, True), None))
+                      f"+ recipe handlers", ours(precision, True in layouts, False, True)))
 
     candidates: dict[str, Candidate] = {}
-    for name, build, _ in specs:
+    for name, build in specs:
         cand = Candidate(name, build, device)
         print(f"  warming up: {name}", flush=True)
         if name.startswith("plain"):

@@ -17,8 +17,10 @@ from common import (CLOCKS, Result, add_clock_arg, add_rounds_arg, add_threads_a
 
 
 def parse(argv=None) -> argparse.Namespace:
+    from faceignite.config import ARCHITECTURES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="resnet34", choices=("resnet34", "resnet50", "resnet101"))
+    p.add_argument("--model", default="resnet34", choices=ARCHITECTURES)
     p.add_argument("--images", type=int, default=64, help="Images per timed pass (default: 64)")
     p.add_argument("--image_size", type=int, default=112, help="Input size (default: 112)")
     p.add_argument("--batch_size", type=int, default=32, help="Batch size (default: 32)")

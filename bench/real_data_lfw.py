@@ -12,18 +12,17 @@ seconds of wall time.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, SHARED_DATA as DATA
+
 sys.path.insert(0, str(REPO / "experiments"))
 from resnet34_center import main as train  # noqa: E402
 
-DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
 ROWS = [("LFW accuracy", "lfw_accuracy", 100), ("± std", "lfw_accuracy_std", 100),
         ("TAR @ FAR=1e-3", "lfw_val_far1e-3", 100), ("TAR @ FAR=1e-2", "lfw_val_far1e-2", 100),
         ("AUC", "lfw_auc", 1), ("EER", "lfw_eer", 100), ("threshold (L2)", "lfw_threshold", 1),

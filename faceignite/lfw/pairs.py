@@ -15,12 +15,13 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from faceignite.data.index import IMAGE_EXTENSIONS as INDEX_EXTENSIONS
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite")
 
 PAIRS_FILE_NAMES = ("pairs.txt", "lfw_pairs.txt")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+IMAGE_EXTENSIONS = tuple(ext.lstrip(".") for ext in INDEX_EXTENSIONS)  # "jpg", ...
 NUM_FOLDS = 10
 _SHOWN = 3  # missing paths quoted in an error message
 

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MINING = ("batch_hard", "semi_hard")
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -69,6 +68,7 @@ def semi_hard_triplets(dist: torch.Tensor, labels: torch.Tensor) -> Triplets:
 
 
 MINERS = {"batch_hard": batch_hard_triplets, "semi_hard": semi_hard_triplets}
+MINING = tuple(MINERS)
 
 
 class TripletLoss(nn.Module):
