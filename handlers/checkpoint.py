@@ -96,10 +96,6 @@ class Checkpointer:
         path = self.best.last_checkpoint if self.best is not None else None
         return str(path) if path is not None else None
 
-    def _saved_at(self, engine: Engine) -> bool:
-        return bool(self.latest._saved) and any(
-            item.priority == engine.state.iteration for item in self.latest._saved)
-
     def save(self, engine: Engine) -> str | None:
         """Write a training checkpoint of the current iteration now; return its path.
 
@@ -113,10 +109,9 @@ class Checkpointer:
 
     def save_now(self, engine: Engine) -> str:
         """Like :meth:`save`, unless this iteration is already saved (then its path)."""
-        if self._saved_at(engine):
-            return str(self.latest.save_handler.dirname /
-                       next(i.filename for i in self.latest._saved
-                            if i.priority == engine.state.iteration))
+        for item in self.latest._saved:
+            if item.priority == engine.state.iteration:
+                return str(self.latest.save_handler.dirname / item.filename)
         return self.save(engine)
 
     def save_best(self, engine: Engine) -> None:
