@@ -179,6 +179,15 @@ class PartialFC(nn.Module):
         self.sample_rate, self.label_smoothing = sample_rate, label_smoothing
         self.grad_scale = float(self.world_size) if ddp_model else 1.0
         self.last_sample: torch.Tensor | None = None  # the local rows the last step used
+        # one draw from the global generator (the same in every process), then a seed per rank:
+        # equally seeded processes give distinct rows to distinct classes
+        seed = int(torch.randint(0, 2**62, ())) + self.rank
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._make_parameters(head, embedding_dim, center_loss_weight, scale, margin)
+
+    def _make_parameters(self, head: str, embedding_dim: int, center_loss_weight: float,
+                         scale: float, margin: float | None) -> None:
         if head == "softmax":
             self.classifier = nn.Linear(embedding_dim, self.num_local)
             self.center_loss = CenterLoss(self.num_local, embedding_dim)
