@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import ignite.distributed as idist
 import numpy as np
@@ -13,12 +14,16 @@ import torch
 from ignite.engine import Events
 from PIL import Image
 
-from conftest import shared_path
-from faceignite.engine import create_trainer
-from faceignite.errors import FaceIgniteError
-from faceignite.losses import ArcFace, CosFace, PartialFC, SoftmaxCenterLoss
-from faceignite.losses.partial_fc import gather_rows, shard_range
-from faceignite.optim import build_optimizers
+from conftest import REPO, shared_path
+
+sys.path.insert(0, str(REPO / "bench"))
+import partial_fc_memory  # noqa: E402
+
+from faceignite.engine import create_trainer  # noqa: E402
+from faceignite.errors import FaceIgniteError  # noqa: E402
+from faceignite.losses import ArcFace, CosFace, PartialFC, SoftmaxCenterLoss  # noqa: E402
+from faceignite.losses.partial_fc import gather_rows, shard_range  # noqa: E402
+from faceignite.optim import build_optimizers  # noqa: E402
 
 C, D = 7, 8  # 7 classes on 2 processes: shards of 4 and 3 rows
 SIZES = (7, 5)  # uneven per-process batches: 12 images in the global batch
@@ -137,7 +142,8 @@ def train_on_faces(rank: int, root: str, out_dir: str) -> dict:
     torch.save({"model": model.state_dict(), "local": criterion.state_dict(),
                 "local_optim": optimizers["model"].state_dict(), "full": full,
                 "full_optim": optim}, os.path.join(out_dir, f"trained-rank{rank}.pt"))
-    return {"before": before, "after": after, "accuracies": accuracies}
+    return {"before": before, "after": after, "accuracies": accuracies, "rows": criterion.num_local,
+            "bytes": partial_fc_memory.measured_bytes(criterion, optimizers)}
 
 
 def round_trip(rank: int, out_dir: str) -> dict:
@@ -248,10 +254,13 @@ def test_sampling_keeps_every_positive_and_only_sampled_rows_learn(two_processes
 def test_training_at_sample_rate_half_learns_real_faces(two_processes):
     ranks, _, out = two_processes
     train = [r["train"] for r in ranks]
-    assert train[0] == train[1]  # the same global numbers in both processes
+    for key in ("before", "after", "accuracies"):  # the same global numbers in both processes
+        assert train[0][key] == train[1][key]
     (loss0, acc0), (loss1, acc1) = train[0]["before"], train[0]["after"]
     assert loss1 < 0.5 * loss0 and acc1 > acc0 + 0.3, train[0]
     assert np.mean(train[0]["accuracies"][-20:]) > np.mean(train[0]["accuracies"][:20])
+    for result in train:  # the bench's memory formula, measured on each shard
+        assert result["bytes"] == partial_fc_memory.formula_bytes(IDENTITIES, 32, result["rows"])
     saved = [torch.load(out / f"trained-rank{r}.pt", weights_only=True) for r in (0, 1)]
     for key, value in saved[0]["model"].items():  # DDP kept the replicas identical
         assert torch.equal(value, saved[1]["model"][key])
@@ -315,3 +324,24 @@ def test_mismatched_states_are_one_line_errors():
         crit.load_full_state_dict(ArcFace(C + 1, D).state_dict())
     with pytest.raises(FaceIgniteError, match="sample_rate"):
         PartialFC(C, D, sample_rate=0.0)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_under_autocast_the_loss_is_computed_in_float32(head):
+    """bf16 embeddings from an autocast model: the same loss and gradients as float32
+    embeddings of the same (bf16) values; gradients reach the bf16 embeddings."""
+    crit = PartialFC(C, D, head, **HEADS[head])
+    crit.load_full_state_dict(reference(head).state_dict())
+    embeddings, labels = global_batch()
+    low = embeddings.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = crit(low, labels)
+    out["loss"].backward()
+    high = low.detach().float().requires_grad_()
+    expected = crit(high, labels)
+    assert out["loss"].dtype == torch.float32
+    close(out["loss"], expected["loss"])
+    crit.zero_grad()
+    expected["loss"].backward()
+    assert low.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(low.grad.float(), high.grad, rtol=1e-2, atol=1e-3)
