@@ -165,7 +165,8 @@ def worker(local_rank: int, root: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     rank = idist.get_rank()
     results = {"equality": equality_checks(rank), "sampling": sampling_checks(rank),
-               "round_trip": round_trip(rank, out_dir), "train": train_on_faces(rank, root, out_dir),
+               "round_trip": round_trip(rank, out_dir),
+               "train": train_on_faces(rank, root, out_dir),
                "range": (PartialFC(C, D).class_start, PartialFC(C, D).class_stop)}
     torch.save(results, os.path.join(out_dir, f"results-rank{rank}.pt"))
 
