@@ -27,6 +27,8 @@ from faceignite.optim import build_optimizers  # noqa: E402
 
 C, D = 7, 8  # 7 classes on 2 processes: shards of 4 and 3 rows
 SIZES = (7, 5)  # uneven per-process batches: 12 images in the global batch
+EMPTY_RANK1 = (12, 0)  # rank 1's images all failed to decode
+CASES = ((SIZES, False), (SIZES, True), (EMPTY_RANK1, False))
 HEADS = {"softmax": dict(center_loss_weight=0.1, label_smoothing=0.1), "arcface": {},
          "cosface": {}}
 IDENTITIES, IMAGES, PIXELS = 16, 6, 20  # the real-face training set
@@ -52,8 +54,8 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(rng.integers(0, C, sum(SIZES))).long())
 
 
-def local_rows(rank: int) -> slice:
-    return slice(sum(SIZES[:rank]), sum(SIZES[:rank + 1]))
+def local_rows(rank: int, sizes: tuple[int, ...] = SIZES) -> slice:
+    return slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
 
 
 def face_set(root: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,15 +76,16 @@ def equality_checks(rank: int) -> dict:
     embeddings, labels = global_batch()
     results = {}
     for head, options in HEADS.items():
-        for ddp_model in (False, True):
+        # (sizes, ddp_model): uneven batches with and without DDP's x2; rank 1 without images
+        for sizes, ddp_model in CASES:
             crit = PartialFC(C, D, head, ddp_model=ddp_model, **options)
             crit.load_full_state_dict(reference(head).state_dict())
-            mine = embeddings[local_rows(rank)].clone().requires_grad_()
-            out = crit(mine, labels[local_rows(rank)])
+            mine = embeddings[local_rows(rank, sizes)].clone().requires_grad_()
+            out = crit(mine, labels[local_rows(rank, sizes)])
             out["loss"].backward()
             grads = {k: gather_rows(p.grad, C, chunk_rows=3)  # chunks of 3 rows: 2 gathers
                      for k, p in crit.named_parameters()}
-            results[head, ddp_model] = {
+            results[head, sizes, ddp_model] = {
                 "stats": {k: v.detach() for k, v in out.items()},
                 "embedding_grad": mine.grad, "param_grads": grads}
     return results
@@ -212,22 +215,22 @@ def test_sharded_loss_and_gradients_equal_one_process(two_processes, head):
     out["loss"].backward()
     accuracy = (out["logits"].argmax(1) == labels).float().mean()
     for rank, result in enumerate(ranks):
-        for ddp_model in (False, True):
-            got = result["equality"][head, ddp_model]
+        for sizes, ddp_model in CASES:
+            got = result["equality"][head, sizes, ddp_model]
             for key in ("loss", "ce", "center", "target_cos"):  # the global value everywhere
                 if key in out:
                     close(got["stats"][key], out[key].detach())
             close(got["stats"]["accuracy"], accuracy)
             # the rows this process made; x 2 when DDP will average the model's gradients
             close(got["embedding_grad"],
-                  embeddings.grad[local_rows(rank)] * (2 if ddp_model else 1))
+                  embeddings.grad[local_rows(rank, sizes)] * (2 if ddp_model else 1))
     # classifier and centre gradients, gathered on rank 0 (None on rank 1)
-    for ddp_model in (False, True):
-        grads = ranks[0]["equality"][head, ddp_model]["param_grads"]
+    for case in CASES:
+        grads = ranks[0]["equality"][(head, *case)]["param_grads"]
         assert grads.keys() == dict(ref.named_parameters()).keys()
         for name, p in ref.named_parameters():
             close(grads[name], p.grad)
-        assert all(g is None for g in ranks[1]["equality"][head, ddp_model]["param_grads"]
+        assert all(g is None for g in ranks[1]["equality"][(head, *case)]["param_grads"]
                    .values())
 
 
