@@ -14,8 +14,9 @@ The table is arithmetic (float32, 4 bytes a number) for the softmax + center-los
   classes: ``W·b x ceil(C / W)``, or ``x int(R·C/W)`` sampled ones at ``--sample_rate R``.
 
 Gradients are dense: with sampling the unsampled rows get zeros, so a gradient is as large as
-its parameter.  The logits column is one float32 ``B x K`` matrix: a step holds two (softmax
-head: the logits and the saved softmax) to four (margin heads) at its peak.
+its parameter.  The logits column is one float32 ``B x K`` matrix: counted from the code, a
+step holds two at its peak (the logits and the saved softmax, which the backward turns into
+the gradient in place), three in the backward of a margin head.
 
 The check (``--check_classes`` classes > 0) starts ``--check_processes`` gloo processes on the
 CPU, builds the sharded criterion and its optimizers, takes one step and counts the bytes of its

@@ -326,6 +326,8 @@ def test_mismatched_states_are_one_line_errors():
         crit.load_full_state_dict(SoftmaxCenterLoss(C, D).state_dict())
     with pytest.raises(FaceIgniteError, match="shape"):
         crit.load_full_state_dict(ArcFace(C + 1, D).state_dict())
+    with pytest.raises(FaceIgniteError, match="label 7 in the batch"):
+        crit(torch.randn(2, D), torch.tensor([0, C]))
     with pytest.raises(FaceIgniteError, match="sample_rate"):
         PartialFC(C, D, sample_rate=0.0)
 

@@ -99,18 +99,22 @@ class _ShardedCrossEntropy(torch.autograd.Function):
                    else logits.new_full((batch,), float("-inf")))
         if distributed:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-        exp = (logits.detach() - row_max[:, None]).exp()
+        exp = logits.detach() - row_max[:, None]
+        exp.exp_()  # in place: one more B x K matrix, not two
         owned = (target >= 0).nonzero().squeeze(1)
         target_logit = logits.new_zeros(batch)
         target_logit[owned] = logits.detach()[owned, target[owned]]
-        sums = torch.stack([exp.sum(dim=1), target_logit, logits.detach().sum(dim=1)])
+        parts = [exp.sum(dim=1), target_logit]
+        if smoothing:
+            parts.append(logits.detach().sum(dim=1))
+        sums = torch.stack(parts)
         if distributed:
             dist.all_reduce(sums)
-        sum_exp, target_logit, logit_sum = sums
+        sum_exp, target_logit = sums[0], sums[1]
         log_norm = row_max + sum_exp.log()
         per_row = (1.0 - smoothing) * (log_norm - target_logit)
         if smoothing:
-            per_row = per_row + smoothing * (log_norm - logit_sum / num_active)
+            per_row = per_row + smoothing * (log_norm - sums[2] / num_active)
         exp.div_(sum_exp[:, None])  # the softmax, kept for the backward
         ctx.save_for_backward(exp, target)
         ctx.smoothing, ctx.num_active = smoothing, num_active
@@ -122,7 +126,8 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         batch = prob.shape[0]
         if batch == 0:
             return prob, None, None, None, None
-        grad_logits = prob.clone()
+        # in place on the saved softmax (B x K): a second backward fails loudly (version check)
+        grad_logits = prob
         if ctx.smoothing:
             grad_logits.sub_(ctx.smoothing / ctx.num_active)
         owned = (target >= 0).nonzero().squeeze(1)
@@ -214,6 +219,10 @@ class PartialFC(nn.Module):
         batch = features.shape[0]
         if batch == 0:
             return self._empty(local)
+        low, high = torch.stack([labels.min(), labels.max()]).tolist()  # the same everywhere
+        if low < 0 or high >= self.num_classes:
+            raise FaceIgniteError(f"label {low if low < 0 else high} in the batch: the criterion "
+                                  f"has {self.num_classes} classes (0..{self.num_classes - 1})")
         owned = (labels >= self.class_start) & (labels < self.class_stop)
         target = torch.where(owned, labels - self.class_start, torch.full_like(labels, -1))
         rows = self.sample(target) if self.training else None
@@ -226,28 +235,26 @@ class PartialFC(nn.Module):
             num_active = int(idist.all_reduce(torch.tensor(rows.numel(), device=local.device)))
 
         out: dict[str, torch.Tensor] = {}
+        mine = owned.nonzero().squeeze(1)
         if self.head == "softmax":
             weight = self.classifier.weight if rows is None else self.classifier.weight[rows]
             bias = self.classifier.bias if rows is None else self.classifier.bias[rows]
-            logits = plain = F.linear(features, weight, bias)
+            logits = F.linear(features, weight, bias)
+            plain_max, target_plain = self._plain_statistics(logits, mine, column[mine], 1.0)
         else:
             weight = self.weight if rows is None else self.weight[rows]
-            cos = F.linear(F.normalize(features, dim=1), F.normalize(weight, dim=1))
-            mine = owned.nonzero().squeeze(1)
-            target_cos = cos[mine, column[mine]]
-            logits = self.scale * cos.index_put((mine, column[mine]),
-                                                _TARGET_MARGIN[self.head](self, target_cos))
-            plain = self.scale * cos.detach()
+            logits = F.linear(F.normalize(features, dim=1), F.normalize(weight, dim=1))  # cos θ
+            target_cos = logits[mine, column[mine]]
+            plain_max, target_plain = self._plain_statistics(logits, mine, column[mine],
+                                                             self.scale)
+            # s·cos θ with the margin on the targets, in place: one B x K matrix (the matmul's
+            # backward keeps its inputs, not the cosines)
+            logits.mul_(self.scale).index_put_(
+                (mine, column[mine]), self.scale * _TARGET_MARGIN[self.head](self, target_cos))
         out["ce"] = _ShardedCrossEntropy.apply(logits, column, self.label_smoothing, num_active,
                                                distributed)
 
         # one MAX and one SUM all-reduce for the accuracy and the centre/cosine statistics
-        with torch.no_grad():
-            row_max = (plain.max(dim=1).values if plain.shape[1]
-                       else plain.new_full((batch,), float("-inf")))
-            mine = owned.nonzero().squeeze(1)
-            target_plain = plain.new_zeros(batch)
-            target_plain[mine] = plain[mine, column[mine]].detach()
         if self.head == "softmax":
             diff = features[mine] - self.center_loss.centers[labels[mine] - self.class_start]
             center_local = diff.pow(2).sum()
@@ -256,9 +263,9 @@ class PartialFC(nn.Module):
             extra = target_cos.detach().sum()
         sums = torch.cat([target_plain, extra.reshape(1)])
         if distributed:
-            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+            dist.all_reduce(plain_max, op=dist.ReduceOp.MAX)
             dist.all_reduce(sums)
-        out["accuracy"] = (sums[:batch] >= row_max).float().mean()
+        out["accuracy"] = (sums[:batch] >= plain_max).float().mean()
         if self.head == "softmax":
             # the global value; the gradient only through this process's own rows and centres
             center = (center_local - center_local.detach() + sums[batch]) / batch
@@ -268,6 +275,19 @@ class PartialFC(nn.Module):
             out["target_cos"] = sums[batch] / batch
             out["loss"] = out["ce"]
         return out
+
+    @staticmethod
+    @torch.no_grad()
+    def _plain_statistics(values: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row of the batch: the largest margin-free logit of this shard, and the target's
+        (0 where another shard holds the class)."""
+        batch = values.shape[0]
+        row_max = (values.max(dim=1).values * scale if values.shape[1]
+                   else values.new_full((batch,), float("-inf")))
+        target = values.new_zeros(batch)
+        target[rows] = values[rows, columns] * scale
+        return row_max, target
 
     def _empty(self, local: torch.Tensor) -> dict[str, torch.Tensor]:
         """No image in the whole global batch: zero losses that still reach every parameter."""
