@@ -152,7 +152,9 @@ class PartialFC(nn.Module):
     per row, never reshuffled.  With SGD momentum an unsampled row still moves by its decaying
     momentum and, if its group has weight decay, shrinks — as in insightface's partial_fc_v2,
     whose weight is one parameter indexed the same way.  We keep weight decay (so R = 1 trains
-    exactly as the unsharded classifier).  The sample draws from torch's global generator.
+    exactly as the unsharded classifier).  With Adam an unsampled row likewise keeps moving by
+    its first moment: prefer SGD, as arcface_torch does.  The centres need no sampling (only the
+    batch's classes' centres get a gradient).  The sample draws from torch's global generator.
 
     ``ddp_model``: the embedding model is wrapped in DDP, which *averages* its gradients over the
     processes; the embeddings' gradient is then multiplied by the world size, so that the average
@@ -171,7 +173,7 @@ class PartialFC(nn.Module):
                  ddp_model: bool = True):
         super().__init__()
         if head not in HEADS:
-            raise FaceIgniteError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
+            raise FaceIgniteError(f"partial FC head {head!r}: choose one of {', '.join(HEADS)}")
         if not 0.0 < sample_rate <= 1.0:
             raise FaceIgniteError(f"--sample_rate {sample_rate}: must be in (0, 1]")
         self.world_size, self.rank = _world()
