@@ -239,14 +239,23 @@ def checkpoint(tmp_path_factory):
     return path, model
 
 
-def test_image_path_end_to_end(ijb, checkpoint, tmp_path):
-    path, model = checkpoint
-    result, scores, labels = run_cli(["--checkpoint", path, "--ijb", ijb["root"], "--device", "cpu",
-                                      "--batch_size", "8", "--num_workers", "1"], tmp_path)
-    features = np.load(tmp_path / "out" / "ijbc_features.npy")
-    names = (tmp_path / "out" / "ijbc_features.txt").read_text().split()
+@pytest.fixture(scope="module")
+def image_run(ijb, checkpoint, tmp_path_factory):
+    """The command on the fixture's crops: ``(result, scores, labels, features, names)``."""
+    tmp = tmp_path_factory.mktemp("image_run")
+    result, scores, labels = run_cli(["--checkpoint", checkpoint[0], "--ijb", ijb["root"],
+                                      "--device", "cpu", "--batch_size", "8",
+                                      "--num_workers", "1"], tmp)
+    features = np.load(tmp / "out" / "ijbc_features.npy")
+    names = (tmp / "out" / "ijbc_features.txt").read_text().split()
+    return result, scores, labels, features, names
+
+
+def test_image_path_end_to_end(ijb, checkpoint, image_run):
+    model = checkpoint[1]
+    result, scores, labels, features, names = image_run
     assert names == [n for n, _, _ in ijb["faces"]] and features.shape == (20, FEATURE_DIM)
-    # one crop by hand: OpenCV decode, BGR → RGB, five-point warp, training normalisation,
+    # two crops by hand: OpenCV decode, BGR → RGB, five-point warp, training normalisation,
     # raw embedding of the image plus that of its mirror
     for k in (0, 13):
         name = names[k]
@@ -263,20 +272,41 @@ def test_image_path_end_to_end(ijb, checkpoint, tmp_path):
     assert len(labels) == 28 and 0.0 <= result.auc <= 1.0
 
 
-def test_missing_crop_or_landmark_row_is_one_line_or_skipped(ijb, checkpoint, tmp_path, caplog):
+def test_missing_crop_or_landmark_row_is_one_line_or_skipped(ijb, checkpoint, image_run,
+                                                             tmp_path, caplog):
     names = [n for n, _, _ in ijb["faces"]]
     root = copy_case(ijb, tmp_path, crops=set(names[1:]),
                      marks={n: m for n, m in ijb["marks"].items() if n != names[5]})
-    args = ["--checkpoint", checkpoint[0], "--ijb", root, "--device", "cpu", "--num_workers", "0"]
+    (root / "loose_crop" / names[9]).unlink()
+    (root / "loose_crop" / names[9]).write_bytes(b"not a JPEG")
+    args = ["--checkpoint", checkpoint[0], "--ijb", root, "--device", "cpu", "--num_workers", "0",
+            "--batch_size", "8"]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(args, tmp_path)
     message = caplog.records[-1].getMessage()
     assert exit_info.value.code == 2 and "\n" not in message
     assert f"IJB crop not found: {root / 'loose_crop' / names[0]}" in message
     result, scores, _ = run_cli([*args, "--skip_missing"], tmp_path)
-    assert (result.skipped_images, result.skipped_pairs) == (2, 0) and len(scores) == 28
-    assert any(f"image {names[5]}" in r.getMessage() and "ijbc_name_5pts_score.txt" in r.getMessage()
+    assert (result.skipped_images, result.skipped_pairs) == (3, 0) and len(scores) == 28
+    assert any(f"image {names[5]}" in r.getMessage() and "name_5pts_score.txt" in r.getMessage()
                for r in caplog.records)
+    # the undecodable crop's row is left out of the features file; the others are unchanged
+    kept = (tmp_path / "out" / "ijbc_features.txt").read_text().split()
+    assert kept == [n for i, n in enumerate(names) if i not in (0, 5, 9)]
+    full = dict(zip(image_run[4], image_run[3]))
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "ijbc_features.npy"),
+                               np.stack([full[n] for n in kept]), rtol=1e-5, atol=1e-5)
+    # without --skip_missing, the undecodable crop stops the run, named
+    root = copy_case(ijb, tmp_path / "broken")
+    (root / "loose_crop" / names[9]).unlink()
+    (root / "loose_crop" / names[9]).write_bytes(b"not a JPEG")
+    with pytest.raises(SystemExit):
+        run_cli(["--checkpoint", checkpoint[0], "--ijb", root, "--device", "cpu",
+                 "--num_workers", "0", "--batch_size", "8"], tmp_path / "broken")
+    message = caplog.records[-1].getMessage()
+    assert message == f"error: cannot decode IJB crop {root / 'loose_crop' / names[9]} " \
+                      f"(--skip_missing skips such crops)"
+    assert not list((tmp_path / "broken" / "out").glob("*.npy"))  # no half-written features
 
 
 # --------------------------------------------------------------------------- bad meta files

@@ -23,7 +23,8 @@ import numpy as np
 from faceignite.config import default_num_workers
 from faceignite.errors import FaceIgniteError
 from faceignite.ijb.meta import (TARGETS, Landmarks, MetaFiles, TemplateMedia, TemplatePairs,
-                                 meta_files, read_landmarks, read_template_media, read_template_pairs)
+                                 meta_files, read_landmarks, read_template_media,
+                                 read_template_pairs)
 from faceignite.ijb.protocol import pair_scores, template_features
 from faceignite.ijb.report import IJBResult, roc_report, save_results
 
@@ -39,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                              "model folder: embeds the loose crops")
     source.add_argument("--embeddings", help="Precomputed image features (.npy, one row per "
                                              "image, any order; needs --names)")
-    p.add_argument("--names", help="With --embeddings: one image name per row, as in the meta files")
+    p.add_argument("--names",
+                   help="With --embeddings: one image name per row, as in the meta files")
     p.add_argument("--ijb", required=True,
                    help="The target's release folder, holding meta/ and loose_crop/")
     p.add_argument("--target", default="IJBC", type=str.upper, choices=TARGETS,
@@ -119,7 +121,8 @@ def face_rows(tm: TemplateMedia, feature_names: Sequence[str], names_file: str,
     index: dict[str, int] = {}
     for i, name in enumerate(feature_names):
         if index.setdefault(name, i) != i:
-            raise FaceIgniteError(f"--names {names_file} line {i + 1}: image {name} is listed twice")
+            raise FaceIgniteError(f"--names {names_file} line {i + 1}: image {name} is listed "
+                                  f"twice")
     keep = np.ones(len(tm.names), dtype=bool)
     rows = np.zeros(len(tm.names), dtype=np.int64)
     scores = None if landmarks is None else np.zeros(len(tm.names), dtype=np.float64)
@@ -132,8 +135,8 @@ def face_rows(tm: TemplateMedia, feature_names: Sequence[str], names_file: str,
             problem = (f"{where} has no feature row in {names_file}" if row is None else
                        f"{where} has no detector score in {landmarks.path}")
             if not skip_missing:
-                raise FaceIgniteError(f"{problem} (--skip_missing skips it"
-                                      f"{'' if row is None else '; --no_detector_score needs none'})")
+                hint = "" if row is None else "; --no_detector_score needs none"
+                raise FaceIgniteError(f"{problem} (--skip_missing skips it{hint})")
             if name not in warned:
                 logger.warning("skipping: %s", problem)
                 warned.add(name)

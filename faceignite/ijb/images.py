@@ -1,4 +1,5 @@
-"""Embed IJB loose crops: five-point alignment, flip, batched multi-worker loading, streamed to disk.
+"""Embed IJB loose crops: five-point alignment, flip, batched multi-worker loading, features
+streamed to disk.
 
 Each crop is decoded by OpenCV (as RGB, like training), warped with its five landmarks to the
 ArcFace 112×112 template scaled to the model's input size (identical at 112 px; no detector),
@@ -78,8 +79,6 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
     """Write the flip-summed raw feature of each crop, in the order of ``paths``, to ``out_path``
     (float32 ``.npy``); return the boolean mask of the crops embedded (all, unless
     ``skip_undecodable`` dropped undecodable files, whose rows are then left out of the file)."""
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     model = model.to(device).eval()
     dim = int(getattr(model, "embedding_dim", 0)) or None
@@ -88,8 +87,27 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
                         pin_memory=device.type == "cuda")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     part = out_path + ".part.npy"
-    features = None
     done = np.zeros(len(paths), dtype=bool)
+    try:
+        _stream_features(model, loader, paths, part, dim, device, done, skip_undecodable, progress)
+        if not done.all():
+            _compact(part, done)
+    except BaseException:  # no half-written file left behind (error, Ctrl-C)
+        if os.path.exists(part):
+            os.remove(part)
+        raise
+    os.replace(part, out_path)
+    return done
+
+
+def _stream_features(model: nn.Module, loader: DataLoader, paths: Sequence[str], part: str,
+                     dim: int | None, device: torch.device, done: np.ndarray,
+                     skip_undecodable: bool, progress: bool) -> None:
+    """Embed the loader's batches into the ``.npy`` at ``part`` (created at the first batch),
+    marking the rows written in ``done``."""
+    from tqdm.auto import tqdm
+
+    features = None
     with tqdm(total=len(paths), unit="img", desc="IJB crops", disable=not progress) as bar:
         for images, index, missing in loader:
             if len(missing) and not skip_undecodable:
@@ -106,13 +124,9 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
                 done[index.numpy()] = True
             bar.update(len(index) + len(missing))
     if features is None:
-        raise FaceIgniteError(f"none of the {len(paths)} IJB crops could be decoded, e.g. {paths[0]}")
+        raise FaceIgniteError(f"none of the {len(paths)} IJB crops could be decoded, e.g. "
+                              f"{paths[0]}")
     features.flush()
-    del features
-    if not done.all():
-        _compact(part, done)
-    os.replace(part, out_path)
-    return done
 
 
 def _collate_with_index(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

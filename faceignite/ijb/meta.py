@@ -65,7 +65,8 @@ class TemplatePairs:
 
 @dataclass
 class Landmarks:
-    """``name_5pts_score``: five landmarks (pixels of the loose crop) and detector score by image."""
+    """``name_5pts_score``: five landmarks (pixels of the loose crop) and detector score of
+    each image."""
 
     path: str
     names: list[str]
@@ -89,7 +90,8 @@ def meta_files(ijb_dir: str, target: str) -> MetaFiles:
             path = os.path.join(meta, pattern.format(spelling))
             if os.path.isfile(path):
                 return path
-        raise FaceIgniteError(f"IJB meta file not found: {os.path.join(meta, pattern.format(target.lower()))} "
+        expected = os.path.join(meta, pattern.format(target.lower()))
+        raise FaceIgniteError(f"IJB meta file not found: {expected} "
                               f"(--ijb must hold meta/ and {CROPS}/ of the {target} release)")
 
     return MetaFiles(target, find(FACE_TID_MID), find(TEMPLATE_PAIRS), find(LANDMARKS),
