@@ -178,10 +178,10 @@ def embed_checkpoint(args: argparse.Namespace, files: MetaFiles, tm: TemplateMed
     from faceignite.engine import resolve_device
     from faceignite.ijb.images import embed_crops
 
+    names, paths, points, _ = crops_to_embed(tm, landmarks, files.crops, args.skip_missing)
     device = resolve_device(args.device)
     model, info = load_inference_model(args.checkpoint, device)
     size = info["image_size"]
-    names, paths, points, _ = crops_to_embed(tm, landmarks, files.crops, args.skip_missing)
     logger.info("checkpoint %s: %s, %d-d, %d px; embedding %d %s crops (flip added) on %s",
                 info["source"], model.architecture, model.embedding_dim, size, len(paths),
                 files.target, device)
