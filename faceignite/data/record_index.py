@@ -22,9 +22,9 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from faceignite.data.decode import decode_rgb
 from faceignite.data.index import ImageIndex
 from faceignite.data.recordio import EXACT_FLOAT_LIMIT, IndexedRecordReader
 from faceignite.errors import FaceIgniteError
@@ -65,16 +65,6 @@ def read_property(path: str) -> tuple[int, int, int]:
     except (OSError, ValueError, UnicodeDecodeError):
         raise FaceIgniteError(f"{path}: expected one line 'num_classes,height,width'") from None
     return values[0], values[1], values[2]
-
-
-def decode_rgb(data: bytes) -> np.ndarray | None:
-    """Decode encoded image bytes (JPEG/PNG) into an RGB uint8 array; ``None`` if they won't."""
-    if not data:
-        return None
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        return None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
 
 
 class RecordImageReader:
