@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -124,12 +125,14 @@ def test_insightface_layout_from_the_spec(faces, tmp_path):
 
 
 def test_im2rec_layout_every_key_an_image(faces, tmp_path):
-    """No header record: keys from 0, each an image with its label; labels 7, 3, 9, 5 become
-    classes 0..3 in label order."""
+    """No header record: keys from 0, each an image with its label (key 0's has two values:
+    the first counts); labels 7, 3, 9, 5 become classes 0..3 in label order."""
     files = face_files(faces)
     raw_labels = [7, 3, 9, 5]
     records = [(key, whole(ir_header(raw_labels[label], open(p, "rb").read(), id_=key)))
                for key, (p, label) in enumerate(files)]
+    # record 0 with a multi-value label (flag 2) and an image: an image, not a header record
+    records[0] = (0, whole(ir_header([raw_labels[files[0][1]], 0.5], open(files[0][0], "rb").read())))
     rec = write_rec(tmp_path / "im2rec", records, name="faces")
     index = load_or_build_record_index(rec)
     assert index.classes == ["3", "5", "7", "9"]
@@ -215,6 +218,8 @@ def test_any_number_of_workers_read_every_record(faces, tmp_path):
     index = load_or_build_record_index(str(out))
     reader = index.image_reader()
     reader(1)  # the parent opens its handle first: workers must not share it
+    copy = pickle.loads(pickle.dumps(reader))  # how a spawned worker gets it: no handle inside
+    assert copy.records._file is None and np.array_equal(copy(1), reader(1))
     dataset = FaceImageDataset(index.samples(), read=reader)
     want = [(rgb(p), lab) for p, lab in face_files(faces)]
     for workers in (0, 2):
@@ -315,3 +320,14 @@ def test_round_trip_folder_pack_train(tmp_path):
     assert found and int(found[1]) + int(found[2]) == len(folder)
     assert re.search(r"epoch 1/1 \| loss [0-9.]+", log), log[-2000:]
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_bench_recordio_runs_and_prints_its_tables(faces, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_recordio
+
+    results = bench_recordio.main(["--source", str(faces), "--images", "8", "--rounds", "1",
+                                   "--cold"])
+    out = capsys.readouterr().out
+    assert "### Packing" in out and "ratio vs folder: cv2.imread per file (baseline)" in out
+    assert len(results) == 4 and results[0].ratio == 1.0

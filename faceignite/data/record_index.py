@@ -8,7 +8,8 @@ Two layouts are read:
   header has ``flag > 0`` and label ``[first identity record, end)``; images are keys
   ``1 … label[0] - 1``; identity records (keys ``label[0] … label[1] - 1``) hold the
   ``[start, end)`` key range of one identity's images.
-* **im2rec**: no header record; every ``.idx`` key is an image, its label in its own header.
+* **im2rec**: no header record; every ``.idx`` key is an image, its label in its own header
+  (record 0 too: a record 0 that holds an image is never taken for the header).
 
 An image's class is its header label (the first value of a multi-value label, as insightface
 reads it); classes are the distinct labels in increasing order, so labels ``0 … K-1`` keep their
@@ -121,9 +122,9 @@ def scan_record_file(rec: str, idx: str, prop: str | None = None) -> RecordIndex
     reader.check_end()
     keys = reader.keys
     first = int(keys[0])
-    header0 = reader.header(first)[0] if first == 0 else None
+    header0, image0 = reader.header(first) if first == 0 else (None, b"")
     by_label: dict[float, list[int]] = defaultdict(list)
-    if header0 is not None and header0.flag > 0:  # insightface layout
+    if header0 is not None and header0.flag > 0 and not image0:  # insightface layout
         label = header0.label
         if len(label) < 2:
             raise FaceIgniteError(f"{rec} key 0: header record with {len(label)} label value(s), "
@@ -142,6 +143,10 @@ def scan_record_file(rec: str, idx: str, prop: str | None = None) -> RecordIndex
                 members = image_keys[(image_keys >= lo) & (image_keys < hi)]
                 if len(members):
                     by_label[_label_of(reader, int(members[0]))].extend(int(k) for k in members)
+            covered = sum(len(v) for v in by_label.values())
+            if covered != len(image_keys):
+                logger.warning("%s: identity records cover %d of the %d image keys 1…%d; the "
+                               "others are not used", rec, covered, len(image_keys), start - 1)
         else:  # no identity records: every image's own label
             for k in image_keys:
                 by_label[_label_of(reader, int(k))].append(int(k))
