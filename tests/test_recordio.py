@@ -295,8 +295,8 @@ def test_folder_and_packed_rec_give_the_same_data_split_and_pk_batches(tmp_path)
 
 
 def test_round_trip_folder_pack_train(tmp_path):
-    """Folder -> pack -> a one-epoch training run with --dataroot DST (40 real faces, 32 px);
-    every packed image decodes to the source pixels with its folder's label."""
+    """Folder -> pack -> a one-epoch training run with --dataroot DST (~40 real faces, 32 px),
+    resumed for a second; every packed image decodes to the source pixels with its label."""
     src = copy_subset(shared_path("celeba_subset", "aligned-160"), tmp_path / "src", 8, 5)
     dst = tmp_path / "dst"
     assert pack_main([str(src), str(dst), "--no_progress"]) == 0
@@ -310,15 +310,20 @@ def test_round_trip_folder_pack_train(tmp_path):
     sys.path.insert(0, str(REPO / "experiments"))
     from resnet34_center import main
 
-    metrics = main(["--dataroot", str(dst), "--output_dir", str(tmp_path / "runs"),
-                    "--image_size", "32", "--batch_size", "8", "--epochs", "1",
-                    "--valid_split", "0.2", "--num_workers", "0", "--clearml", "off",
-                    "--device", "cpu"])
+    args = ["--dataroot", str(dst), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
+            "--batch_size", "8", "--valid_split", "0.2", "--num_workers", "0", "--clearml", "off",
+            "--device", "cpu"]
+    metrics = main(args + ["--epochs", "1"])
     assert "val_accuracy" in metrics
-    log = next((tmp_path / "runs").glob("resnet34_center-*/run.log")).read_text()
+    run_dir = next((tmp_path / "runs").glob("resnet34_center-*"))
+    log = (run_dir / "run.log").read_text()
     found = re.search(r"data: 8 identities, (\d+) training / (\d+) held-out images at 32 px", log)
     assert found and int(found[1]) + int(found[2]) == len(folder)
     assert re.search(r"epoch 1/1 \| loss [0-9.]+", log), log[-2000:]
+    # resume: the checkpoint's data digest matches the same .rec, the second epoch runs
+    resumed = main(args + ["--epochs", "2", "--resume_path", str(run_dir)])
+    assert "val_accuracy" in resumed
+    assert re.search(r"epoch 2/2 \| loss [0-9.]+", (run_dir / "run.log").read_text())
     shutil.rmtree(tmp_path / "runs")
 
 

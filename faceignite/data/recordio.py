@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
@@ -249,12 +249,3 @@ class IndexedRecordWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def iter_records(path: str) -> Iterator[bytes]:
-    """Every record of a ``.rec`` in file order (a sequential scan; no ``.idx`` needed)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        number = 0
-        while f.tell() < size:
-            yield read_record(f, f"{path} record {number} (offset {f.tell()})")
-            number += 1
