@@ -336,3 +336,25 @@ def test_bench_recordio_runs_and_prints_its_tables(faces, capsys):
     out = capsys.readouterr().out
     assert "### Packing" in out and "ratio vs folder: cv2.imread per file (baseline)" in out
     assert len(results) == 4 and results[0].ratio == 1.0
+
+
+def test_processes_share_out_the_rec_as_they_share_out_folders(tmp_path):
+    """Two DDP ranks: step k of rank 0 and rank 1 together load the images of step k of a
+    single process, read from the .rec with the right labels."""
+    src = copy_subset(shared_path("celeba_subset", "aligned-160"), tmp_path / "src", 6, 4)
+    assert pack_main([str(src), str(tmp_path / "dst"), "--no_progress"]) == 0
+    cfg = parse_args(["--dataroot", str(tmp_path / "dst"), "--output_dir", str(tmp_path / "o"),
+                      "--batch_size", "8", "--image_size", "32", "--valid_split", "0",
+                      "--num_workers", "0", "--device", "cpu"])
+
+    def steps(num_replicas: int, rank: int) -> list:
+        loader = build_face_data(cfg, num_replicas=num_replicas, rank=rank).train_loader
+        loader.sampler.set_epoch(1)
+        return [sorted(labels.tolist()) for _, labels, _ in loader], list(loader.batch_sampler)
+
+    single_labels, single = steps(1, 0)
+    (labels0, shard0), (labels1, shard1) = steps(2, 0), steps(2, 1)
+    assert len(single) == len(shard0) == len(shard1) > 1
+    for k, keys in enumerate(single):
+        assert sorted(shard0[k] + shard1[k]) == sorted(keys)
+        assert sorted(labels0[k] + labels1[k]) == single_labels[k]
