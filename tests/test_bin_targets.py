@@ -131,7 +131,8 @@ class _System:
         return (os.system, (self.command,))
 
 
-@pytest.mark.parametrize("how", ["open", "system", "hidden_in_images", "codec", "object_dtype"])
+@pytest.mark.parametrize("how", ["open", "system", "hidden_in_images", "codec", "object_dtype",
+                                 "huge_array"])
 def test_a_malicious_bin_is_refused_and_runs_nothing(tmp_path, how):
     marker = tmp_path / "pwned"
     if how == "open":
@@ -143,8 +144,10 @@ def test_a_malicious_bin_is_refused_and_runs_nothing(tmp_path, how):
     elif how == "codec":  # _codecs.encode is allowed for latin1 only
         payload = pickle.dumps(([b"x", b"y"], [True]), protocol=2).replace(
             b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00base64", 1)
-    else:
+    elif how == "object_dtype":
         payload = pickle.dumps(([np.array([None], dtype=object), b"y"], [True]), protocol=2)
+    else:  # numpy.ndarray((10**9,)) called directly: 1 GB from a few bytes of pickle
+        payload = b"\x80\x02(cnumpy\nndarray\nJ\x00\xca\x9a\x3b\x85\x85R]\x86."
     path = tmp_path / "evil.bin"
     path.write_bytes(payload)
     with pytest.raises(FaceIgniteError) as exc:
@@ -152,7 +155,7 @@ def test_a_malicious_bin_is_refused_and_runs_nothing(tmp_path, how):
     message = str(exc.value)
     assert "\n" not in message and str(path) in message and "refused" in message
     expected = {"open": "global io.open", "system": "system", "hidden_in_images": "open",
-                "codec": "base64", "object_dtype": "O"}[how]
+                "codec": "base64", "object_dtype": "O", "huge_array": "numpy.ndarray"}[how]
     assert expected in message
     assert not marker.exists()
 

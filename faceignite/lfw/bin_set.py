@@ -63,9 +63,20 @@ def _dtype(spec: Any, *args: Any) -> np.dtype:
     return _plain_dtype(np.dtype(spec, *args))
 
 
+class _NDArrayName:
+    """What ``numpy.ndarray`` resolves to: a name ``_reconstruct`` accepts, not a callable (so a
+    pickle cannot allocate arrays of any shape it likes)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        raise _Refused("a direct call of numpy.ndarray (only through numpy's _reconstruct)")
+
+
 def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise _Refused(f"numpy _reconstruct of {subtype!r} (only numpy.ndarray)")
+    """numpy's own pickles call ``_reconstruct(ndarray, (0,), b'b')``, then fill the empty
+    array from its state (shape, dtype, raw bytes); nothing else is accepted."""
+    if subtype is not _NDArrayName or shape != (0,) or typecode not in (b"b", "b"):
+        raise _Refused(f"numpy _reconstruct({getattr(subtype, '__name__', subtype)!r}, "
+                       f"{shape!r}, {typecode!r}) (only numpy's empty-array form)")
     return _numpy_function("_reconstruct")(np.ndarray, shape, typecode)
 
 
@@ -82,7 +93,7 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
 
 
 ALLOWED: dict[tuple[str, str], Any] = {("_codecs", "encode"): _codecs_encode,
-                                       ("numpy", "ndarray"): np.ndarray,
+                                       ("numpy", "ndarray"): _NDArrayName,
                                        ("numpy", "dtype"): _dtype}
 for _module in NUMPY_MODULES:
     ALLOWED[(_module, "_reconstruct")] = _reconstruct
@@ -118,9 +129,9 @@ def _as_bytes(path: str, i: int, item: Any) -> bytes:
         return bytes(item)
     if isinstance(item, np.ndarray) and item.dtype == np.uint8:
         return item.tobytes()
-    raise FaceIgniteError(f"{path}: image {i} is a {type(item).__name__}"
-                          f"{'' if not isinstance(item, np.ndarray) else ' of ' + str(item.dtype)}"
-                          ", expected encoded image bytes or a uint8 array")
+    kind = type(item).__name__ + (f" of {item.dtype}" if isinstance(item, np.ndarray) else "")
+    raise FaceIgniteError(f"{path}: image {i} is a {kind}, expected encoded image bytes or a "
+                          "uint8 array")
 
 
 def load_bin(path: str) -> BinSet:
