@@ -104,8 +104,7 @@ class RecordIndex(ImageIndex):
 
 
 def _label_of(reader: IndexedRecordReader, key: int) -> float:
-    header, _ = reader.header(key)
-    return header.first_label
+    return reader.header_only(key).first_label
 
 
 def _check_exact(path: str, what: str, value: float) -> None:
@@ -139,8 +138,8 @@ def scan_record_file(rec: str, idx: str, prop: str | None = None) -> RecordIndex
                 if h.flag < 2:
                     raise FaceIgniteError(f"{rec} key {int(ident)}: identity record without a "
                                           "[start, end) key range")
-                lo, hi = int(h.label[0]), int(h.label[1])
-                members = image_keys[(image_keys >= lo) & (image_keys < hi)]
+                lo, hi = image_keys.searchsorted([int(h.label[0]), int(h.label[1])])
+                members = image_keys[lo:hi]  # keys in [start, end): image_keys is sorted
                 if len(members):
                     by_label[_label_of(reader, int(members[0]))].extend(int(k) for k in members)
             covered = sum(len(v) for v in by_label.values())

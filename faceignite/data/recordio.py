@@ -179,7 +179,7 @@ class IndexedRecordReader:
         return len(self._keys)
 
     def __contains__(self, key: int) -> bool:
-        i = int(np.searchsorted(self._keys, key))
+        i = int(self._keys.searchsorted(key))
         return i < len(self._keys) and int(self._keys[i]) == key
 
     @property
@@ -188,7 +188,7 @@ class IndexedRecordReader:
         return self._keys
 
     def offset(self, key: int) -> int:
-        i = int(np.searchsorted(self._keys, key))
+        i = int(self._keys.searchsorted(key))
         if i >= len(self._keys) or int(self._keys[i]) != key:
             raise FaceIgniteError(f"{self.rec_path} key {key}: no such key in {self.idx_path}")
         return int(self._offsets[i])
@@ -220,6 +220,24 @@ class IndexedRecordReader:
     def header(self, key: int) -> tuple[IRHeader, bytes]:
         """Record ``key`` unpacked into ``(IRHeader, image bytes)``."""
         return unpack_payload(self.read(key), f"{self.rec_path} key {key}")
+
+    def header_only(self, key: int) -> IRHeader:
+        """The :class:`IRHeader` of record ``key``, reading its first bytes only (the whole
+        record when it was split inside its header)."""
+        offset = self.offset(key)
+        if offset + 8 > self.size:
+            return self.header(key)[0]  # raises, naming the key
+        f = self._handle()
+        f.seek(offset)
+        head = f.read(8 + IR_SIZE + 64)
+        magic, lrec = struct.unpack_from("<II", head) if len(head) >= 8 else (0, 0)
+        length = lrec & LENGTH_MASK
+        flag = struct.unpack_from("<I", head, 8)[0] if len(head) >= 12 else 1 << 30
+        if (magic != MAGIC or lrec >> 29 != 0 or 4 * flag > 64
+                or len(head) < 8 + min(length, IR_SIZE + 64)):
+            return self.header(key)[0]  # split, damaged, short or many labels: read it all
+        return unpack_payload(head[8:8 + min(length, IR_SIZE + 64)],
+                              f"{self.rec_path} key {key}")[0]
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
