@@ -103,7 +103,7 @@ def test_insightface_layout_from_the_spec(faces, tmp_path):
         first = key
         for p in mine:
             image = open(p, "rb").read()
-            chunks = (split_at_magic_record(label, image)[1] if key == 2
+            chunks = (split_at_magic_record(label, image)[1] if key in (1, 6)
                       else whole(ir_header(label, image, id_=key)))
             records.append((key, chunks))
             key += 1
@@ -121,18 +121,20 @@ def test_insightface_layout_from_the_spec(faces, tmp_path):
         reader = index.image_reader()
         for (key, label), (path, want) in zip(index.samples(), files):
             assert label == want
-            assert np.array_equal(reader(key), rgb(path))  # key 2 was split at the magic
+            assert np.array_equal(reader(key), rgb(path))  # keys 1, 6 split at the magic
 
 
 def test_im2rec_layout_every_key_an_image(faces, tmp_path):
     """No header record: keys from 0, each an image with its label (key 0's has two values:
-    the first counts); labels 7, 3, 9, 5 become classes 0..3 in label order."""
+    the first counts; key 4 is split at the magic inside its header); labels 7, 3, 9, 5 become
+    classes 0..3 in label order."""
     files = face_files(faces)
     raw_labels = [7, 3, 9, 5]
     records = [(key, whole(ir_header(raw_labels[label], open(p, "rb").read(), id_=key)))
                for key, (p, label) in enumerate(files)]
     # record 0 with a multi-value label (flag 2) and an image: an image, not a header record
     records[0] = (0, whole(ir_header([raw_labels[files[0][1]], 0.5], open(files[0][0], "rb").read())))
+    records[4] = (4, split_at_magic_record(raw_labels[files[4][1]], open(files[4][0], "rb").read())[1])
     rec = write_rec(tmp_path / "im2rec", records, name="faces")
     index = load_or_build_record_index(rec)
     assert index.classes == ["3", "5", "7", "9"]
