@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from faceignite.data.builtin import ensure_builtin_dataset
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.index import ImageIndex, default_cache_path, load_or_build_index
+from faceignite.data.pk_sampler import pk_sampler_from_options
 from faceignite.data.record_index import (RecordIndex, load_or_build_record_index,
                                           record_files)
-from faceignite.data.pk_sampler import pk_sampler_from_options
 from faceignite.data.sampler import EpochSampler
 from faceignite.data.split import stratified_split
 from faceignite.data.transforms import eval_transform, train_transform
