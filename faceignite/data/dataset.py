@@ -50,9 +50,11 @@ class FaceImageDataset(Dataset):
     so runs are reproducible and resumable whatever the number of loader workers.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None):
+    def __init__(self, samples: Sequence[tuple[Any, int]], transform: Callable | None = None,
+                 read: Callable[[Any], np.ndarray | None] = read_rgb):
         self.samples = list(samples)
         self.transform = transform
+        self.read = read  # source -> RGB array: a file path by default, a record key for .rec
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -65,11 +67,12 @@ class FaceImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        image = read_rgb(path)
+        image = self.read(path)
         if image is None:
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning("skipping undecodable image: %s", path)
+                logger.warning("skipping undecodable image: %s",
+                               getattr(self.read, "describe", str)(path))
             return None
         if self.transform is not None:
             if seed is not None:

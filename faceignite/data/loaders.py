@@ -16,6 +16,8 @@ from faceignite.data.builtin import ensure_builtin_dataset
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.index import ImageIndex, default_cache_path, load_or_build_index
 from faceignite.data.pk_sampler import pk_sampler_from_options
+from faceignite.data.record_index import (RecordIndex, load_or_build_record_index,
+                                          record_files)
 from faceignite.data.sampler import EpochSampler
 from faceignite.data.split import stratified_split
 from faceignite.data.transforms import eval_transform, train_transform
@@ -108,7 +110,10 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
         else:
             root = cfg.dataroot
         cache_path = cfg.index_cache or default_cache_path(root, cfg.output_dir)
-        index = load_or_build_index(root, cache_path)
+        if record_files(root) is not None:  # a .rec file, or a folder holding train.rec
+            index = load_or_build_record_index(root, cache_path)
+        else:
+            index = load_or_build_index(root, cache_path)
     labels = index.labels()
     if val_indices is None:
         train_idx, val_idx = stratified_split(labels, cfg.valid_split, cfg.seed)
@@ -122,8 +127,10 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
         held = set(val_idx)
         train_idx = [i for i in range(len(labels)) if i not in held]
     samples = index.samples()
+    read = {"read": index.image_reader()} if isinstance(index, RecordIndex) else {}
     pin = torch.cuda.is_available() and cfg.device != "cpu"
-    train_set = FaceImageDataset([samples[i] for i in train_idx], train_transform(cfg.image_size))
+    train_set = FaceImageDataset([samples[i] for i in train_idx], train_transform(cfg.image_size),
+                                 **read)
     if getattr(cfg, "images_per_identity", None):  # P x K identity-balanced batches (triplets)
         pk = pk_sampler_from_options(train_set.targets, cfg.batch_size, cfg.images_per_identity,
                                      cfg.identities_per_batch, cfg.seed, num_replicas, rank)
@@ -138,7 +145,8 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
                                    pin_memory=pin)
     val_loader = None
     if val_idx:
-        val_set = FaceImageDataset([samples[i] for i in val_idx], eval_transform(cfg.image_size))
+        val_set = FaceImageDataset([samples[i] for i in val_idx], eval_transform(cfg.image_size),
+                                   **read)
         val_loader = make_loader(val_set, max(1, cfg.batch_size // num_replicas), cfg.num_workers,
                                  EpochSampler(len(val_set), cfg.seed, False, num_replicas, rank),
                                  drop_last=False, pin_memory=pin)

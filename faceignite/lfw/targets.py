@@ -1,0 +1,146 @@
+"""Verification targets: an insightface ``.bin`` file or an LFW-format folder, evaluated with the
+same protocol (:mod:`faceignite.lfw.metrics`) and the same embedding engine.
+
+    target = load_target("agedb_30.bin")                 # or "lfw-mtcnn-160" (pairs.txt inside)
+    result = create_target_evaluator(model, target, device, image_size=112, flip=True).run()
+    print(target.name, result.summary()); save_roc_curve(result, f"roc_{target.name}.png")
+
+Folds: an LFW folder's as :func:`~faceignite.lfw.pairs.read_pairs` gives them; a ``.bin``'s are
+10 consecutive blocks of pairs in file order (insightface's unshuffled ``KFold``), which for
+``lfw.bin`` (written in ``pairs.txt`` order) are LFW's own folds.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from sklearn.model_selection import KFold
+from torch import nn
+from torch.utils.data import DataLoader
+
+from faceignite.data.dataset import FaceImageDataset, collate_skip_bad, read_rgb
+from faceignite.data.decode import decode_rgb
+from faceignite.data.transforms import eval_transform
+from faceignite.errors import FaceIgniteError
+from faceignite.lfw.bin_set import load_bin
+from faceignite.lfw.evaluator import PairsEvaluator, PairVerification, create_embedding_engine
+from faceignite.lfw.pairs import NUM_FOLDS, Pairs, find_pairs_file, read_pairs, resolve_images
+
+
+class BinImageReader:
+    """``reader(i)`` → RGB image ``i`` of a ``.bin`` (decoded from its bytes on demand)."""
+
+    def __init__(self, path: str, images: list[bytes]):
+        self.path, self.images = path, images
+
+    def describe(self, i: int) -> str:
+        return f"{self.path} image {i}"
+
+    def __call__(self, i: int) -> np.ndarray | None:
+        return decode_rgb(self.images[i])
+
+
+@dataclass
+class VerificationTarget:
+    """One pairs set: its ``name`` (file stem or folder name: the metric prefix), its pairs over
+    unique image keys, and per key a ``source`` that ``read`` turns into an RGB image."""
+
+    name: str
+    path: str
+    kind: str  # "bin" or "lfw"
+    pairs: Pairs
+    sources: list[Any]
+    read: Callable[[Any], np.ndarray | None]
+    skipped_pairs: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        """A printable name per image (file paths, or ``file.bin image i``)."""
+        describe = getattr(self.read, "describe", str)
+        return [describe(s) for s in self.sources]
+
+
+def bin_pairs(path: str, issame: np.ndarray) -> Pairs:
+    """Pairs ``(2p, 2p + 1)`` of a ``.bin``, in 10 consecutive folds (fewer if it is tiny)."""
+    count = len(issame)
+    splits = min(NUM_FOLDS, count)
+    if splits < 2:
+        raise FaceIgniteError(f"{path}: {count} pair(s): cross-validation needs at least 2")
+    folds = np.empty(count, dtype=np.int64)
+    for k, (_, test) in enumerate(KFold(splits, shuffle=False).split(np.arange(count))):
+        folds[test] = k
+    left = np.arange(0, 2 * count, 2, dtype=np.int64)
+    return Pairs(path, tuple(str(i) for i in range(2 * count)), left, left + 1,
+                 np.asarray(issame, dtype=bool), folds, np.arange(1, count + 1, dtype=np.int64))
+
+
+def load_target(path: str, pairs_file: str | None = None,
+                skip_missing: bool = False) -> VerificationTarget:
+    """A ``.bin`` file or an LFW-format folder (``pairs.txt``/``lfw_pairs.txt`` inside, or
+    ``pairs_file``) as a :class:`VerificationTarget`; errors name the path."""
+    path = os.path.expanduser(path)
+    if os.path.isfile(path) and path.lower().endswith(".bin"):
+        data = load_bin(path)
+        reader = BinImageReader(data.path, data.images)
+        name = os.path.splitext(os.path.basename(path))[0]
+        return VerificationTarget(name, data.path, "bin", bin_pairs(data.path, data.issame),
+                                  list(range(len(data.images))), reader)
+    if os.path.isdir(path) or pairs_file:
+        pairs_path = find_pairs_file(path, pairs_file)
+        pairs = read_pairs(pairs_path)
+        total = len(pairs)
+        root = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(pairs_path))
+        pairs, files = resolve_images(pairs, root, skip_missing)
+        name = os.path.basename(os.path.normpath(os.path.abspath(root)))
+        return VerificationTarget(name, os.path.abspath(root), "lfw", pairs, files, read_rgb,
+                                  total - len(pairs))
+    raise FaceIgniteError(f"verification target {path}: not a .bin file nor an LFW-format "
+                          "folder (one sub-folder per person and a pairs.txt)")
+
+
+def load_targets(paths: Sequence[str]) -> list[VerificationTarget]:
+    """:func:`load_target` of each path; two targets of one name are refused (metric names
+    ``<name>_accuracy`` … must be distinct)."""
+    targets = [load_target(p) for p in paths]
+    seen: dict[str, str] = {}
+    for t in targets:
+        if t.name in seen:
+            raise FaceIgniteError(f"verification targets {seen[t.name]} and {t.path} are both "
+                                  f"named {t.name!r}: rename one")
+        seen[t.name] = t.path
+    return targets
+
+
+def target_loader(target: VerificationTarget, image_size: int, batch_size: int,
+                  num_workers: int = 0, pin_memory: bool = False, num_replicas: int = 1,
+                  rank: int = 0) -> DataLoader:
+    """Batches ``(images, image indices, skipped)`` of the target's images in order, resized and
+    normalised as for training; with ``num_replicas > 1`` this ``rank``'s share only."""
+    samples = [(s, i) for i, s in enumerate(target.sources)][rank::num_replicas]
+    dataset = FaceImageDataset(samples, eval_transform(image_size), read=target.read)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_skip_bad, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)
+
+
+def create_target_evaluator(model: nn.Module | Callable, target: VerificationTarget,
+                            device: torch.device, image_size: int, batch_size: int = 128,
+                            flip: bool = False, distance: str = "l2", num_workers: int = 0,
+                            amp: str = "off", channels_last: bool = False,
+                            skip_undecodable: bool = False) -> PairsEvaluator:
+    """The embedding engine and protocol metric for ``target`` (as
+    :func:`~faceignite.lfw.evaluator.create_pairs_evaluator` builds them for a folder):
+    ``.run()`` returns a :class:`~faceignite.lfw.metrics.VerificationResult`.  Sharded over
+    the processes of a distributed run, which must all run it together."""
+    device = torch.device(device)
+    names = target.names
+    engine = create_embedding_engine(model, device, flip, amp, channels_last)
+    PairVerification(target.pairs, names, distance,
+                     skip_undecodable=skip_undecodable).attach(engine, "verification")
+    loader = target_loader(target, image_size, batch_size, num_workers, device.type == "cuda",
+                           idist.get_world_size(), idist.get_rank())
+    return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs)
