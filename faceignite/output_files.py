@@ -11,15 +11,15 @@ from typing import Callable
 from faceignite.errors import FaceIgniteError
 
 
-def _reason(exc: OSError, path: str) -> str:
-    """One line for a failed write of ``path``."""
+def _reason(exc: OSError, path: str, option: str) -> str:
+    """One line for a failed write of ``path`` (given as ``option``)."""
     if exc.errno == errno.ENOSPC:
-        return f"no space left on device writing {path}"
+        return f"no space left on device writing {path} ({option})"
     if exc.errno == errno.EDQUOT:
-        return f"disk quota exceeded writing {path}"
+        return f"disk quota exceeded writing {path} ({option})"
     if exc.errno == errno.EROFS:
-        return f"cannot write {path}: read-only file system"
-    return f"cannot write {path}: {exc.strerror or exc.__class__.__name__}"
+        return f"cannot write {path} ({option}): read-only file system"
+    return f"cannot write {path} ({option}): {exc.strerror or exc.__class__.__name__}"
 
 
 def prepare_output_file(path: str, option: str) -> str:
@@ -45,7 +45,7 @@ def prepare_output_file(path: str, option: str) -> str:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise FaceIgniteError(f"{option} {_reason(exc, path)}") from None
+        raise FaceIgniteError(_reason(exc, path, option)) from None
     return path
 
 
@@ -61,7 +61,7 @@ def write_atomic(path: str, write: Callable[[str], None], option: str) -> None:
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise FaceIgniteError(f"{option} {_reason(exc, path)}") from None
+        raise FaceIgniteError(_reason(exc, path, option)) from None
     finally:
         if os.path.exists(tmp):
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -112,10 +113,37 @@ def _refused_what(path: str, exc: BaseException) -> str:
         return reason
     try:
         with open(path, "rb") as f:
-            bare_pickle = f.read(2) in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+            head = f.read(1 << 20)
     except OSError:
-        bare_pickle = False
-    return f"a bare Python pickle ({reason})" if bare_pickle else ""
+        return ""
+    if head[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return ""
+    names = _pickle_globals(head)
+    return ("a bare Python pickle naming " + ", ".join(names) if names
+            else f"a bare Python pickle ({reason})")
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of the globals a pickle imports, read with :mod:`pickletools` (which
+    parses the opcodes without executing anything); [] when it cannot be parsed."""
+    strings: list[str] = []
+    memo: dict[int, str] = {}
+    found: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(".".join(str(arg).split(" ", 1)))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
+                strings.append(memo[arg])
+    except Exception:  # noqa: BLE001 - only for the message: a cut or odd pickle
+        pass
+    return sorted(set(found))
 
 
 def _first_line(exc: BaseException) -> str:
