@@ -102,12 +102,13 @@ def test_resume_after_images_were_added_inside_a_folder_fails_the_data_check(tmp
             "--clearml", "off", "--device", "cpu"]
     main(args)
     (ckpt,) = out.rglob("training_checkpoint_*.pt")
+    assert list(out.rglob("index-*.json"))  # the index cache the resume reads
     saved = ckpt.read_bytes()
     ident = root / sorted(os.listdir(root))[0]
     shutil.copy(ident / sorted(os.listdir(ident))[0], ident / "zz_added.jpg")
     caplog.clear()
     with pytest.raises(SystemExit) as exc:
-        main(args + ["--resume_path", str(ckpt)])  # same --output_dir: the same index cache
+        main(args + ["--resume_path", str(ckpt), "--epochs", "2"])  # the same index cache
     assert exc.value.code == 2
     assert "the training folder changed since it was saved" in one_error(caplog)
     assert ckpt.read_bytes() == saved  # the run's checkpoint untouched
