@@ -82,6 +82,12 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
             AttributeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         if _looks_like_text(path):
             raise FaceIgniteError(f"{path} is a text file, not a PyTorch checkpoint") from None
+        names = _bare_pickle_globals(path)
+        if names:  # a plain pickle (not torch's format) that would import code
+            raise FaceIgniteError(
+                f"refusing to load {path}: it holds code or objects that are refused (not loaded, "
+                f"for safety): a bare Python pickle naming {', '.join(names)}; faceignite loads "
+                f"weights only (tensors and plain containers)") from None
         raise FaceIgniteError(f"checkpoint {path} is truncated or corrupt "
                               f"({exc.__class__.__name__}: {_first_line(exc) or 'empty file'}); "
                               f"use an earlier checkpoint of its folder") from None
@@ -111,16 +117,23 @@ def _refused_what(path: str, exc: BaseException) -> str:
     reason = _first_line(exc)
     if any(word in str(exc) for word in ("GLOBAL", "global", "reduce", "build", "BUILD")):
         return reason
+    names = _bare_pickle_globals(path)
+    if names is None:
+        return ""
+    return ("a bare Python pickle naming " + ", ".join(names) if names
+            else f"a bare Python pickle ({reason})")
+
+
+def _bare_pickle_globals(path: str) -> list[str] | None:
+    """The globals a file that is a plain pickle (protocol 2-5) imports; None for other files."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 20)
     except OSError:
-        return ""
+        return None
     if head[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
-        return ""
-    names = _pickle_globals(head)
-    return ("a bare Python pickle naming " + ", ".join(names) if names
-            else f"a bare Python pickle ({reason})")
+        return None
+    return _pickle_globals(head)
 
 
 def _pickle_globals(data: bytes) -> list[str]:
@@ -155,7 +168,8 @@ def _first_line(exc: BaseException) -> str:
     if text.lower().startswith("weights only load failed"):
         lines = [line for line in lines[1:] if not line.startswith(("Check the documentation",
                                                                     "Please file an issue"))]
-    return lines[0][:200] if lines else ""
+    # torch's advice ("Please use ... add_safe_globals ... if you trust ...") is not repeated
+    return lines[0].split(" Please ")[0].split(" Re-running ")[0][:200] if lines else ""
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu", option: str = "--resume_path") -> dict:
