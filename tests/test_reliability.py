@@ -115,7 +115,8 @@ def test_resume_after_images_were_added_inside_a_folder_fails_the_data_check(tmp
 
 
 # ----------------------------------------------------------------- item 9: truncated JPEGs
-def test_truncated_jpeg_is_skipped_naming_the_file_never_decoded_half_grey(faces, caplog, capfd):
+def test_truncated_jpeg_is_skipped_naming_the_file_never_decoded_half_grey(checkpoint, faces,
+                                                                           caplog, capfd):
     files = sorted(faces.rglob("*.jpg"))
     cut_in_half(files[0])
     image, problem = read_rgb_checked(str(files[0]))
@@ -129,6 +130,12 @@ def test_truncated_jpeg_is_skipped_naming_the_file_never_decoded_half_grey(faces
     assert skipped == 1 and len(images) == len(files) - 1
     assert f"skipping image {files[0]}: truncated" in caplog.text
     assert "Premature end of JPEG file" not in capfd.readouterr().err  # never decoded
+    caplog.clear()
+    with pytest.raises(SystemExit) as exc:
+        verify.main([str(files[0]), str(files[1]), "--checkpoint", str(checkpoint)])
+    assert exc.value.code == 2
+    assert one_error(caplog) == (f"error: cannot decode image {files[0]}: truncated (the file "
+                                 "ends before the image does)")
 
 
 def test_no_real_face_image_is_taken_for_truncated():
