@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-from faceignite.checkpoint import load_checkpoint
+from faceignite.checkpoint import latest_checkpoint, load_checkpoint
 from faceignite.data.index import IMAGE_EXTENSIONS, list_images
 from faceignite.engine import resolve_device
 from faceignite.errors import FaceIgniteError
@@ -28,6 +28,7 @@ from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, 
                                validation_settings)
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingNet
+from faceignite.output_files import prepare_output_file, write_atomic
 
 logger = logging.getLogger("faceignite")
 DEFAULT_IMAGE_SIZE = 160
@@ -40,20 +41,35 @@ def _is_export(path: str) -> bool:
     return os.path.basename(path) in (CONFIG_FILE, WEIGHTS_FILE)
 
 
-def load_inference_model(path: str, device: str | torch.device = "cpu"
-                         ) -> tuple[EmbeddingNet, dict[str, Any]]:
+def _check_folder(path: str, option: str) -> None:
+    """A folder given as a model must be a run folder or an export with its JSON."""
+    if not os.path.isdir(path) or _is_export(path) or latest_checkpoint(path) is not None:
+        return
+    if os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+        raise FaceIgniteError(f"exported model folder {path} has {WEIGHTS_FILE} but no "
+                              f"{CONFIG_FILE}: export it again (python -m faceignite.export "
+                              f"--checkpoint CKPT --out DIR) and pass that folder to {option}")
+    raise FaceIgniteError(f"{path} holds no training_checkpoint_<iteration>.pt and no exported "
+                          f"model ({CONFIG_FILE}): pass a checkpoint file, a run folder or an "
+                          f"exported model folder to {option}")
+
+
+def load_inference_model(path: str, device: str | torch.device = "cpu",
+                         option: str = "--checkpoint") -> tuple[EmbeddingNet, dict[str, Any]]:
     """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
     latest) or a folder written by ``python -m faceignite.export``.
 
     ``info``: ``image_size``, ``lfw_threshold`` (None when no LFW validation ran), ``distance``
     and ``flip`` (the LFW validation's settings, which the threshold belongs to), ``source``.
+    ``option`` (the caller's command-line option) is named in the advice of an error.
     """
     path = os.path.abspath(os.path.expanduser(str(path)))
+    _check_folder(path, option)
     if _is_export(path):
         model = load_embedding_model(path, device)
         saved = model.export_config  # validation_settings(checkpoint), written at export
     else:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, option=option)
         model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
                                    ckpt["model_state_dict"], ckpt["path"]).to(device)
         saved, path = validation_settings(ckpt), ckpt["path"]
@@ -101,6 +117,16 @@ def embed_images(model: EmbeddingNet, paths: Sequence[str], image_size: int,
     return embeddings, rows[order].tolist()
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to a name
+        np.save(f, array)
+
+
+def _save_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def names_path(out: str) -> str:
     """The names file written beside ``out``: ``faces.npy`` → ``faces.txt``."""
     return os.path.splitext(out)[0] + ".txt"
@@ -127,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
+    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
     try:
+        out = prepare_output_file(out, "--out")  # before the work: a bad path fails at once
+        prepare_output_file(names_path(out), "--out")
         device = resolve_device(args.device)
         model, info = load_inference_model(args.checkpoint, device)
         size = args.image_size or info["image_size"]
@@ -135,14 +164,12 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
         names = images_to_embed(args.images)
         paths = [os.path.join(args.images, n) for n in names]
         embeddings, rows = embed_images(model, paths, size, device, args.batch_size, flip)
+        listed = "".join(names[r].replace(os.sep, "/") + "\n" for r in rows).encode("utf-8")
+        write_atomic(out, lambda tmp: _save_npy(tmp, embeddings), "--out")
+        write_atomic(names_path(out), lambda tmp: _save_bytes(tmp, listed), "--out")
     except FaceIgniteError as exc:
         logger.error("error: %s", exc)
         raise SystemExit(2) from None
-    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.save(out, embeddings)
-    with open(names_path(out), "w", encoding="utf-8") as f:
-        f.writelines(names[r].replace(os.sep, "/") + "\n" for r in rows)
     logger.info("%d embeddings (%d-d, %d px%s) of %s written to %s and %s (%d undecodable "
                 "skipped)", len(rows), embeddings.shape[1], size, ", flip" if flip else "",
                 args.images, out, names_path(out), len(names) - len(rows))

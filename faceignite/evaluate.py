@@ -71,13 +71,23 @@ def load_embeddings(embeddings: str, names: str) -> tuple[np.ndarray, list[str]]
     """A 2-D float array (no pickles) and its row names, checked against each other."""
     try:
         array = np.load(embeddings, allow_pickle=False)
+    except FileNotFoundError:
+        raise FaceIgniteError(f"--embeddings file not found: {embeddings}") from None
+    except EOFError:  # numpy's "No data left in file": a zero-byte or cut file
+        raise FaceIgniteError(f"--embeddings {embeddings} is empty or truncated: not a .npy "
+                              f"array") from None
     except (OSError, ValueError) as exc:
-        raise FaceIgniteError(f"cannot read --embeddings {embeddings}: {exc}") from exc
+        if "allow_pickle" in str(exc):  # numpy's advice to unpickle: never taken here
+            raise FaceIgniteError(f"--embeddings {embeddings} is not a .npy array (another "
+                                  f"format; pickled data is not loaded, for safety)") from None
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise FaceIgniteError(f"cannot read --embeddings {embeddings} as a .npy array "
+                              f"(no pickles): {reason}") from None
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D numeric array "
                               f"(images x dimensions), got {array.dtype} {array.shape}")
     try:
-        with open(names, encoding="utf-8") as f:
+        with open(names, encoding="utf-8-sig") as f:  # a byte-order mark is accepted
             rows = [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise FaceIgniteError(f"cannot read --names {names}: {exc}") from exc

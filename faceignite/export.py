@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from faceignite.checkpoint import load_checkpoint, safe_load
 from faceignite.data.transforms import MEAN, STD
 from faceignite.errors import FaceIgniteError
 from faceignite.models import EmbeddingNet
+from faceignite.output_files import prepare_output_file, write_atomic
 
 logger = logging.getLogger("faceignite")
 
@@ -39,6 +41,11 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def model_from_weights(architecture: str, embedding_dim: int, weights: Mapping,
@@ -66,15 +73,15 @@ def validation_settings(ckpt: Mapping) -> dict[str, Any]:
 def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
     """Write the embedding model of ``checkpoint`` (a path, a run folder or a loaded dict) to
     ``out_dir``: ``embedding_model.pt`` + ``embedding_model.json``.  Returns ``out_dir``."""
-    ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    ckpt = (load_checkpoint(checkpoint, option="--checkpoint")
+            if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
     source = str(ckpt.get("path", "checkpoint"))
     model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
                                ckpt["model_state_dict"], source)
-    os.makedirs(out_dir, exist_ok=True)
-    weights = os.path.join(out_dir, WEIGHTS_FILE)
-    tmp = weights + ".part"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, weights)
+    weights = prepare_output_file(os.path.join(out_dir, WEIGHTS_FILE), "--out")
+    buffer = io.BytesIO()  # serialised first: torch.save's own writer hides "no space left"
+    torch.save(model.state_dict(), buffer)
+    write_atomic(weights, lambda tmp: _write_bytes(tmp, buffer.getvalue()), "--out")
     metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items()
                if k.startswith(("lfw_", "val_"))}
     settings = validation_settings(ckpt)
@@ -94,10 +101,8 @@ def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
                     "iteration": ckpt.get("iteration"), "num_classes": ckpt.get("num_classes")},
         "weights": WEIGHTS_FILE, "sha256": _sha256(weights),
     }
-    tmp = os.path.join(out_dir, CONFIG_FILE + ".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, CONFIG_FILE))
+    text = json.dumps(info, indent=2).encode("utf-8")
+    write_atomic(os.path.join(out_dir, CONFIG_FILE), lambda tmp: _write_bytes(tmp, text), "--out")
     logger.info("embedding model of %s exported to %s", source, out_dir)
     return out_dir
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from faceignite.errors import FaceIgniteError
+from faceignite.output_files import prepare_output_file, write_atomic
 
 logger = logging.getLogger("faceignite")
 INPUT, OUTPUT = "images", "embeddings"
@@ -50,13 +51,13 @@ def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 18) -
     wrapped = NormalizedEmbedding(model).cpu().float().eval()
     example = torch.randn(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    path = prepare_output_file(path, "--out")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter's deprecation and tracing chatter
         program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset,
                                     input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={"images": {0: batch}})
-    program.save(path, external_data=False)
+    write_atomic(path, lambda tmp: program.save(tmp, external_data=False), "--out")
     logger.info("ONNX model (opset %d, input %s: N x 3 x %d x %d) written to %s", opset, INPUT,
                 image_size, image_size, path)
     return path
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     try:
+        prepare_output_file(args.out, "--out")  # before the export: a bad path fails at once
         model, info = load_inference_model(args.checkpoint, "cpu")
         size = args.image_size or info["image_size"]
         export_onnx(model, args.out, size, args.opset)

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from faceignite.data.dataset import PROBLEMS, UNDECODABLE, read_rgb_checked
 from faceignite.embed import embed_images, load_inference_model
 from faceignite.engine import resolve_device
 from faceignite.errors import FaceIgniteError
@@ -54,7 +55,8 @@ def verify_images(model: torch.nn.Module, image1: str, image2: str, image_size: 
     embeddings, rows = embed_images(model, [image1, image2], image_size, device, flip=flip)
     if len(rows) < 2:
         bad = image2 if rows == [0] else image1
-        raise FaceIgniteError(f"cannot decode image {bad}: not a JPEG/PNG image, or corrupt")
+        problem = read_rgb_checked(bad)[1] or UNDECODABLE
+        raise FaceIgniteError(f"cannot decode image {bad}: {PROBLEMS[problem]}")
     d = pair_distances(embeddings, np.array([0]), np.array([1]), distance)[0]
     return Verification(float(d), threshold, distance)
 

@@ -98,7 +98,8 @@ def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | No
         parts.append(f"{values['images_per_sec']:.1f} img/s")
         parts += [f"{k} {v:.3g}" for k, v in values.items() if k.startswith("lr_")]
         if values["skipped_images"]:  # of every process
-            parts.append(f"skipped {values['skipped_images']:.0f} undecodable images")
+            parts.append(f"skipped {values['skipped_images']:.0f} images (missing, truncated or "
+                         "undecodable: each named in the log)")
         logger.info(" | ".join(parts))
 
     return stats

@@ -131,7 +131,8 @@ def test_bad_checkpoints_fail_with_one_line_naming_the_file(synthetic_root, tmp_
     torch.save({"model": Custom()}, tmp_path / "pickled.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     cases = {"missing.pt": "checkpoint not found: .*missing.pt",
-             "pickled.pt": "refusing to load .*pickled.pt: it holds Python objects",
+             "pickled.pt": "refusing to load .*pickled.pt: it holds code or objects that are refused "
+                           r"\(not loaded, for safety\): Python objects test_lfw_evaluate.Custom",
              "other.pt": "other.pt is not a faceignite training checkpoint: no model_state_dict"}
     for name, message in cases.items():
         caplog.clear()

@@ -136,13 +136,13 @@ def test_undecodable_image_is_skipped_in_training_but_fails_a_plain_evaluation(p
     lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128)
     with caplog.at_level(logging.INFO):
         trainer.run([0] * 2, max_epochs=1)
-    assert "1 of 239 images missing (the files exist but do not decode)" in caplog.text
+    assert "1 of 240 images missing (truncated, undecodable or removed: each named above)" in caplog.text
     assert str(bad) in caplog.text
     assert "lfw_accuracy" in trainer.state.metrics
     assert re.search(r"lfw  epoch 1 .* (\d+) pairs skipped", caplog.text)
 
     evaluator = create_pairs_evaluator(PixelProjection(), str(root), "cpu", 32)
-    with pytest.raises(FaceIgniteError, match=f"1 of 239 images .* do not decode.*{bad}"):
+    with pytest.raises(FaceIgniteError, match=f"1 of 240 images .* undecodable.*{bad}"):
         evaluator.run()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -38,14 +39,16 @@ def latest_checkpoint(folder: str) -> str | None:
     return os.path.join(folder, max(found)[1]) if found else None
 
 
-def resolve_checkpoint_path(path: str) -> str:
-    """``path`` itself, or for a run folder its latest training checkpoint."""
+def resolve_checkpoint_path(path: str, option: str = "--resume_path") -> str:
+    """``path`` itself, or for a run folder its latest training checkpoint.
+
+    ``option`` is the caller's command-line option, named in the advice of an error."""
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(path):
         latest = latest_checkpoint(path)
         if latest is None:
             raise FaceIgniteError(f"no {LATEST_PREFIX}_{NAME}_<iteration>.pt in folder {path}: "
-                                  f"pass a checkpoint file to --resume_path")
+                                  f"pass a checkpoint file to {option}")
         return latest
     if not os.path.isfile(path):
         raise FaceIgniteError(f"checkpoint not found: {path}")
@@ -63,38 +66,120 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
             warnings.simplefilter("ignore")  # torch's note about the pickle protocol
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
-            try:
-                names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-            except Exception:  # noqa: BLE001 - only for the message
-                names = "unknown"
+        refused = _refused_what(path, exc)
+        if refused:
             raise FaceIgniteError(
-                f"refusing to load {path}: it holds Python objects ({names}) that loading would "
-                f"have to execute, not only tensors; faceignite loads weights only") from None
+                f"refusing to load {path}: it holds code or objects that are refused (not loaded, "
+                f"for safety): {refused}; faceignite loads weights only (tensors and plain "
+                f"containers)") from None
         raise FaceIgniteError(f"{path} is not a readable PyTorch checkpoint (corrupt, or another "
                               f"format): {_first_line(exc)}") from None
     except FileNotFoundError:
         raise FaceIgniteError(f"checkpoint not found: {path}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except IsADirectoryError:
+        raise FaceIgniteError(f"checkpoint {path} is a folder, not a file") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        if _looks_like_text(path):
+            raise FaceIgniteError(f"{path} is a text file, not a PyTorch checkpoint") from None
+        names = _bare_pickle_globals(path)
+        if names:  # a plain pickle (not torch's format) that would import code
+            raise FaceIgniteError(
+                f"refusing to load {path}: it holds code or objects that are refused (not loaded, "
+                f"for safety): a bare Python pickle naming {', '.join(names)}; faceignite loads "
+                f"weights only (tensors and plain containers)") from None
         raise FaceIgniteError(f"checkpoint {path} is truncated or corrupt "
                               f"({exc.__class__.__name__}: {_first_line(exc) or 'empty file'}); "
                               f"use an earlier checkpoint of its folder") from None
 
 
+def _looks_like_text(path: str) -> bool:
+    """The file's first 4 KiB are non-empty UTF-8 text without NUL bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False  # (a multi-byte character cut at 4 KiB reads as binary: fine)
+    return bool(head) and b"\0" not in head
+
+
+def _refused_what(path: str, exc: BaseException) -> str:
+    """What the weights-only unpickler refused ("" when ``exc`` is not a refusal but corrupt
+    data): the globals named in the file (zip format), else torch's reason without its
+    boilerplate (which suggests turning the check off), for a global, a call, or a bare pickle."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only for the message (a bare pickle is not a zip)
+        names = []
+    if names:
+        return "Python objects " + ", ".join(names)
+    reason = _first_line(exc)
+    if any(word in str(exc) for word in ("GLOBAL", "global", "reduce", "build", "BUILD")):
+        return reason
+    names = _bare_pickle_globals(path)
+    if names is None:
+        return ""
+    return ("a bare Python pickle naming " + ", ".join(names) if names
+            else f"a bare Python pickle ({reason})")
+
+
+def _bare_pickle_globals(path: str) -> list[str] | None:
+    """The globals a file that is a plain pickle (protocol 2-5) imports; None for other files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return None
+    if head[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return None
+    return _pickle_globals(head)
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of the globals a pickle imports, read with :mod:`pickletools` (which
+    parses the opcodes without executing anything); [] when it cannot be parsed."""
+    strings: list[str] = []
+    memo: dict[int, str] = {}
+    found: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(".".join(str(arg).split(" ", 1)))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
+                strings.append(memo[arg])
+    except Exception:  # noqa: BLE001 - only for the message: a cut or odd pickle
+        pass
+    return sorted(set(found))
+
+
 def _first_line(exc: BaseException) -> str:
+    """The line of ``exc`` that says what is wrong (torch's advice paragraphs dropped)."""
     text = str(exc).strip()
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    return text.splitlines()[0][:200] if text else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if text.lower().startswith("weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith(("Check the documentation",
+                                                                    "Please file an issue"))]
+    # torch's advice ("Please use ... add_safe_globals ... if you trust ...") is not repeated
+    return lines[0].split(" Please ")[0].split(" Re-running ")[0][:200] if lines else ""
 
 
-def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str, map_location: Any = "cpu", option: str = "--resume_path") -> dict:
     """Read a training checkpoint (a file, or a run folder → its latest) safely; return its dict.
 
     Raises :class:`FaceIgniteError` for a missing, truncated, corrupt, unsafe or non-faceignite
-    file.  The dict gets ``"path"`` (the file read) added.
+    file; ``option`` (the caller's command-line option) is named in its advice.  The dict gets
+    ``"path"`` (the file read) added.
     """
-    path = resolve_checkpoint_path(path)
+    path = resolve_checkpoint_path(path, option)
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict):
         raise FaceIgniteError(f"{path} is not a training checkpoint (it holds a "

@@ -1,4 +1,5 @@
-"""Image dataset decoded with OpenCV; undecodable files are skipped, counted and logged."""
+"""Image dataset decoded with OpenCV; missing, truncated and undecodable files are skipped,
+counted and logged with their path and what is wrong."""
 from __future__ import annotations
 
 import logging
@@ -15,12 +16,77 @@ logger = logging.getLogger(__name__)
 cv2.setNumThreads(1)  # one decode thread per loader worker: workers give the parallelism
 
 
-def read_rgb(path: str):
-    """Decode ``path`` into an RGB uint8 array, or ``None`` when it cannot be decoded."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+MISSING, TRUNCATED, UNDECODABLE = "missing", "truncated", "undecodable"
+PROBLEMS = {MISSING: "missing (removed since the folder was indexed)",
+            TRUNCATED: "truncated (the file ends before the image does)",
+            UNDECODABLE: "does not decode (not a JPEG/PNG image, or corrupt)"}
+_JPEG_SOI, _JPEG_EOI, _JPEG_SOS = b"\xff\xd8", b"\xff\xd9", 0xDA
+_PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def _jpeg_scan_start(data: bytes) -> int:
+    """Offset of the first scan's data (after the SOS segment), or -1 when the file ends first.
+
+    Walks the length-prefixed marker segments from the start of image (APPn, EXIF thumbnails,
+    DQT, DHT, SOF ...), so an end-of-image marker inside an embedded thumbnail is skipped."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return -1
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # stand-alone markers
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == _JPEG_SOS:
+            return pos + 2 + length if pos + 2 + length <= n else -1
+        pos += 2 + length
+    return -1
+
+
+def is_truncated(data: bytes) -> bool:
+    """True for a JPEG without its end-of-image marker after the first scan, or a PNG without
+    its ``IEND`` chunk: a file cut short (an interrupted copy or download).
+
+    In a JPEG's entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker,
+    so ``FF D9`` after the first scan is the end-of-image marker; data appended after it
+    (camera trailers, motion photos) is allowed.  Other formats: False."""
+    if data.startswith(_JPEG_SOI):
+        start = _jpeg_scan_start(data)
+        return start < 0 or data.find(_JPEG_EOI, start) < 0
+    if data.startswith(_PNG_SIGNATURE):
+        return data.find(_PNG_IEND, len(_PNG_SIGNATURE)) < 0
+    return False
+
+
+def read_rgb_checked(path: str) -> tuple[np.ndarray | None, str | None]:
+    """``(RGB uint8 array, None)``, or ``(None, problem)`` with ``problem`` one of
+    :data:`MISSING`, :data:`TRUNCATED`, :data:`UNDECODABLE`.
+
+    The file is read once; a truncated JPEG/PNG is refused before decoding (OpenCV would fill
+    the missing part with grey and warn without naming the file)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, MISSING
+    except OSError:
+        return None, UNDECODABLE
+    if is_truncated(data):
+        return None, TRUNCATED
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
-        return None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return None, UNDECODABLE
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None
+
+
+def read_rgb(path: str):
+    """Decode ``path`` into an RGB uint8 array, or ``None`` when it is missing, truncated or
+    cannot be decoded (see :func:`read_rgb_checked` for which)."""
+    return read_rgb_checked(path)[0]
 
 
 def sample_seed(*parts: int) -> int:
@@ -43,7 +109,8 @@ def seed_transform(transform: Any, seed: int) -> None:
 
 
 class FaceImageDataset(Dataset):
-    """``(image tensor, label)`` for each ``(path, label)``; ``None`` when the file won't decode.
+    """``(image tensor, label)`` for each ``(path, label)``; ``None`` when the file is missing,
+    truncated or won't decode (logged once per file, naming it and which).
 
     Indexed by an int, or by ``(index, seed)`` as :class:`~faceignite.data.sampler.EpochSampler`
     yields: the seed makes the augmentation of each sample a pure function of (seed, epoch, index),
@@ -67,12 +134,16 @@ class FaceImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        image = self.read(path)
+        if self.read is read_rgb:  # files: say whether missing, truncated or undecodable
+            image, problem = read_rgb_checked(path)
+            where = path
+        else:  # another source (e.g. a .rec record), described by its reader
+            image, problem = self.read(path), UNDECODABLE
+            where = getattr(self.read, "describe", str)(path)
         if image is None:
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning("skipping undecodable image: %s",
-                               getattr(self.read, "describe", str)(path))
+                logger.warning("skipping image %s: %s", where, PROBLEMS[problem])
             return None
         if self.transform is not None:
             if seed is not None:

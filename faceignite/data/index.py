@@ -1,4 +1,8 @@
-"""The file index of a VGGFace2-style root: one ``os.scandir`` pass, cached as JSON."""
+"""The file index of a VGGFace2-style root: one ``os.scandir`` pass, cached as JSON.
+
+The cache is used while the fingerprint of the root holds: the modification time of the root
+and of every identity folder (a file added, removed or renamed inside a folder changes that
+folder's time), so a changed folder is always rescanned."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 from faceignite.errors import FaceIgniteError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: per-folder fingerprint
 logger = logging.getLogger(__name__)
 
 
@@ -21,6 +25,7 @@ class ImageIndex:
     root: str
     classes: list[str]
     files: list[list[str]]
+    fingerprint: str = ""  # of the scan (see :func:`folder_fingerprint`); "" when unknown
 
     def __len__(self) -> int:
         return sum(len(f) for f in self.files)
@@ -32,6 +37,19 @@ class ImageIndex:
 
     def labels(self) -> list[int]:
         return [label for label, names in enumerate(self.files) for _ in names]
+
+    def digest(self) -> str:
+        """:func:`index_digest` of this index (identity and file names)."""
+        return index_digest(self.classes, self.files)
+
+
+def index_digest(classes: list[str], files: list[list[str]]) -> str:
+    """A fingerprint of an image index (identity and file names, in order): SHA-1 hex."""
+    h = hashlib.sha1()
+    for name, names in zip(classes, files):
+        h.update(name.encode())
+        h.update(b"\0" + "\0".join(names).encode() + b"\n")
+    return h.hexdigest()
 
 
 def is_image(name: str) -> bool:
@@ -50,18 +68,37 @@ def list_images(root: str, exclude: str | None = None) -> list[str]:
     return sorted(found)
 
 
+def _identity_folders(root: str) -> list[tuple[str, int]]:
+    """``(name, modification time in ns)`` of every non-hidden sub-folder of ``root``, sorted."""
+    with os.scandir(root) as entries:
+        return sorted((e.name, e.stat().st_mtime_ns) for e in entries
+                      if e.is_dir() and not e.name.startswith("."))
+
+
+def folder_fingerprint(root: str, folders: list[tuple[str, int]] | None = None) -> str:
+    """SHA-1 of the modification times of ``root`` and of each identity folder (``folders``
+    from :func:`_identity_folders`, read now when not given): changes when an identity folder
+    is added or removed, or a file is added, removed or renamed inside one."""
+    h = hashlib.sha1(str(os.stat(root).st_mtime_ns).encode())
+    for name, mtime in _identity_folders(root) if folders is None else folders:
+        h.update(f"\0{name}\0{mtime}".encode())
+    return h.hexdigest()
+
+
 def scan_identity_folders(root: str) -> ImageIndex:
     """Scan ``root`` (one sub-folder per identity holding JPEG/PNG files) in one pass.
 
-    Raises :class:`FaceIgniteError` naming the path when it is missing or holds no image.
+    The index's ``fingerprint`` is taken before the folders are listed, so a change made during
+    the scan makes the next fingerprint differ.  Raises :class:`FaceIgniteError` naming the path
+    when it is missing or holds no image.
     """
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise FaceIgniteError(f"dataset folder not found: {root}")
+    folders = _identity_folders(root)
+    fingerprint = folder_fingerprint(root, folders)
     classes, files = [], []
-    with os.scandir(root) as entries:
-        folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    for name in folders:
+    for name, _ in folders:
         with os.scandir(os.path.join(root, name)) as entries:
             images = sorted(e.name for e in entries if e.is_file() and is_image(e.name))
         if images:
@@ -71,13 +108,7 @@ def scan_identity_folders(root: str) -> ImageIndex:
         raise FaceIgniteError(
             f"no images in dataset folder {root}: expected one sub-folder per identity "
             f"holding {'/'.join(IMAGE_EXTENSIONS)} files")
-    return ImageIndex(root, classes, files)
-
-
-def _fingerprint(root: str) -> str:
-    """Changes when identity folders are added or removed (the root's own mtime)."""
-    st = os.stat(root)
-    return f"{st.st_mtime_ns}"
+    return ImageIndex(root, classes, files, fingerprint)
 
 
 def default_cache_path(root: str, cache_dir: str) -> str:
@@ -88,8 +119,9 @@ def default_cache_path(root: str, cache_dir: str) -> str:
 def load_or_build_index(root: str, cache_path: str | None = None) -> ImageIndex:
     """Return the index of ``root``, read from ``cache_path`` when it is still current.
 
-    The cache is rebuilt when the root's modification time changes (an identity folder added
-    or removed); delete the file to force a rescan after adding images inside a folder.
+    The cache is rebuilt when :func:`folder_fingerprint` changes: an identity folder added or
+    removed, or an image added, removed or renamed inside one (one ``stat`` per identity
+    folder to check).  An image rewritten in place under the same name is not noticed.
     """
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):
@@ -99,8 +131,8 @@ def load_or_build_index(root: str, cache_path: str | None = None) -> ImageIndex:
             with open(cache_path, encoding="utf-8") as f:
                 cached = json.load(f)
             if (cached.get("version") == INDEX_VERSION and cached.get("root") == root
-                    and cached.get("fingerprint") == _fingerprint(root)):
-                index = ImageIndex(root, cached["classes"], cached["files"])
+                    and cached.get("fingerprint") == folder_fingerprint(root)):
+                index = ImageIndex(root, cached["classes"], cached["files"], cached["fingerprint"])
                 logger.info("image index: %d images of %d identities read from %s",
                             len(index), len(index.classes), cache_path)
                 return index
@@ -113,7 +145,7 @@ def load_or_build_index(root: str, cache_path: str | None = None) -> ImageIndex:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         tmp = f"{cache_path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": INDEX_VERSION, "root": root, "fingerprint": _fingerprint(root),
+            json.dump({"version": INDEX_VERSION, "root": root, "fingerprint": index.fingerprint,
                        "classes": index.classes, "files": index.files}, f)
         os.replace(tmp, cache_path)
     return index

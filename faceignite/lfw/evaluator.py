@@ -135,7 +135,7 @@ class PairVerification(Metric):
         decoded = {k for k, r in zip(pairs.keys, rows) if r >= 0}
         if len(decoded) < len(pairs.keys):
             pairs = keep_available(pairs, decoded, self.skip_undecodable,
-                                   "(the files exist but do not decode)",
+                                   "(truncated, undecodable or removed: each named above)",
                                    dict(zip(self.pairs.keys, self.paths)))
             position = {k: i for i, k in enumerate(self.pairs.keys)}
             rows = rows[[position[k] for k in pairs.keys]]

@@ -134,7 +134,7 @@ def read_pairs(path: str) -> Pairs:
     pairs are split into 10 folds in file order per class (the same folds for LFW's own layout).
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is accepted
             text = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise FaceIgniteError(f"cannot read pairs file {path}: {exc}") from exc
