@@ -100,16 +100,16 @@ class TrainingState:
     """Everything a run needs to continue exactly, as one ``state_dict`` for Ignite's Checkpoint.
 
     ``data`` (a :class:`~faceignite.data.FaceData`) gives the split, image size, batch size and
-    the training sampler (set for a mid-epoch resume); ``config`` the run's options (kept as
-    plain values).  :meth:`load_state_dict` first checks that the checkpoint fits (architecture,
+    the training sampler, whose own ``state_dict`` (seed, epoch, position) is saved and restored
+    with the rest; ``config`` the run's options (kept as plain values).  :meth:`load_state_dict` first checks that the checkpoint fits (architecture,
     classes, embedding size, optimizers, data set, epoch length) and raises
     :class:`FaceIgniteError` naming the mismatch before changing anything.
 
     Distributed runs: rank 0's Ignite ``Checkpoint`` writes the file; every process loads it.
     Files hold the plain modules' weights (no ``module.`` prefixes) and the batch of all
     processes together (``batch_size_training``), so a checkpoint resumes with any number of
-    processes, mid-epoch too: iterations are global (see ``build_face_data``), and each
-    process skips ``iterations done x its per-process batch`` of its shard.
+    processes, mid-epoch too: iterations are global (see ``build_face_data``), and the
+    sampler's position counts the samples of all processes, so each process skips its share.
     """
 
     def __init__(self, trainer: Engine, model: nn.Module, criterion: nn.Module,
