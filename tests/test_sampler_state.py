@@ -3,7 +3,6 @@ Ignite trainer, goes into the checkpoint, and continues the epoch exactly with a
 processes; a checkpoint without it (older files) gives the same position from the iteration."""
 import io
 
-import pytest
 import torch
 from ignite.engine import Engine, Events
 from torch import nn

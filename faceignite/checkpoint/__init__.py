@@ -8,7 +8,8 @@ are the original trainer's (``epoch``, ``num_classes``, ``embedding_dimension``,
 ``learning_rate_scheduler_state_dict``) plus what an exact resume needs: ``criterion_state_dict``
 (classifier and centres), ``scaler_state_dict``, ``trainer_state_dict``, ``sampler_state_dict``
 (the training sampler's seed, epoch and position; older files without it resume from the
-trainer's iteration), ``rng_state``, ``split``, ``image_size``, ``metrics``, ``lfw_threshold`` and ``config``.
+trainer's iteration), ``rng_state``, ``split``, ``image_size``, ``metrics``, ``lfw_threshold``
+and ``config``.
 
 :class:`TrainingState` is the ``state_dict``/``load_state_dict`` object Ignite's ``Checkpoint``
 saves; :class:`Resume` is what an experiment calls for ``--resume_path`` / ``--finetune``.

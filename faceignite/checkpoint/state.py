@@ -101,9 +101,10 @@ class TrainingState:
 
     ``data`` (a :class:`~faceignite.data.FaceData`) gives the split, image size, batch size and
     the training sampler, whose own ``state_dict`` (seed, epoch, position) is saved and restored
-    with the rest; ``config`` the run's options (kept as plain values).  :meth:`load_state_dict` first checks that the checkpoint fits (architecture,
-    classes, embedding size, optimizers, data set, epoch length) and raises
-    :class:`FaceIgniteError` naming the mismatch before changing anything.
+    with the rest; ``config`` the run's options (kept as plain values).  :meth:`load_state_dict`
+    first checks that the checkpoint fits (architecture, classes, embedding size, optimizers,
+    data set, epoch length) and raises :class:`FaceIgniteError` naming the mismatch before
+    changing anything.
 
     Distributed runs: rank 0's Ignite ``Checkpoint`` writes the file; every process loads it.
     Files hold the plain modules' weights (no ``module.`` prefixes) and the batch of all
