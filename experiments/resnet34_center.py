@@ -85,10 +85,11 @@ def training(local_rank: int, cfg, name: str = "resnet34_center", criterion_fact
         interrupt.attach(trainer, checkpoints.save_now)
         # tracking (last, so it closes after the final validation and checkpoint)
         tags = [cfg.model, type(criterion).__name__]
-        clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=name, tags=tags,
-                       hparams=vars(cfg), log_interval=cfg.log_interval, optimizers=optimizers,
-                       best_checkpoint=lambda: checkpoints.best_checkpoint,
-                       upload_model=cfg.clearml_upload_model)
+        tracker = clearml.attach(
+            trainer, run.output_dir, mode=cfg.clearml, task_name=name, tags=tags,
+            hparams=vars(cfg), log_interval=cfg.log_interval, optimizers=optimizers,
+            best_checkpoint=lambda: checkpoints.best_checkpoint,
+            upload_model=cfg.clearml_upload_model)
         if cfg.tensorboard:  # one sub-folder per run: tensorboard --logdir DIR compares them
             tb_dir = os.path.join(cfg.tensorboard, os.path.basename(run.output_dir))
             tensorboard.attach(trainer, tb_dir, log_interval=cfg.log_interval,
@@ -96,9 +97,12 @@ def training(local_rank: int, cfg, name: str = "resnet34_center", criterion_fact
         for hook in hooks:
             hook(trainer, state)
         stop_together(trainer)  # last: several processes stop at the same iteration
-        resume.restore(state)
-        # run
-        trainer.run(data.train_loader, max_epochs=cfg.epochs)
+        try:
+            resume.restore(state)
+            trainer.run(data.train_loader, max_epochs=cfg.epochs)
+        finally:  # a NaN stop or an exception skips COMPLETED
+            if tracker is not None:
+                tracker.close()
         metrics = dict(trainer.state.metrics)
         if result is not None:
             result.update(metrics)

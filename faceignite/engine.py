@@ -149,11 +149,9 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     trainer = Engine(step)
     trainer.state.scaler = scaler
 
-    @trainer.on(Events.EPOCH_STARTED)
-    def _reseed_sampler(engine: Engine) -> None:
-        sampler = getattr(engine.state.dataloader, "sampler", None)
-        if hasattr(sampler, "set_epoch") and getattr(sampler, "skip", 0) == 0:
-            sampler.set_epoch(engine.state.epoch - 1)
+    from faceignite.data.sampler import follow_trainer  # here: faceignite.data imports lfw,
+    # which imports this module (an upward import another change removes)
+    follow_trainer(trainer)  # the sampler keeps the epoch and position a checkpoint saves
 
     return trainer
 

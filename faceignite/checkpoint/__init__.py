@@ -6,8 +6,10 @@ are the original trainer's (``epoch``, ``num_classes``, ``embedding_dimension``,
 ``batch_size_training``, ``model_state_dict``, ``model_architecture``,
 ``optimizer_model_state_dict``, ``optimizer_centerloss_state_dict``,
 ``learning_rate_scheduler_state_dict``) plus what an exact resume needs: ``criterion_state_dict``
-(classifier and centres), ``scaler_state_dict``, ``trainer_state_dict``, ``rng_state``, ``split``,
-``image_size``, ``metrics``, ``lfw_threshold`` and ``config``.
+(classifier and centres), ``scaler_state_dict``, ``trainer_state_dict``, ``sampler_state_dict``
+(the training sampler's seed, epoch and position; older files without it resume from the
+trainer's iteration), ``rng_state``, ``split``, ``image_size``, ``metrics``, ``lfw_threshold``
+and ``config``.
 
 :class:`TrainingState` is the ``state_dict``/``load_state_dict`` object Ignite's ``Checkpoint``
 saves; :class:`Resume` is what an experiment calls for ``--resume_path`` / ``--finetune``.
@@ -18,14 +20,14 @@ from faceignite.checkpoint.files import (BEST_PREFIX, BEST_RE, FORMAT, FORMAT_VE
                                          latest_checkpoint, load_checkpoint,
                                          resolve_checkpoint_path, safe_load)
 from faceignite.checkpoint.resume import Resume, load_backbone
-from faceignite.checkpoint.state import (RNGState, TrainingState, dataset_split, index_digest,
-                                         num_classes_of, unwrap)
+from faceignite.checkpoint.state import (RNGState, TrainingState, dataset_split, num_classes_of,
+                                         unwrap)
 from faceignite.config import plain_config
 
 __all__ = [
     "BEST_PREFIX", "BEST_RE", "FORMAT", "FORMAT_VERSION", "LATEST_PREFIX", "LATEST_RE", "NAME",
     "ORIGINAL_KEYS", "RESUME_KEYS", "RNGState", "Resume", "TRAJECTORY_OPTIONS", "TrainingState",
-    "check_compatible", "check_options", "dataset_split", "index_digest", "latest_checkpoint",
+    "check_compatible", "check_options", "dataset_split", "latest_checkpoint",
     "load_backbone", "load_checkpoint", "num_classes_of", "plain_config", "resolve_checkpoint_path",
     "safe_load", "unwrap",
 ]

@@ -1,11 +1,10 @@
 """What a checkpoint holds: :class:`TrainingState`, the ``state_dict``/``load_state_dict``
 object Ignite's ``Checkpoint`` saves (model, centres, optimizers, scheduler, scaler, trainer,
-RNG, split, options), and its parts.
+training sampler, RNG, split, options), and its parts.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import numbers
 import random
@@ -76,17 +75,11 @@ def num_classes_of(criterion: nn.Module) -> int | None:
     return int(centers.shape[0]) if centers is not None else None
 
 
-def index_digest(classes: list[str], files: list[list[str]]) -> str:
-    """A fingerprint of an image index (identity and file names, in order)."""
-    h = hashlib.sha1()
-    for name, names in zip(classes, files):
-        h.update(name.encode())
-        h.update(b"\0" + "\0".join(names).encode() + b"\n")
-    return h.hexdigest()
-
-
 def dataset_split(data: Any) -> dict:
-    """The train/validation split of a :class:`~faceignite.data.FaceData`, as tensors."""
+    """The train/validation split of a :class:`~faceignite.data.FaceData`, as tensors, with the
+    index's size and digest (to refuse a resume on changed data)."""
+    from faceignite.data.index import index_digest  # here: faceignite.data imports lfw, which
+    # imports this package (an upward import another change removes)
     index = data.index
     return {"train_indices": torch.tensor(data.train_indices, dtype=torch.int32),
             "val_indices": torch.tensor(data.val_indices, dtype=torch.int32),
@@ -107,16 +100,17 @@ class TrainingState:
     """Everything a run needs to continue exactly, as one ``state_dict`` for Ignite's Checkpoint.
 
     ``data`` (a :class:`~faceignite.data.FaceData`) gives the split, image size, batch size and
-    the training sampler (set for a mid-epoch resume); ``config`` the run's options (kept as
-    plain values).  :meth:`load_state_dict` first checks that the checkpoint fits (architecture,
-    classes, embedding size, optimizers, data set, epoch length) and raises
-    :class:`FaceIgniteError` naming the mismatch before changing anything.
+    the training sampler, whose own ``state_dict`` (seed, epoch, position) is saved and restored
+    with the rest; ``config`` the run's options (kept as plain values).  :meth:`load_state_dict`
+    first checks that the checkpoint fits (architecture, classes, embedding size, optimizers,
+    data set, epoch length) and raises :class:`FaceIgniteError` naming the mismatch before
+    changing anything.
 
     Distributed runs: rank 0's Ignite ``Checkpoint`` writes the file; every process loads it.
     Files hold the plain modules' weights (no ``module.`` prefixes) and the batch of all
     processes together (``batch_size_training``), so a checkpoint resumes with any number of
-    processes, mid-epoch too: iterations are global (see ``build_face_data``), and each
-    process skips ``iterations done x its per-process batch`` of its shard.
+    processes, mid-epoch too: iterations are global (see ``build_face_data``), and the
+    sampler's position counts the samples of all processes, so each process skips its share.
     """
 
     def __init__(self, trainer: Engine, model: nn.Module, criterion: nn.Module,
@@ -131,6 +125,8 @@ class TrainingState:
         self.image_size = getattr(data, "image_size", None) or self.config.get("image_size")
         loader = getattr(data, "train_loader", None)
         self.world_size = idist.get_world_size()
+        sampler = getattr(loader, "sampler", None)
+        self.sampler = sampler if hasattr(sampler, "load_state_dict") else None
         self.process_batch_size = getattr(loader, "batch_size", None)  # what each process loads
         self.batch_size = (self.process_batch_size * self.world_size if self.process_batch_size
                            else self.config.get("batch_size"))  # all processes together
@@ -161,6 +157,7 @@ class TrainingState:
             "criterion_state_dict": unwrap(self.criterion).state_dict(),
             "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else {},
             "trainer_state_dict": dict(self.trainer.state_dict()),
+            "sampler_state_dict": self.sampler.state_dict() if self.sampler is not None else None,
             "rng_state": RNGState().state_dict(),
             "split": self.split,
             "image_size": self.image_size,
@@ -224,7 +221,9 @@ class TrainingState:
             elif self.scaler.is_enabled():
                 logger.warning("checkpoint has no fp16 grad-scaler state: starting a fresh one")
         self.trainer.load_state_dict(ckpt["trainer_state_dict"])
-        mid_epoch = self._position_sampler()
+        self._load_sampler(ckpt)
+        state = self.trainer.state
+        mid_epoch = bool(state.epoch_length and state.iteration % state.epoch_length)
         rng, saved_rng = RNGState(), ckpt["rng_state"]
         if mid_epoch:  # after the resumed epoch's data iterator has drawn its seed, as it had then
             first = self.trainer.state.iteration + 1
@@ -234,15 +233,17 @@ class TrainingState:
         else:
             rng.load_state_dict(saved_rng)
 
-    def _position_sampler(self) -> bool:
-        """Select the resumed epoch in the training sampler, skipping the samples already seen;
-        return whether the run resumes in the middle of an epoch."""
-        state = self.trainer.state
-        if not state.epoch_length:
-            return False
-        done = state.iteration % state.epoch_length
-        sampler = getattr(getattr(self.data, "train_loader", None), "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # global iterations: this process's share of each
-            sampler.set_epoch(state.iteration // state.epoch_length,
-                              skip=done * (self.process_batch_size or self.batch_size or 0))
-        return done > 0
+    def _load_sampler(self, ckpt: Mapping) -> None:
+        """Restore the training sampler's epoch and position; a checkpoint saved before samplers
+        had a state (no ``sampler_state_dict``) gives them from the trainer's iteration (global
+        iterations: ``iterations done x batch of all processes`` samples)."""
+        if self.sampler is None:
+            return
+        saved = ckpt.get("sampler_state_dict")
+        if saved is None:
+            state = self.trainer.state
+            if not state.epoch_length:
+                return
+            saved = {"seed": self.sampler.seed, "epoch": state.iteration // state.epoch_length,
+                     "position": (state.iteration % state.epoch_length) * (self.batch_size or 0)}
+        self.sampler.load_state_dict(saved)

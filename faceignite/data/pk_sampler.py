@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -39,10 +39,11 @@ class PKSampler(Sampler):
     has ``len(labels) // (P·K)`` batches (at least one); the draw depends only on (seed, epoch).
 
     The keys come flat, like :class:`~faceignite.data.sampler.EpochSampler`'s, so that the loader
-    uses it as its ``sampler`` with ``batch_size = P·K``: the trainer's per-epoch ``set_epoch``
-    and a mid-epoch resume's ``set_epoch(epoch, skip=samples)`` work unchanged.
-    :meth:`batches` gives the same keys as lists, one per batch.  With ``num_replicas > 1`` each
-    rank takes every ``num_replicas``-th batch.
+    uses it as its ``sampler`` with ``batch_size = P·K``; its state (``seed``, ``epoch``,
+    ``position``), :meth:`state_dict`, :meth:`load_state_dict`, ``set_epoch(epoch, skip)`` and
+    :func:`~faceignite.data.sampler.follow_trainer` work as the ``EpochSampler``'s, positions
+    rounded down to whole batches.  :meth:`batches` gives the same keys as lists, one per batch.
+    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch.
     """
 
     def __init__(self, labels: Sequence[int], identities_per_batch: int, images_per_identity: int,
@@ -62,7 +63,8 @@ class PKSampler(Sampler):
         self.members = dict(zip(classes.tolist(), np.split(order, starts[1:])))
         self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
         self.epoch = 0
-        self.skip = 0
+        self.position = 0  # samples of this rank's batches taken in ``epoch``
+        self.skip = 0  # where the next iteration starts (once)
         batches = max(1, len(self.labels) // self.batch_size)
         self.batches_per_replica = math.ceil(batches / num_replicas)
 
@@ -71,9 +73,24 @@ class PKSampler(Sampler):
         return self.p * self.k
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Select the epoch; skip its first ``skip`` samples, rounded down to whole batches."""
+        """Select the epoch; its next iteration skips the first ``skip`` samples of this rank,
+        rounded down to whole batches."""
         self.epoch = epoch
-        self.skip = skip - skip % self.batch_size
+        skip = min(skip, self.batches_per_replica * self.batch_size)
+        self.position = self.skip = skip - skip % self.batch_size
+
+    def advance(self, samples: int) -> None:
+        """The trainer took ``samples`` more samples of this rank's batches."""
+        self.position = min(self.position + samples, self.batches_per_replica * self.batch_size)
+
+    def state_dict(self) -> dict:
+        """``seed``, ``epoch`` and ``position`` (samples taken by all processes together)."""
+        return {"seed": self.seed, "epoch": self.epoch,
+                "position": self.position * self.num_replicas}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]), int(state["position"]) // self.num_replicas)
 
     def __len__(self) -> int:
         return self.batches_per_replica * self.batch_size - self.skip
