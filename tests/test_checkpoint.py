@@ -6,7 +6,6 @@ import pickle
 import random
 import shutil
 import signal
-import sys
 
 import numpy as np
 import pytest
@@ -30,8 +29,7 @@ from handlers import interrupt, lr_scheduler
 
 from conftest import REPO, copy_subset
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main  # noqa: E402
 
 
 def small_args(root, out, *more):

@@ -5,7 +5,6 @@ import logging
 import math
 import re
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -18,8 +17,7 @@ from faceignite.errors import FaceIgniteError
 from faceignite.lfw import create_embedding_engine, create_pairs_evaluator, image_loader
 from handlers import events, lfw
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main  # noqa: E402
 
 CONTRACT = ("lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",
             "lfw_val_far1e-2", "lfw_auc", "lfw_eer")
@@ -69,12 +67,14 @@ def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root
     lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=2,
                batch_size=64, output_dir=str(tmp_path))
     seen = record_validations(trainer)
+    figures: list[str] = []
+    trainer.add_event_handler(events.ValidationEvents.LFW_COMPLETED,
+                              lambda e: figures.append(e.state.metrics["lfw_roc_figure"]))
     trainer.run([0] * 4, max_epochs=5)
     assert [(e, i) for e, i, _ in seen] == [(2, 8), (4, 16), (5, 20)]
     for _, _, metrics in seen:
         assert all(math.isfinite(v) for v in metrics.values())
         assert 0.5 <= metrics["lfw_accuracy"] <= 1 and 0 <= metrics["lfw_eer"] <= 0.5
-    figures = trainer.state.roc_figures
     assert [p.rsplit("/", 1)[1] for p in figures] == [
         "roc_lfw_epoch002_iter0000008.png", "roc_lfw_epoch004_iter0000016.png",
         "roc_lfw_epoch005_iter0000020.png"]
@@ -90,7 +90,7 @@ def test_iteration_interval_and_a_run_stopped_mid_epoch(pairs_root):
     seen = record_validations(trainer)
     trainer.run([0] * 4, max_epochs=2)
     assert [(e, i) for e, i, _ in seen] == [(1, 3), (2, 6), (2, 8)]
-    assert not hasattr(trainer.state, "roc_figures")  # no output_dir: no PNG
+    assert "lfw_roc_figure" not in trainer.state.metrics  # no output_dir: no PNG
 
     trainer = idle_trainer()
     lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128)

@@ -1,11 +1,9 @@
 """End to end: a real tiny training run on JPEG folders must learn."""
 import re
-import sys
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main  # noqa: E402
 
 
 def test_tiny_run_learns(train_args, tmp_path):
