@@ -27,9 +27,9 @@ from handlers import checkpoint as checkpoint_handler
 from handlers import events
 from handlers import interrupt, lr_scheduler
 
-from conftest import REPO, copy_subset
+from conftest import copy_subset
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 
 def small_args(root, out, *more):

@@ -20,14 +20,13 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from conftest import REPO
 from faceignite.engine import create_trainer
 from faceignite.losses import SoftmaxCenterLoss
 from faceignite.optim import build_optimizers
 from handlers import clearml as clearml_handler
 from handlers import events, holdout, progress
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 LFW_VALUES = {"lfw_accuracy": 0.75, "lfw_auc": 0.8, "lfw_eer": 0.25}
 

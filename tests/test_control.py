@@ -4,12 +4,11 @@ import re
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO
 from faceignite.checkpoint import load_checkpoint
 from faceignite.losses import SoftmaxCenterLoss
 from handlers import control, events
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 ITERS_PER_EPOCH = 18  # 576 training images of the synthetic set / batch 32
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO, copy_subset
+from conftest import copy_subset
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 from faceignite.checkpoint import unwrap  # noqa: E402
 from faceignite.config import parse_args  # noqa: E402

@@ -12,12 +12,11 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import create_embedding_engine, create_pairs_evaluator, image_loader
 from handlers import events, lfw
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 CONTRACT = ("lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",
             "lfw_val_far1e-2", "lfw_auc", "lfw_eer")

@@ -15,7 +15,7 @@ import torch
 
 from conftest import REPO, copy_subset
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 EPOCHS, EPOCH_LENGTH = 2, 2
 

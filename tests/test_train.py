@@ -1,9 +1,8 @@
 """End to end: a real tiny training run on JPEG folders must learn."""
 import re
 
-from conftest import REPO
 
-from handlers.standard import main  # noqa: E402
+from handlers.standard import main
 
 
 def test_tiny_run_learns(train_args, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
 from faceignite.data.pk_sampler import PKSampler

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from faceignite.data.index import is_image
+from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 
 
@@ -82,8 +83,9 @@ def make_pairs_set(source: str, dest: str, identities: Sequence[str] | None = No
     return path
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; 0 when done, 2 on bad input (one line on stderr)."""
+    """Run the command line; 0 when done; bad input: one line on stderr and exit code 2."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("source", help="identity folders (VGGFace2 layout) of people not trained on")
     p.add_argument("dest", help="output folder: LFW layout + pairs.txt")
@@ -92,12 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="same-person and different-person pairs per fold (default: 300, as LFW)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair draw (default: 0)")
     args = p.parse_args(argv)
-    try:
-        path = make_pairs_set(args.source, args.dest, folds=args.folds, per_fold=args.per_fold,
-                              seed=args.seed)
-    except FaceIgniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path = make_pairs_set(args.source, args.dest, folds=args.folds, per_fold=args.per_fold,
+                          seed=args.seed)
     print(f"wrote {path}: {args.folds} folds x {args.per_fold} same + {args.per_fold} different pairs")
     return 0
 
