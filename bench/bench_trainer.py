@@ -17,7 +17,7 @@ from common import (CLOCKS, Result, add_clock_arg, add_rounds_arg, add_threads_a
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from faceignite.config import ARCHITECTURES
+    from faceignite.models import ARCHITECTURES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet34", choices=ARCHITECTURES)
@@ -73,7 +73,9 @@ def main(argv=None) -> list[Result]:
     args = parse(argv)
     import torch
 
-    from faceignite.engine import autocast_context, create_trainer, prepare_images, resolve_device
+    from faceignite.engine import create_trainer
+    from faceignite.runtime import (autocast_context, prepare_images, resolve_device,
+                                    to_channels_last)
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model
     from faceignite.optim import build_optimizers
@@ -85,7 +87,9 @@ def main(argv=None) -> list[Result]:
     device = resolve_device(args.device)
     if args.clock == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures CPU work: use it with --device cpu")
-    model = build_model(args.model, 128).to(device)  # create_trainer converts to channels_last
+    model = build_model(args.model, 128).to(device)
+    if args.channels_last:  # once, as the standard run does (create_trainer sends the images)
+        to_channels_last(model)
     criterion = SoftmaxCenterLoss(args.classes, 128, 0.01).to(device)
     optimizers = build_optimizers(model, criterion, "sgd", 0.01, 0.9, 5e-4, 0.5)
     steps = max(1, args.images // args.batch_size)
