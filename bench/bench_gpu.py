@@ -155,6 +155,7 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model
     from faceignite.optim import build_optimizers
+    from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
 
     cuda = device.type == "cuda"
@@ -207,7 +208,8 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
             trainer = create_trainer(model, criterion, optimizers, device, precision_amp(precision),
                                      channels_last, compile_model=compiled)
             if handlers:
-                lr_scheduler.attach(trainer, optimizers["model"], 0.01, 1000, max(args.steps, 2))
+                lr_scheduler.attach(trainer, optimizers["model"], 0.01, 1000, max(args.steps, 2),
+                                    **lr_scheduler.schedule_options(parse_args([])))
                 progress.attach(trainer, optimizers)
 
             def one_pass(batches=timed_pinned) -> int:

@@ -41,6 +41,7 @@ def overhead_candidates(iterations: int) -> dict:
     import torch
     from ignite.engine import Engine
 
+    from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
 
     output = {"loss": torch.tensor(4.0), "ce": torch.tensor(3.9), "center": torch.tensor(9.0),
@@ -57,7 +58,8 @@ def overhead_candidates(iterations: int) -> dict:
 
     bare, full = Engine(step), Engine(step)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    lr_scheduler.attach(full, opt, 0.01, 1000, max(iterations, 2))
+    lr_scheduler.attach(full, opt, 0.01, 1000, max(iterations, 2),
+                        **lr_scheduler.schedule_options(parse_args([])))
     progress.attach(full, {"model": opt})
 
     def engine(e: Engine) -> int:
@@ -79,6 +81,7 @@ def main(argv=None) -> list[Result]:
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model
     from faceignite.optim import build_optimizers
+    from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
 
     print_header("bench_trainer", args)
@@ -122,7 +125,8 @@ def main(argv=None) -> list[Result]:
 
     bare = create_trainer(model, criterion, optimizers, device, args.amp, args.channels_last)
     full = create_trainer(model, criterion, optimizers, device, args.amp, args.channels_last)
-    lr_scheduler.attach(full, optimizers["model"], 0.01, 1000, max(steps, 2))
+    lr_scheduler.attach(full, optimizers["model"], 0.01, 1000, max(steps, 2),
+                        **lr_scheduler.schedule_options(parse_args([])))
     progress.attach(full, optimizers)
 
     def ignite(trainer) -> int:

@@ -53,10 +53,9 @@ def training(local_rank: int, cfg, result: dict) -> None:
 
         # handlers, in this order: schedule, validations, progress, control, checkpoints,
         # interrupt, trackers, stop agreement (see handlers.standard.attach_handlers)
-        scheduler = lr_scheduler.attach(
-            trainer, optimizers["model"], cfg.lr, cfg.epochs, len(data.train_loader),
-            schedule=cfg.lr_scheduler, warmup_epochs=cfg.warmup_epochs,
-            milestones=cfg.lr_milestones, step_epochs=cfg.lr_step, gamma=cfg.lr_gamma)
+        scheduler = lr_scheduler.attach(trainer, optimizers["model"], cfg.lr, cfg.epochs,
+                                        len(data.train_loader),
+                                        **lr_scheduler.schedule_options(cfg))
         if data.val_loader is not None and is_classifying(criterion):
             holdout.attach(trainer, model, criterion, data.val_loader, run.device,
                            every_iterations=cfg.val_interval, amp=cfg.amp,

@@ -146,7 +146,7 @@ class Checkpointer:
             self.best.load_state_dict({"_saved": best[-(self.best.n_saved or len(best)):]})
 
 
-def attach(trainer: Engine, to_save: Any, output_dir: str, n_saved: int = 3,
+def attach(trainer: Engine, to_save: Any, output_dir: str, *, n_saved: int,
            save_interval: int = 0, best_by: str | None = None,
            best_event: Any = None, n_best: int = 1) -> Checkpointer:
     """Save ``to_save`` every epoch, every ``save_interval`` iterations (0: off) and at the end

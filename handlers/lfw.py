@@ -17,9 +17,9 @@ logger = logging.getLogger("faceignite")
 
 
 def attach(trainer: Engine, model: nn.Module | Callable, lfw_dir: str | None, device,
-           image_size: int, *, pairs_file: str | None = None, batch_size: int = 128,
-           every_epochs: int = 1, every_iterations: int = 0, flip: bool = False,
-           distance: str = "l2", skip_missing: bool = False, output_dir: str | None = None,
+           image_size: int, *, batch_size: int, every_epochs: int, flip: bool, distance: str,
+           pairs_file: str | None = None, every_iterations: int = 0,
+           skip_missing: bool = False, output_dir: str | None = None,
            num_workers: int = 0, amp: str = "off", channels_last: bool = False,
            prefix: str = "lfw") -> PairsEvaluator:
     """Validate on the pairs set every ``every_epochs`` epochs, after the last epoch, at the end

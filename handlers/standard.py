@@ -106,10 +106,8 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     8. last, the stop agreement of several processes.
     """
     trainer, data = parts.trainer, parts.data
-    scheduler = lr_scheduler.attach(
-        trainer, parts.optimizers["model"], cfg.lr, cfg.epochs, len(data.train_loader),
-        schedule=cfg.lr_scheduler, warmup_epochs=cfg.warmup_epochs,
-        milestones=cfg.lr_milestones, step_epochs=cfg.lr_step, gamma=cfg.lr_gamma)
+    scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
+                                    len(data.train_loader), **lr_scheduler.schedule_options(cfg))
     if data.val_loader is not None and is_classifying(parts.criterion):
         holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
                        every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,

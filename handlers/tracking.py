@@ -75,7 +75,7 @@ def clean_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler], trainer: Engine,
-                   log_interval: int = 50,
+                   log_interval: int,
                    optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
     """Attach ``output_handler`` (the tracker's Ignite ``OutputHandler`` class) for every group
     of the table above.  Attach after the handlers that write the metrics (``progress``,

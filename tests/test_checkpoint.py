@@ -45,7 +45,7 @@ def build_run(cfg, data, embedding_dim=None, num_classes=None):
     optimizers = build_optimizers(model, criterion, "sgd", 0.1, 0.9, 5e-4, 0.5)
     trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
     scheduler = lr_scheduler.attach(trainer, optimizers["model"], 0.1, cfg.epochs,
-                                    len(data.train_loader))
+                                    len(data.train_loader), **lr_scheduler.schedule_options(cfg))
     return TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg)
 
 

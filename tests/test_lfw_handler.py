@@ -64,7 +64,7 @@ def assert_png(path: str) -> None:
 def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root, tmp_path):
     trainer = idle_trainer()
     lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=2,
-               batch_size=64, output_dir=str(tmp_path))
+               batch_size=64, flip=False, distance="l2", output_dir=str(tmp_path))
     seen = record_validations(trainer)
     figures: list[str] = []
     trainer.add_event_handler(events.ValidationEvents.LFW_COMPLETED,
@@ -85,14 +85,15 @@ def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root
 def test_iteration_interval_and_a_run_stopped_mid_epoch(pairs_root):
     trainer = idle_trainer()
     lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=10,
-               every_iterations=3, batch_size=128)
+               every_iterations=3, batch_size=128, flip=False, distance="l2")
     seen = record_validations(trainer)
     trainer.run([0] * 4, max_epochs=2)
     assert [(e, i) for e, i, _ in seen] == [(1, 3), (2, 6), (2, 8)]
     assert "lfw_roc_figure" not in trainer.state.metrics  # no output_dir: no PNG
 
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128)
+    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128, every_epochs=1,
+               flip=False, distance="l2")
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.terminate())
     seen = record_validations(trainer)
     trainer.run([0] * 4, max_epochs=3)
@@ -132,7 +133,8 @@ def test_undecodable_image_is_skipped_in_training_but_fails_a_plain_evaluation(p
     bad = root / "Synthetic_Person001" / "Synthetic_Person001_0002.jpg"
     bad.write_bytes(b"not a jpeg")
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128)
+    lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128, every_epochs=1,
+               flip=False, distance="l2")
     with caplog.at_level(logging.INFO):
         trainer.run([0] * 2, max_epochs=1)
     assert "1 of 239 images missing (the files exist but do not decode)" in caplog.text
@@ -148,7 +150,8 @@ def test_undecodable_image_is_skipped_in_training_but_fails_a_plain_evaluation(p
 def test_bad_lfw_folder_fails_at_attach_before_training(tmp_path):
     trainer = idle_trainer()
     with pytest.raises(FaceIgniteError, match="no pairs file in"):
-        lfw.attach(trainer, PixelProjection(), str(tmp_path), "cpu", 32)
+        lfw.attach(trainer, PixelProjection(), str(tmp_path), "cpu", 32, batch_size=128,
+                   every_epochs=1, flip=False, distance="l2")
 
 
 def test_recipe_validates_on_the_pairs_set_and_plots(pairs_root, synthetic_root, tmp_path):
