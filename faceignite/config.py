@@ -161,7 +161,7 @@ OPTIONS: tuple[Option, ...] = (
            default_text="none, random initialisation", original="flag (download)",
            why="a local weights file or `download`: no hidden network access"),
     # optimisation
-    Option(("--epochs",), "optim", "Training epochs", 30, builtin=8, type=int, check=at_least(1),
+    Option(("--epochs",), "optim", "Training epochs", 30, builtin=8, type=int,
            original="275", why="30 VGGFace2 epochs ≈ 1.5 M iterations at batch 64, past where "
            "the schedule has converged"),
     Option(("--optimizer",), "optim", "Optimizer of the model", "sgd", type=str,
@@ -202,10 +202,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--triplet_mining",), "loss", "Online triplet mining inside each batch", "semi_hard",
            type=str, choices=("batch_hard", "semi_hard")),
     Option(("--identities_per_batch",), "loss", "P x K batches: identities per batch", None,
-           type=int, metavar="P", check=at_least(1),
+           type=int, metavar="P",  # checked by the P x K sampler
            default_text="--batch_size / --images_per_identity"),
     Option(("--images_per_identity",), "loss", "P x K batches: images per identity; setting it "
-           "turns P x K batches on", None, type=int, metavar="K", check=at_least(2),
+           "turns P x K batches on", None, type=int, metavar="K",
            default_text="off, plain shuffled batches"),
     # runtime
     Option(("--seed",), "runtime", "Random seed", 0, type=int),
@@ -235,7 +235,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--lfw_batch_size",), "lfw", "Batch size for LFW dataset", 128, type=int,
            check=at_least(1), original="12", why="inference batches; memory is not an issue"),
     Option(("--lfw_validation_epoch_interval",), "lfw", "Perform LFW validation every n epoch "
-           "interval", 1, type=int, check=at_least(1), original="5",
+           "interval", 1, type=int, check=at_least(0), original="5",
            why="an epoch of VGGFace2 is long; `--val_interval N` adds iteration-level checks"),
     Option(("--lfw_skip_missing",), "lfw", "Skip pairs whose images are missing (logged) instead "
            "of failing", False, action="store_true"),

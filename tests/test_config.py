@@ -22,7 +22,8 @@ OUT_OF_RANGE = [
     ("--batch_size", "1"), ("--lr", "0"), ("--lr", "-0.1"), ("--embedding_dim", "0"),
     ("--n_saved", "0"), ("--num_workers", "-1"), ("--lfw_batch_size", "0"),
     ("--log_interval", "-1"), ("--val_interval", "-5"), ("--save_interval", "-1"),
-    ("--warmup_epochs", "-1"), ("--epochs", "0"), ("--lr_milestones", "-1"),
+    ("--warmup_epochs", "-1"), ("--lfw_validation_epoch_interval", "-1"),
+    ("--lr_milestones", "-1"),
 ]
 
 
