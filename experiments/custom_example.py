@@ -93,7 +93,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
             trainer.run(data.train_loader, max_epochs=cfg.epochs)
         finally:  # also after a NaN stop or an interrupt, which skip COMPLETED
             for tracker in trackers:
-                if tracker is not None:
+                if tracker is not None and not getattr(tracker, "closed", False):
                     tracker.close()
         result.update(trainer.state.metrics)
         if run.rank == 0:

@@ -64,9 +64,11 @@ class Attached:
     trackers: list = field(default_factory=list)  # each has close()
 
     def close_trackers(self) -> None:
-        """Close ClearML and TensorBoard (idempotent): the run ended, whichever way."""
+        """Close ClearML and TensorBoard: the run ended, whichever way.  A tracker that closed
+        itself at ``COMPLETED`` (ClearML's ``closed``) is not closed twice."""
         for tracker in self.trackers:
-            tracker.close()
+            if not getattr(tracker, "closed", False):
+                tracker.close()
 
 
 def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionFactory,
