@@ -222,7 +222,8 @@ def test_keeps_n_saved_across_a_resume_and_saves_between_epochs(tmp_path):
 def test_best_checkpoint_follows_the_validation_event(tmp_path):
     engine = Engine(lambda e, b: None)
     events.register(engine)
-    saver = checkpoint_handler.attach(engine, Weights(), str(tmp_path), best_by="val_accuracy")
+    saver = checkpoint_handler.attach(engine, Weights(), str(tmp_path), n_saved=3,
+                                      best_by="val_accuracy")
     scores = iter([0.5, 0.7, 0.6])
 
     @engine.on(Events.EPOCH_COMPLETED)
