@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from faceignite.config import ARCHITECTURES
+    from faceignite.models import ARCHITECTURES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet34", choices=ARCHITECTURES)
@@ -151,9 +151,11 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     import torch
 
     from faceignite.engine import create_trainer
+    from faceignite.runtime import to_channels_last
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model
     from faceignite.optim import build_optimizers
+    from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
 
     cuda = device.type == "cuda"
@@ -201,10 +203,13 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     def ours(precision: str, channels_last: bool, compiled: bool, handlers: bool = False):
         def build():
             model, criterion, optimizers = parts()
+            if channels_last:  # once, as the standard run does
+                to_channels_last(model)
             trainer = create_trainer(model, criterion, optimizers, device, precision_amp(precision),
                                      channels_last, compile_model=compiled)
             if handlers:
-                lr_scheduler.attach(trainer, optimizers["model"], 0.01, 1000, max(args.steps, 2))
+                lr_scheduler.attach(trainer, optimizers["model"], 0.01, 1000, max(args.steps, 2),
+                                    **lr_scheduler.schedule_options(parse_args([])))
                 progress.attach(trainer, optimizers)
 
             def one_pass(batches=timed_pinned) -> int:

@@ -24,7 +24,8 @@ from common import (SHARED_DATA, add_rounds_arg, add_threads_arg, interleaved, p
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from faceignite.config import ARCHITECTURES, default_num_workers
+    from faceignite.config import default_num_workers
+    from faceignite.models import ARCHITECTURES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", default=str(SHARED_DATA / "lfw" / "lfw-mtcnn-160"),
@@ -69,7 +70,7 @@ def main(argv=None):
     args = parse(argv)
     import torch
 
-    from faceignite.engine import resolve_device
+    from faceignite.runtime import resolve_device
     from faceignite.lfw import create_pairs_evaluator, evaluate_embeddings
     from faceignite.models import EmbeddingNet
 

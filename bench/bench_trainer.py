@@ -17,7 +17,7 @@ from common import (CLOCKS, Result, add_clock_arg, add_rounds_arg, add_threads_a
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from faceignite.config import ARCHITECTURES
+    from faceignite.models import ARCHITECTURES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet34", choices=ARCHITECTURES)
@@ -41,6 +41,7 @@ def overhead_candidates(iterations: int) -> dict:
     import torch
     from ignite.engine import Engine
 
+    from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
 
     output = {"loss": torch.tensor(4.0), "ce": torch.tensor(3.9), "center": torch.tensor(9.0),
@@ -57,7 +58,8 @@ def overhead_candidates(iterations: int) -> dict:
 
     bare, full = Engine(step), Engine(step)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    lr_scheduler.attach(full, opt, 0.01, 1000, max(iterations, 2))
+    lr_scheduler.attach(full, opt, 0.01, 1000, max(iterations, 2),
+                        **lr_scheduler.schedule_options(parse_args([])))
     progress.attach(full, {"model": opt})
 
     def engine(e: Engine) -> int:
@@ -73,10 +75,13 @@ def main(argv=None) -> list[Result]:
     args = parse(argv)
     import torch
 
-    from faceignite.engine import autocast_context, create_trainer, prepare_images, resolve_device
+    from faceignite.engine import create_trainer
+    from faceignite.runtime import (autocast_context, prepare_images, resolve_device,
+                                    to_channels_last)
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model
     from faceignite.optim import build_optimizers
+    from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
 
     print_header("bench_trainer", args)
@@ -85,7 +90,9 @@ def main(argv=None) -> list[Result]:
     device = resolve_device(args.device)
     if args.clock == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures CPU work: use it with --device cpu")
-    model = build_model(args.model, 128).to(device)  # create_trainer converts to channels_last
+    model = build_model(args.model, 128).to(device)
+    if args.channels_last:  # once, as the standard run does (create_trainer sends the images)
+        to_channels_last(model)
     criterion = SoftmaxCenterLoss(args.classes, 128, 0.01).to(device)
     optimizers = build_optimizers(model, criterion, "sgd", 0.01, 0.9, 5e-4, 0.5)
     steps = max(1, args.images // args.batch_size)
@@ -118,7 +125,8 @@ def main(argv=None) -> list[Result]:
 
     bare = create_trainer(model, criterion, optimizers, device, args.amp, args.channels_last)
     full = create_trainer(model, criterion, optimizers, device, args.amp, args.channels_last)
-    lr_scheduler.attach(full, optimizers["model"], 0.01, 1000, max(steps, 2))
+    lr_scheduler.attach(full, optimizers["model"], 0.01, 1000, max(steps, 2),
+                        **lr_scheduler.schedule_options(parse_args([])))
     progress.attach(full, optimizers)
 
     def ignite(trainer) -> int:

@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, SHARED_DATA as DATA
+from common import SHARED_DATA as DATA
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main as train  # noqa: E402
+from handlers.standard import main as train
 
 ROWS = [("LFW accuracy", "lfw_accuracy", 100), ("± std", "lfw_accuracy_std", 100),
         ("TAR @ FAR=1e-3", "lfw_val_far1e-3", 100), ("TAR @ FAR=1e-2", "lfw_val_far1e-2", 100),

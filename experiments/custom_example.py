@@ -1,48 +1,112 @@
-"""A new experiment composed by hand from the handlers: the README's "Writing an experiment".
+"""A new experiment composed by hand from the library and the handlers: copy it, change a line.
 
-    python experiments/custom_example.py                 # built-in data, about a minute on CPU
+    python experiments/custom_example.py                         # built-in data, a few minutes on CPU
     python experiments/custom_example.py --dataroot DIR --lfw LFW_DIR --epochs 20
+    python experiments/custom_example.py --resume_path runs/custom_example-.../   # continue it
+    python experiments/custom_example.py --nproc_per_node 2 --backend gloo        # 2 processes
+
+Every option of ``-h`` is honoured (this file's own choices are only defaults: cosine schedule,
+4 epochs, a validation every 10 iterations); resume, Ctrl-C/SIGTERM, several processes and
+ClearML/TensorBoard work as in the standard run (``handlers/standard.py``, which this file
+writes out step by step).
 """
+import os
 import sys
 
+import ignite.distributed as idist
+
+from faceignite.checkpoint import Resume, TrainingState
+from faceignite.cli import exits_on_error
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
-from faceignite.engine import create_trainer
-from faceignite.losses import SoftmaxCenterLoss
+from faceignite.engine import create_trainer, stop_together
+from faceignite.losses import SoftmaxCenterLoss, is_classifying
 from faceignite.models import build_model
 from faceignite.optim import build_optimizers
-from faceignite.checkpoint import TrainingState
-from faceignite.run import session
-from handlers import checkpoint, control, holdout, lfw, lr_scheduler, progress, tensorboard
+from faceignite.run import parallel, run_folder, session
+from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
+from handlers import (checkpoint, clearml, control, holdout, interrupt, lfw, lr_scheduler,
+                      progress, tensorboard)
+
+NAME = "custom_example"
+DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experiment's own
 
 
+def training(local_rank: int, cfg, result: dict) -> None:
+    """One process of the run (every process runs all of it; rank 0 writes the files)."""
+    with session(cfg, NAME, run_dir=run_folder(cfg, NAME)) as run:
+        resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
+        data = build_face_data(cfg, val_indices=resume.val_indices,
+                               num_replicas=run.world_size, rank=run.rank)
+        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
+        if cfg.channels_last:
+            to_channels_last(model)
+        criterion = SoftmaxCenterLoss(data.num_classes, cfg.embedding_dim,
+                                      cfg.center_loss_weight, cfg.label_smoothing).to(run.device)
+        optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
+                                      cfg.weight_decay, cfg.center_loss_lr)
+        optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
+        ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
+        scaler = make_grad_scaler(run.device, cfg.amp)
+        trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
+                                 cfg.channels_last, scaler=scaler, compile_model=cfg.compile)
+
+        # handlers, in this order: schedule, validations, progress, control, checkpoints,
+        # interrupt, trackers, stop agreement (see handlers.standard.attach_handlers)
+        scheduler = lr_scheduler.attach(trainer, optimizers["model"], cfg.lr, cfg.epochs,
+                                        len(data.train_loader),
+                                        **lr_scheduler.schedule_options(cfg))
+        if data.val_loader is not None and is_classifying(criterion):
+            holdout.attach(trainer, model, criterion, data.val_loader, run.device,
+                           every_iterations=cfg.val_interval, amp=cfg.amp,
+                           channels_last=cfg.channels_last)
+        if data.lfw_dir is not None:
+            lfw.attach(trainer, model, data.lfw_dir, run.device, cfg.image_size,
+                       pairs_file=data.lfw_pairs, batch_size=cfg.lfw_batch_size,
+                       every_epochs=cfg.lfw_validation_epoch_interval,
+                       every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
+                       distance=cfg.distance, skip_missing=cfg.lfw_skip_missing,
+                       output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
+                       channels_last=cfg.channels_last)
+        progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
+        best_by = "lfw_accuracy" if data.lfw_dir is not None else "val_accuracy"
+        control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
+                       score_name=best_by, last_checkpoint=lambda: saved.last_checkpoint)
+        state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
+                              scaler=scaler)
+        saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
+                                  save_interval=cfg.save_interval, best_by=best_by)
+        interrupt.attach(trainer, saved.save_now)
+        trackers = [clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=NAME,
+                                   hparams=vars(cfg), log_interval=cfg.log_interval,
+                                   optimizers=optimizers,
+                                   best_checkpoint=lambda: saved.best_checkpoint,
+                                   upload_model=cfg.clearml_upload_model)]
+        if cfg.tensorboard:
+            trackers.append(tensorboard.attach(
+                trainer, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
+                log_interval=cfg.log_interval, optimizers=optimizers, hparams=vars(cfg)))
+        stop_together(trainer)
+
+        try:
+            resume.restore(state)
+            trainer.run(data.train_loader, max_epochs=cfg.epochs)
+        finally:  # also after a NaN stop or an interrupt, which skip COMPLETED
+            for tracker in trackers:
+                if tracker is not None and not getattr(tracker, "closed", False):
+                    tracker.close()
+        result.update(trainer.state.metrics)
+        if run.rank == 0:
+            print("best checkpoint:", saved.best_checkpoint)
+
+
+@exits_on_error
 def main(argv=None) -> dict:
-    cfg = parse_args(argv, epochs=4, lr_scheduler="cosine")  # this experiment's own defaults
-    with session(cfg, "custom_example") as run:
-        data = build_face_data(cfg)
-        model = build_model("resnet34", embedding_dim=128).to(run.device)
-        criterion = SoftmaxCenterLoss(data.num_classes, 128, center_loss_weight=0.01).to(run.device)
-        optimizers = build_optimizers(model, criterion, "sgd", lr=0.1, momentum=0.9,
-                                      weight_decay=5e-4, center_loss_lr=0.5)
-        trainer = create_trainer(model, criterion, optimizers, run.device)
-
-        scheduler = lr_scheduler.attach(trainer, optimizers["model"], lr=0.1, epochs=cfg.epochs,
-                                        epoch_length=len(data.train_loader), schedule="cosine")
-        holdout.attach(trainer, model, criterion, data.val_loader, run.device,
-                       every_iterations=10)                       # like --val_interval 10
-        lfw.attach(trainer, model, data.lfw_dir, run.device, cfg.image_size,
-                   pairs_file=data.lfw_pairs, every_epochs=2, output_dir=run.output_dir)
-        progress.attach(trainer, optimizers, log_interval=5)     # like --log_interval 5
-        control.attach(trainer, max_time=600, early_stopping=3,  # --max_time, --early_stopping
-                       score_name="lfw_accuracy")
-        state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg)
-        saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=2, save_interval=20,
-                                  best_by="lfw_accuracy")
-        tensorboard.attach(trainer, f"{run.output_dir}/tb", log_interval=5, optimizers=optimizers)
-
-        trainer.run(data.train_loader, max_epochs=cfg.epochs)
-        print("best checkpoint:", saved.best_checkpoint)
-        return dict(trainer.state.metrics)
+    cfg = parse_args(argv, **DEFAULTS)
+    result: dict = {}
+    with parallel(cfg) as launcher:  # one process, torchrun/srun's, or --nproc_per_node spawned
+        launcher.run(training, cfg, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""ResNet-101 + softmax cross-entropy + center loss: the ResNet-34 recipe with another backbone."""
+"""ResNet-101 + softmax cross-entropy + center loss: the standard run with another backbone."""
 import sys
 
-from resnet34_center import main  # the recipe, beside this file
+from handlers.standard import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:], name="resnet101_center", model="resnet101")
+    main(sys.argv[1:], name="resnet101_center", model="resnet101", loss="center")

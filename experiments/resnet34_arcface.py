@@ -1,24 +1,13 @@
-"""ResNet-34 + ArcFace (additive angular margin, s = 64, m = 0.5): the center-loss recipe, another head.
+"""ResNet-34 + ArcFace (additive angular margin, s = 64, m = 0.5): the standard run, another head.
 
     python experiments/resnet34_arcface.py --dataroot VGGFace2/train --lfw lfw-mtcnn-160
+
+Its lr 0.003 default is in ``faceignite.losses.factory.LOSS_DEFAULTS`` (why: there).
 """
 import sys
 
-from faceignite.losses import ArcFace
-from resnet34_center import main as recipe  # the recipe, beside this file
-
-# s = 64 multiplies the gradients: at the recipe's lr 0.1 training stalls where every embedding is
-# orthogonal to every class (insightface's 0.1 is for batches of 1024); 0.003 learns.
-DEFAULTS = dict(lr=0.003, description="Training a face embedding with an ArcFace head")
-
-
-def arcface(cfg, num_classes: int) -> ArcFace:
-    return ArcFace(num_classes, cfg.embedding_dim, cfg.scale, cfg.margin)
-
-
-def main(argv=None, **defaults) -> dict:
-    return recipe(argv, "resnet34_arcface", arcface, **{**DEFAULTS, **defaults})
-
+from handlers.standard import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(sys.argv[1:], name="resnet34_arcface", loss="arcface",
+         description="Training a face embedding with an ArcFace head")

@@ -1,17 +1,26 @@
-"""The one configuration path: an argparse parser shared by every experiment file.
+"""The one source of option defaults: the :data:`OPTIONS` table.
 
-Every option of the original ``train.py`` keeps its name; its defaults give way to a recipe that
-trains well (see the README table "Defaults: original vs faceignite").  Experiment files call
-:func:`get_args_parser` with their own defaults (e.g. ``model="resnet50"``) and parse ``argv``.
+Every training option is one :class:`Option` row: its flag, group, type, default (and the
+default on the built-in dataset when it differs: ``builtin``), help text, range check, and —
+where it differs from the original ``train.py`` — the original default and why it changed.
+The argparse parsers (:func:`get_args_parser`, and the command parsers through
+:func:`add_options` / :func:`add_runtime_args`), their help texts, the range checks
+(:func:`check_options`) and the README's defaults table (:func:`defaults_table`) are all made
+from it.  An experiment changes a default by passing ``name=value`` to :func:`parse_args`
+(one value for real and built-in data alike).
 """
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-ARCHITECTURES = ("resnet34", "resnet50", "resnet101")
+from faceignite.errors import FaceIgniteError
+from faceignite.models import ARCHITECTURES
+
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential")
+MISSING: Any = object()  # no separate built-in-data default
 
 
 def plain_config(config: Mapping | argparse.Namespace | None,
@@ -42,199 +51,325 @@ def default_num_workers() -> int:
     return 0 if cpus <= 2 else min(8, cpus // 2)
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataroot", "-d", type=str, default=None,
-                   help="Absolute path to the training folder, one sub-folder per identity "
-                        "(default: a built-in generated dataset, for a quick try)")
-    g.add_argument("--valid_split", type=float, default=None,
-                   help="Fraction of each identity held out for validation "
-                        "(default: 0.01; 0.2 for the built-in dataset)")
-    g.add_argument("--image_size", type=int, default=None,
-                   help="Input size in pixels: 224 (original), 160 or 112 "
-                        "(default: 224 for --dataroot, 64 for the built-in dataset)")
-    g.add_argument("--batch_size", type=int, default=None,
-                   help="Batch size of all processes together (default: 64; 32 for the built-in dataset)")
-    g.add_argument("--num_workers", type=int, default=default_num_workers(),
-                   help="Number of workers for data loaders (default: half the CPUs, max 8)")
-    g.add_argument("--index_cache", type=str, default=None,
-                   help="File caching the image index of --dataroot "
-                        "(default: <output_dir>/index-<hash>.json)")
+# --------------------------------------------------------------------------- range checks
+Check = Callable[[Any], "str | None"]  # the problem with a value, or None
 
 
-def _add_model_args(p: argparse.ArgumentParser, model: str) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", type=str, default=model, choices=ARCHITECTURES,
-                   help=f"The required model architecture for training: {ARCHITECTURES} "
-                        f"(default: {model!r})")
-    g.add_argument("--embedding_dim", type=int, default=128,
-                   help="Dimension of the embedding vector (default: 128)")
-    g.add_argument("--pretrained", type=str, default=None,
-                   help="ImageNet weights for the backbone: a local .pth file, or 'download' "
-                        "for torchvision's weights (default: none, random initialisation)")
+def at_least(low: float, why: str = "") -> Check:
+    return lambda v: None if v >= low else f"must be at least {low}{why}"
 
 
-def _add_optim_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("optimisation (original defaults in the README)")
-    g.add_argument("--epochs", type=int, default=None,
-                   help="Required training epochs (default: 30; 8 for the built-in dataset)")
-    g.add_argument("--optimizer", type=str, default="sgd", choices=("sgd", "adam", "adagrad"),
-                   help="Optimizer of the model (default: sgd; the original used adam)")
-    g.add_argument("--lr", type=float, default=0.1,
-                   help="Peak learning rate of the model (default: 0.1 with sgd)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    g.add_argument("--weight_decay", type=float, default=5e-4,
-                   help="Weight decay of the model, never of the centres (default: 5e-4)")
-    g.add_argument("--lr_scheduler", type=str, default="multistep",
-                   choices=("multistep", "step", "cosine", "none"),
-                   help="LR schedule after warm-up (default: multistep)")
-    g.add_argument("--warmup_epochs", type=float, default=1.0,
-                   help="Linear LR warm-up length in epochs (default: 1)")
-    g.add_argument("--lr_milestones", type=float, nargs="+", default=[0.5, 0.75, 0.9],
-                   help="multistep: epochs (or fractions of --epochs when < 1) where the LR "
-                        "is multiplied by --lr_gamma (default: 0.5 0.75 0.9)")
-    g.add_argument("--lr_step", type=int, default=10, help="step: epochs per LR step (default: 10)")
-    g.add_argument("--lr_gamma", type=float, default=0.1, help="LR decay factor (default: 0.1)")
-    g.add_argument("--center_loss_lr", type=float, default=0.5,
-                   help="Learning rate of the centres, own SGD optimizer (default: 0.5)")
-    g.add_argument("--center_loss_weight", type=float, default=0.01,
-                   help="Center loss weight lambda (default: 0.01; the original used 0.003)")
-    g.add_argument("--label_smoothing", type=float, default=0.0,
-                   help="Label smoothing of the cross-entropy term (default: 0)")
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
 
 
-def _add_loss_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("losses (triplet, ArcFace, CosFace experiments)")
-    g.add_argument("--margin", type=float, default=None,
-                   help="Margin of the loss: triplet on L2 distance (default 0.2; the second "
-                        "seed used 0.5), ArcFace angle in radians (0.5), CosFace cosine (0.35)")
-    g.add_argument("--scale", type=float, default=64.0,
-                   help="ArcFace/CosFace logit scale s (default: 64)")
-    g.add_argument("--triplet_mining", type=str, default="semi_hard",
-                   choices=("batch_hard", "semi_hard"),
-                   help="Online triplet mining inside each batch (default: semi_hard)")
-    g.add_argument("--identities_per_batch", type=int, default=None, metavar="P",
-                   help="P x K batches: identities per batch "
-                        "(default: --batch_size / --images_per_identity)")
-    g.add_argument("--images_per_identity", type=int, default=None, metavar="K",
-                   help="P x K batches: images per identity; setting it turns P x K batches on "
-                        "(default: off, plain shuffled batches; 4 in the triplet experiment)")
+def fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("runtime")
-    g.add_argument("--seed", type=int, default=0, help="Random seed (default: 0)")
-    g.add_argument("--device", type=str, default="auto",
-                   help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
-    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
-                   help="Automatic mixed precision on CUDA (default: off)")
-    g.add_argument("--channels_last", action="store_true", help="Use channels_last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--output_dir", type=str, default="runs",
-                   help="Folder for checkpoints, logs, ROC plots (default: ./runs/<experiment>-<time>)")
-    g.add_argument("--backend", type=str, default="auto", choices=("auto", "nccl", "gloo", "none"),
-                   help="Distributed backend: auto = nccl on GPUs (gloo on CPU) when started by "
-                        "torchrun or with --nproc_per_node > 1, else one plain process; give "
-                        "nccl/gloo explicitly under SLURM srun (default: auto)")
-    g.add_argument("--nproc_per_node", type=int, default=1,
-                   help="Spawn this many training processes on this machine (Ignite's "
-                        "idist.Parallel), e.g. one per GPU; not with torchrun (default: 1)")
-    g.add_argument("--sync_bn", action="store_true",
-                   help="Several processes: SyncBatchNorm, batch statistics over all of them")
+def all_non_negative(v: Any) -> str | None:
+    return None if all(x >= 0 for x in v) else "must not be negative"
 
 
-def add_lfw_args(p: argparse.ArgumentParser) -> None:
-    """The LFW validation options (training and ``faceignite.evaluate`` share them)."""
-    g = p.add_argument_group("LFW validation")
-    g.add_argument("--lfw", type=str, default=None,
-                   help="Absolute path to the labeled faces in the wild dataset folder "
-                        "(default: the built-in pairs set when --dataroot is not given)")
-    g.add_argument("--lfw_pairs", type=str, default=None,
-                   help="Pairs file (default: pairs.txt or lfw_pairs.txt inside --lfw)")
-    g.add_argument("--lfw_batch_size", type=int, default=128,
-                   help="Batch size for LFW dataset (default: 128; the original used 12)")
-    g.add_argument("--lfw_validation_epoch_interval", type=int, default=1,
-                   help="Perform LFW validation every n epoch interval (default: every epoch)")
-    g.add_argument("--lfw_skip_missing", action="store_true",
-                   help="Skip pairs whose images are missing (logged) instead of failing")
-    g.add_argument("--lfw_flip", action="store_true",
-                   help="Horizontal-flip test-time augmentation (embedding + mirror)")
-    g.add_argument("--distance", type=str, default="l2", choices=("l2", "cosine"),
-                   help="Distance between L2-normalised embeddings (default: l2)")
+# --------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: everything argparse, the README and the checks need."""
+
+    flags: tuple[str, ...]
+    group: str
+    help: str
+    default: Any = None
+    builtin: Any = MISSING          # default on the built-in dataset (no --dataroot)
+    type: Callable | None = None
+    choices: Sequence | None = None
+    action: str | None = None       # e.g. "store_true"
+    nargs: str | None = None
+    metavar: str | None = None
+    check: Check | None = None      # range check, run by check_options
+    default_text: str | None = None  # the default in words, when not a plain value
+    original: str | None = None     # the original train.py's default, when it differs
+    why: str | None = None          # why it changed (README table)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.flags[0].lstrip("-")
+
+    def describe_default(self, default: Any = MISSING) -> str:
+        """The default as the help text and the README state it."""
+        if default is not MISSING:
+            return _plain(default)
+        if self.default_text is not None:
+            return self.default_text
+        text = _plain(self.default)
+        if self.builtin is not MISSING:
+            text += f"; {_plain(self.builtin)} for the built-in dataset"
+        return text
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("checkpoints")
-    g.add_argument("--resume_path", type=str, default=None,
-                   help="path to latest model checkpoint (default: None)")
-    g.add_argument("--finetune", action="store_true",
-                   help="With --resume_path: load the backbone only (other classes/embedding size)")
-    g.add_argument("--n_saved", type=int, default=3, help="Checkpoints kept (default: 3)")
+def _plain(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_plain(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
-def _add_control_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("long runs")
-    g.add_argument("--log_interval", type=int, default=50,
-                   help="Iterations between log lines and tracked scalars (default: 50)")
-    g.add_argument("--val_interval", type=int, default=0,
-                   help="Iterations between held-out/LFW validations, besides the epoch "
-                        "interval (default: 0 = epochs only)")
-    g.add_argument("--save_interval", type=int, default=0,
-                   help="Iterations between checkpoints, besides every epoch (default: 0 = off)")
-    g.add_argument("--max_time", type=float, default=None,
-                   help="Wall-clock budget in seconds; stops cleanly with a final checkpoint")
-    g.add_argument("--early_stopping", type=int, default=0, metavar="PATIENCE",
-                   help="Stop after PATIENCE validations without accuracy gain (default: off)")
+GROUPS = {
+    "data": "data",
+    "model": "model",
+    "optim": "optimisation (original defaults in the README)",
+    "loss": "losses (triplet, ArcFace, CosFace experiments)",
+    "runtime": "runtime",
+    "lfw": "LFW validation",
+    "checkpoint": "checkpoints",
+    "control": "long runs",
+    "tracking": "tracking",
+}
+
+def _margin_text() -> str:
+    from faceignite.losses import ArcFace, CosFace, TripletLoss
+    return (f"the loss's own: triplet {TripletLoss.default_margin} (L2 distance), ArcFace "
+            f"{ArcFace.default_margin} (radians), CosFace {CosFace.default_margin} (cosine)")
 
 
-def _add_tracking_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("tracking")
-    g.add_argument("--clearml", type=str, default="auto", choices=("auto", "online", "offline", "off"),
-                   help="ClearML tracking: auto = online when configured, else offline (default: auto)")
-    g.add_argument("--clearml_upload_model", action="store_true",
-                   help="Register the best checkpoint as a ClearML output model")
-    g.add_argument("--tensorboard", type=str, default=None, metavar="DIR",
-                   help="Also log to TensorBoard in DIR")
+OPTIONS: tuple[Option, ...] = (
+    # data
+    Option(("--dataroot", "-d"), "data", "Absolute path to the training folder, one sub-folder per "
+           "identity", None, type=str, default_text="a built-in generated dataset, for a quick try"),
+    Option(("--valid_split",), "data", "Fraction of each identity held out for validation", 0.01,
+           builtin=0.2, type=float, check=fraction),
+    Option(("--image_size",), "data", "Input size in pixels: 224, 160 or 112", 224, builtin=64,
+           type=int, check=positive),
+    Option(("--batch_size",), "data", "Batch size of all processes together", 64, builtin=32,
+           type=int, check=at_least(2, " (BatchNorm needs two images)")),
+    Option(("--num_workers",), "data", "Number of workers for data loaders", default_num_workers(),
+           type=int, check=at_least(0), default_text="half the CPUs, max 8; 0 on 2 CPUs",
+           original="4", why="one OpenCV worker decodes ~1,300 img/s at 112 px"),
+    Option(("--index_cache",), "data", "File caching the image index of --dataroot", None,
+           type=str, default_text="<output_dir>/index-<hash>.json"),
+    # model
+    Option(("--model",), "model", "The model architecture for training", "resnet34", type=str,
+           choices=ARCHITECTURES),
+    Option(("--embedding_dim",), "model", "Dimension of the embedding vector", 128, type=int,
+           check=positive),
+    Option(("--pretrained",), "model", "ImageNet weights for the backbone: a local .pth file, or "
+           "'download' for torchvision's weights", None, type=str,
+           default_text="none, random initialisation", original="flag (download)",
+           why="a local weights file or `download`: no hidden network access"),
+    # optimisation
+    Option(("--epochs",), "optim", "Training epochs", 30, builtin=8, type=int,
+           original="275", why="30 VGGFace2 epochs ≈ 1.5 M iterations at batch 64, past where "
+           "the schedule has converged"),
+    Option(("--optimizer",), "optim", "Optimizer of the model", "sgd", type=str,
+           choices=("sgd", "adam", "adagrad"), original="adam (implicit)",
+           why="SGD + momentum 0.9 is what the center-loss results that reach 99 % used (Wen et "
+           "al.; davidsandberg's VGGFace2 models); Adam with lr 0.05 is far too hot"),
+    Option(("--lr",), "optim", "Peak learning rate of the model", 0.1, type=float, check=positive,
+           original="0.05 (Adam)", why="standard ResNet SGD rate at batch 64; scale linearly "
+           "with the global batch"),
+    Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=at_least(0)),
+    Option(("--weight_decay",), "optim", "Weight decay of the model, never of the centres", 5e-4,
+           type=float, check=at_least(0), original="0",
+           why="the field's value; none on biases/BN/centres (decaying centres pulls them to 0)"),
+    Option(("--lr_scheduler",), "optim", "LR schedule after warm-up", "multistep", type=str,
+           choices=("multistep", "step", "cosine", "none"), original="none",
+           why="1-epoch warm-up, then ×0.1 at 50/75/90 %: davidsandberg's stepped VGGFace2 "
+           "schedule (÷10 twice), with warm-up for a random init"),
+    Option(("--warmup_epochs",), "optim", "Linear LR warm-up length in epochs", 1.0, type=float,
+           check=at_least(0)),
+    Option(("--lr_milestones",), "optim", "multistep: epochs (or fractions of --epochs when < 1) "
+           "where the LR is multiplied by --lr_gamma", [0.5, 0.75, 0.9], type=float, nargs="+",
+           check=all_non_negative),
+    Option(("--lr_step",), "optim", "step: epochs per LR step", 10, type=int, check=at_least(1)),
+    Option(("--lr_gamma",), "optim", "LR decay factor", 0.1, type=float, check=positive),
+    Option(("--center_loss_lr",), "optim", "Learning rate of the centres, own SGD optimizer", 0.5,
+           type=float, check=at_least(0), original="0.5 (Adam)",
+           why="Wen et al.'s α = 0.5 with plain SGD (gradients ÷ λ); Adam's normalisation "
+           "breaks the centre update rule"),
+    Option(("--center_loss_weight",), "optim", "Center loss weight lambda", 0.01, type=float,
+           check=at_least(0), original="0.003",
+           why="the factor reported to reach 99.2 % (davidsandberg/facenet #624, #637)"),
+    Option(("--label_smoothing",), "optim", "Label smoothing of the cross-entropy term", 0.0,
+           type=float, check=fraction),
+    # losses
+    Option(("--margin",), "loss", "Margin of the loss", None, type=float, check=at_least(0),
+           default_text="MARGIN"),  # filled from the loss classes by _help
+    Option(("--scale",), "loss", "ArcFace/CosFace logit scale s", 64.0, type=float, check=positive),
+    Option(("--triplet_mining",), "loss", "Online triplet mining inside each batch", "semi_hard",
+           type=str, choices=("batch_hard", "semi_hard")),
+    Option(("--identities_per_batch",), "loss", "P x K batches: identities per batch", None,
+           type=int, metavar="P",  # checked by the P x K sampler
+           default_text="--batch_size / --images_per_identity"),
+    Option(("--images_per_identity",), "loss", "P x K batches: images per identity; setting it "
+           "turns P x K batches on", None, type=int, metavar="K",
+           default_text="off, plain shuffled batches"),
+    # runtime
+    Option(("--seed",), "runtime", "Random seed", 0, type=int),
+    Option(("--device",), "runtime", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
+           "auto", type=str),
+    Option(("--amp",), "runtime", "Automatic mixed precision on CUDA", "off", type=str,
+           choices=("off", "bf16", "fp16")),
+    Option(("--channels_last",), "runtime", "Use channels_last memory format", False,
+           action="store_true"),
+    Option(("--compile",), "runtime", "torch.compile the model", False, action="store_true"),
+    Option(("--output_dir",), "runtime", "Folder for checkpoints, logs, ROC plots", "runs",
+           type=str, default_text="./runs/<experiment>-<time>"),
+    Option(("--backend",), "runtime", "Distributed backend: auto = nccl on GPUs (gloo on CPU) "
+           "when started by torchrun or with --nproc_per_node > 1, else one plain process; give "
+           "nccl/gloo explicitly under SLURM srun", "auto", type=str,
+           choices=("auto", "nccl", "gloo", "none")),
+    Option(("--nproc_per_node",), "runtime", "Spawn this many training processes on this "
+           "machine (Ignite's idist.Parallel), e.g. one per GPU; not with torchrun", 1, type=int,
+           check=at_least(1)),
+    Option(("--sync_bn",), "runtime", "Several processes: SyncBatchNorm, batch statistics over "
+           "all of them", False, action="store_true"),
+    # LFW validation
+    Option(("--lfw",), "lfw", "Absolute path to the labeled faces in the wild dataset folder",
+           None, type=str, default_text="the built-in pairs set when --dataroot is not given"),
+    Option(("--lfw_pairs",), "lfw", "Pairs file", None, type=str,
+           default_text="pairs.txt or lfw_pairs.txt inside --lfw"),
+    Option(("--lfw_batch_size",), "lfw", "Batch size for LFW dataset", 128, type=int,
+           check=at_least(1), original="12", why="inference batches; memory is not an issue"),
+    Option(("--lfw_validation_epoch_interval",), "lfw", "Perform LFW validation every n epoch "
+           "interval", 1, type=int, check=at_least(0), original="5",
+           why="an epoch of VGGFace2 is long; `--val_interval N` adds iteration-level checks"),
+    Option(("--lfw_skip_missing",), "lfw", "Skip pairs whose images are missing (logged) instead "
+           "of failing", False, action="store_true"),
+    Option(("--lfw_flip",), "lfw", "Horizontal-flip test-time augmentation (embedding + "
+           "mirror)", False, action="store_true"),
+    Option(("--distance",), "lfw", "Distance between L2-normalised embeddings", "l2", type=str,
+           choices=("l2", "cosine")),
+    # checkpoints
+    Option(("--resume_path",), "checkpoint", "A checkpoint (or a run folder: its latest) to "
+           "resume from, in its own run folder", None, type=str),
+    Option(("--finetune",), "checkpoint", "With --resume_path: load the backbone only (other "
+           "classes/embedding size), in a new run folder", False, action="store_true"),
+    Option(("--n_saved",), "checkpoint", "Checkpoints kept", 3, type=int, check=at_least(1)),
+    # long runs
+    Option(("--log_interval",), "control", "Iterations between log lines and tracked scalars",
+           50, type=int, check=at_least(0)),
+    Option(("--val_interval",), "control", "Iterations between held-out/LFW validations, "
+           "besides the epoch interval", 0, type=int, check=at_least(0),
+           default_text="0 = epochs only"),
+    Option(("--save_interval",), "control", "Iterations between checkpoints, besides every "
+           "epoch", 0, type=int, check=at_least(0), default_text="0 = off"),
+    Option(("--max_time",), "control", "Wall-clock budget in seconds; stops cleanly with a "
+           "final checkpoint", None, type=float, check=positive),
+    Option(("--early_stopping",), "control", "Stop after PATIENCE validations without accuracy "
+           "gain", 0, type=int, metavar="PATIENCE", check=at_least(0), default_text="0 = off"),
+    # tracking
+    Option(("--clearml",), "tracking", "ClearML tracking: auto = online when configured, else "
+           "offline", "auto", type=str, choices=("auto", "online", "offline", "off")),
+    Option(("--clearml_upload_model",), "tracking", "Register the best checkpoint as a ClearML "
+           "output model", False, action="store_true"),
+    Option(("--tensorboard",), "tracking", "Also log to TensorBoard in DIR", None, type=str,
+           metavar="DIR"),
+)
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+DATA_DEPENDENT_DEFAULTS = {o.name: (o.default, o.builtin) for o in OPTIONS
+                           if o.builtin is not MISSING}  # (--dataroot given, built-in data)
+RUNTIME_OPTIONS = tuple(o.name for o in OPTIONS if o.group == "runtime")
 
 
-def get_args_parser(model: str = "resnet34", description: str | None = None,
-                    **defaults: Any) -> argparse.ArgumentParser:
-    """Build the shared parser; ``defaults`` override option defaults for one experiment."""
+def _help(option: Option, default: Any = MISSING) -> str:
+    text = option.describe_default(default)
+    if text == "MARGIN":
+        text = _margin_text()
+    return f"{option.help} (default: {text})"
+
+
+def add_options(parser: argparse.ArgumentParser | Any, names: Iterable[str],
+                defaults: Mapping[str, Any] | None = None,
+                helps: Mapping[str, str] | None = None) -> None:
+    """Add the table's options ``names`` to ``parser`` (a parser or an argument group).
+
+    ``defaults``: other defaults for this parser (stated in the help); ``helps``: other help
+    texts (for a command where an option means something narrower)."""
+    defaults, helps = defaults or {}, helps or {}
+    for name in names:
+        o = BY_NAME[name]
+        default = defaults.get(name, MISSING)
+        kwargs: dict[str, Any] = {"dest": name, "help": helps.get(name) or _help(o, default)}
+        if o.action:
+            kwargs["action"] = o.action
+        else:
+            kwargs.update(type=o.type, choices=o.choices, nargs=o.nargs, metavar=o.metavar)
+        # data-dependent defaults stay None until resolve_defaults knows whether --dataroot is set
+        kwargs["default"] = (default if default is not MISSING
+                             else None if o.builtin is not MISSING else o.default)
+        parser.add_argument(*o.flags, **{k: v for k, v in kwargs.items() if v is not None
+                                         or k == "default"})
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, names: Sequence[str] = ("device",),
+                     defaults: Mapping[str, Any] | None = None,
+                     helps: Mapping[str, str] | None = None) -> None:
+    """The runtime options every command shares (``--device`` by default, declared once in
+    :data:`OPTIONS`), in a "runtime" group; arguments as :func:`add_options`."""
+    add_options(parser.add_argument_group(GROUPS["runtime"]), names, defaults, helps)
+
+
+def get_args_parser(description: str | None = None, **defaults: Any) -> argparse.ArgumentParser:
+    """The training parser made from :data:`OPTIONS`; ``defaults`` are one experiment's own
+    (e.g. ``model="resnet50"``): they replace the table's, in the help text too."""
+    unknown = sorted(set(defaults) - set(BY_NAME))
+    if unknown:
+        raise TypeError(f"not training options: {', '.join(unknown)}")
     p = argparse.ArgumentParser(
-        description=description or "Training FaceNet facial recognition model using center loss",
-    )
-    _add_data_args(p)
-    _add_model_args(p, model)
-    _add_optim_args(p)
-    _add_loss_args(p)
-    _add_runtime_args(p)
-    add_lfw_args(p)
-    _add_checkpoint_args(p)
-    _add_control_args(p)
-    _add_tracking_args(p)
-    if defaults:
-        p.set_defaults(**defaults)
+        description=description or "Training FaceNet facial recognition model using center loss")
+    for group, title in GROUPS.items():
+        g = p.add_argument_group(title)
+        add_options(g, [o.name for o in OPTIONS if o.group == group], defaults)
     return p
 
 
-# Defaults that depend on the data: (real data given with --dataroot, built-in dataset).
-DATA_DEPENDENT_DEFAULTS = {
-    "epochs": (30, 8),
-    "batch_size": (64, 32),
-    "image_size": (224, 64),
-    "valid_split": (0.01, 0.2),
-}
-
-
 def resolve_defaults(cfg: argparse.Namespace) -> argparse.Namespace:
-    """Fill options left at ``None`` with the default for real or built-in data."""
+    """Fill the data-dependent options left at ``None`` for real or built-in data."""
     builtin = cfg.dataroot is None
     for name, (real, small) in DATA_DEPENDENT_DEFAULTS.items():
-        if getattr(cfg, name) is None:
+        if getattr(cfg, name, None) is None:
             setattr(cfg, name, small if builtin else real)
     return cfg
 
 
-def parse_args(argv: Sequence[str] | None = None, **kwargs: Any) -> argparse.Namespace:
-    """Parse ``argv`` with :func:`get_args_parser` (kwargs as there), then :func:`resolve_defaults`."""
-    return resolve_defaults(get_args_parser(**kwargs).parse_args(argv))
+def check_options(cfg: argparse.Namespace | Mapping[str, Any]) -> None:
+    """Raise a one-line :class:`FaceIgniteError` naming the first option out of its range."""
+    values = vars(cfg) if isinstance(cfg, argparse.Namespace) else cfg
+    for name, value in values.items():
+        option = BY_NAME.get(name)
+        if option is None or option.check is None or value is None:
+            continue
+        problem = option.check(value)
+        if problem:
+            shown = _plain(value)
+            raise FaceIgniteError(f"{option.flags[0]} {shown}: {problem}")
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str | None = None,
+               **defaults: Any) -> argparse.Namespace:
+    """Parse ``argv`` with :func:`get_args_parser`, fill the data-dependent defaults
+    (:func:`resolve_defaults`) and check every range (:func:`check_options`)."""
+    cfg = resolve_defaults(get_args_parser(description, **defaults).parse_args(argv))
+    check_options(cfg)
+    return cfg
+
+
+def defaults_table() -> str:
+    """The README's table of the defaults that differ from the original ``train.py``'s."""
+    rows = ["| option | original | faceignite | why |", "|---|---|---|---|"]
+    for o in OPTIONS:
+        if o.original is not None:
+            rows.append(f"| `{o.flags[0]}` | {o.original} | {o.describe_default()} | {o.why} |")
+    same = [o for o in OPTIONS if o.name in ("batch_size", "valid_split", "embedding_dim",
+                                             "model", "image_size")]
+    rows.append("| " + ", ".join(f"`{o.flags[0]}`" for o in same) + " | "
+                + ", ".join(_plain(o.default) for o in same) + " | same | |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m faceignite.config: the README's defaults table
+    print(defaults_table())

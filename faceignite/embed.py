@@ -22,7 +22,9 @@ from ignite.engine import Events
 
 from faceignite.checkpoint import latest_checkpoint, load_checkpoint
 from faceignite.data.index import IMAGE_EXTENSIONS, list_images
-from faceignite.engine import resolve_device
+from faceignite.config import add_runtime_args
+from faceignite.runtime import resolve_device
+from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
@@ -144,32 +146,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="Flip TTA (default: as the run's LFW validation, --lfw_flip)")
     p.add_argument("--batch_size", type=int, default=64, help="Batch size (default: 64)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    add_runtime_args(p)
     return p
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     """Write ``--out`` (.npy) and its names file; return both paths."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     out = args.out if args.out.endswith(".npy") else args.out + ".npy"
-    try:
-        out = prepare_output_file(out, "--out")  # before the work: a bad path fails at once
-        prepare_output_file(names_path(out), "--out")
-        device = resolve_device(args.device)
-        model, info = load_inference_model(args.checkpoint, device)
-        size = args.image_size or info["image_size"]
-        flip = info["flip"] if args.flip is None else args.flip
-        names = images_to_embed(args.images)
-        paths = [os.path.join(args.images, n) for n in names]
-        embeddings, rows = embed_images(model, paths, size, device, args.batch_size, flip)
-        listed = "".join(names[r].replace(os.sep, "/") + "\n" for r in rows).encode("utf-8")
-        write_atomic(out, lambda tmp: _save_npy(tmp, embeddings), "--out")
-        write_atomic(names_path(out), lambda tmp: _save_bytes(tmp, listed), "--out")
-    except FaceIgniteError as exc:
-        logger.error("error: %s", exc)
-        raise SystemExit(2) from None
+    out = prepare_output_file(out, "--out")  # before the work: a bad path fails at once
+    prepare_output_file(names_path(out), "--out")
+    device = resolve_device(args.device)
+    model, info = load_inference_model(args.checkpoint, device)
+    size = args.image_size or info["image_size"]
+    flip = info["flip"] if args.flip is None else args.flip
+    names = images_to_embed(args.images)
+    paths = [os.path.join(args.images, n) for n in names]
+    embeddings, rows = embed_images(model, paths, size, device, args.batch_size, flip)
+    listed = "".join(names[r].replace(os.sep, "/") + "\n" for r in rows).encode("utf-8")
+    write_atomic(out, lambda tmp: _save_npy(tmp, embeddings), "--out")
+    write_atomic(names_path(out), lambda tmp: _save_bytes(tmp, listed), "--out")
     logger.info("%d embeddings (%d-d, %d px%s) of %s written to %s and %s (%d undecodable "
                 "skipped)", len(rows), embeddings.shape[1], size, ", flip" if flip else "",
                 args.images, out, names_path(out), len(names) - len(rows))

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from faceignite.config import add_lfw_args, default_num_workers
+from faceignite.cli import exits_on_error
+from faceignite.config import GROUPS, add_options, add_runtime_args
 from faceignite.embed import load_inference_model
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
@@ -43,27 +44,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="A .npy array, one embedding row per image (needs --names)")
     what.add_argument("--names", type=str,
                       help="With --embeddings: text file, one 'Name/Name_000i' per row of the array")
-    add_lfw_args(p)
-    for action in p._actions:  # training-only option of the shared group
-        if action.dest == "lfw_validation_epoch_interval":
-            action.help = argparse.SUPPRESS
-        elif action.dest == "lfw_flip":
-            action.help = "Average with the mirrored image (default: as the checkpoint was validated)"
-        elif action.dest == "distance":
-            action.help = ("Pair distance: l2 or cosine (default: the checkpoint's training "
-                           "setting; l2 for --embeddings)")
-    p.set_defaults(lfw_flip=None, distance=None)  # None: take the checkpoint's setting
-    g = p.add_argument_group("runtime")
-    g.add_argument("--image_size", type=int, default=None,
-                   help="Input size (default: the checkpoint's image_size, else 160)")
-    g.add_argument("--device", type=str, default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
-                   help="Automatic mixed precision on CUDA (default: off)")
-    g.add_argument("--num_workers", type=int, default=default_num_workers(),
-                   help="Image loading workers (default: half the CPUs, max 8)")
-    g.add_argument("--output_dir", type=str, default="runs",
-                   help="Folder for the ROC PNG and metrics.json (default: ./runs/evaluate-<time>)")
-    p.set_defaults(resume_path=None, finetune=False, seed=0)  # what run.session reads
+    # the LFW options of training, but flip and distance default to the checkpoint's own
+    add_options(p.add_argument_group(GROUPS["lfw"]),
+                ("lfw", "lfw_pairs", "lfw_batch_size", "lfw_skip_missing", "lfw_flip", "distance"),
+                defaults={"lfw_flip": None, "distance": None},
+                helps={"lfw_flip": "Average with the mirrored image (default: as the checkpoint "
+                                   "was validated)",
+                       "distance": "Pair distance: l2 or cosine (default: the checkpoint's "
+                                   "training setting; l2 for --embeddings)"})
+    add_runtime_args(p, ("device", "amp", "output_dir", "image_size", "num_workers"),
+                     defaults={"image_size": None},
+                     helps={"image_size": "Input size (default: the checkpoint's image_size, "
+                                          "else 160)",
+                            "output_dir": "Folder for the ROC PNG and metrics.json (default: "
+                                          "./runs/evaluate-<time>)"})
     return p
 
 
@@ -127,6 +121,7 @@ def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> Verifi
     return evaluator.run()
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> VerificationResult:
     """Parse ``argv``, evaluate, print the table; writes the ROC PNG and ``metrics.json``."""
     parser = get_args_parser()

@@ -23,6 +23,7 @@ import torch
 from faceignite import __version__
 from faceignite.checkpoint import load_checkpoint, safe_load
 from faceignite.data.transforms import MEAN, STD
+from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.models import EmbeddingNet
 from faceignite.output_files import prepare_output_file, write_atomic
@@ -138,6 +139,7 @@ def load_embedding_model(path: str, device: str | torch.device = "cpu") -> Embed
     return model.to(device)
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="Export the embedding model of a checkpoint")
     parser.add_argument("--checkpoint", required=True,
@@ -145,11 +147,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--out", required=True, help="Output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        out = export_embedding_model(args.checkpoint, args.out)
-    except FaceIgniteError as exc:
-        logger.error("error: %s", exc)
-        raise SystemExit(2) from None
+    out = export_embedding_model(args.checkpoint, args.out)
     print(os.path.join(out, CONFIG_FILE))
     return out
 

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from faceignite.config import ARCHITECTURES
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger(__name__)
+
+ARCHITECTURES = ("resnet34", "resnet50", "resnet101")  # torchvision backbones
 
 
 class EmbeddingNet(nn.Module):

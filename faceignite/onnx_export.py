@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import prepare_output_file, write_atomic
 
@@ -99,29 +100,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> str:
     from faceignite.embed import load_inference_model
 
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
-    try:
-        prepare_output_file(args.out, "--out")  # before the export: a bad path fails at once
-        model, info = load_inference_model(args.checkpoint, "cpu")
-        size = args.image_size or info["image_size"]
-        export_onnx(model, args.out, size, args.opset)
-        if args.no_check:
-            pass
-        elif importlib.util.find_spec("onnxruntime") is None:
-            logger.warning("onnxruntime not installed: export not checked "
-                           "(pip install onnxruntime)")
-        else:
-            images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-            logger.info("ONNX Runtime matches PyTorch: max |difference| %.2e",
-                        check_onnx(model, args.out, images))
-    except FaceIgniteError as exc:
-        logger.error("error: %s", exc)
-        raise SystemExit(2) from None
+    prepare_output_file(args.out, "--out")  # before the export: a bad path fails at once
+    model, info = load_inference_model(args.checkpoint, "cpu")
+    size = args.image_size or info["image_size"]
+    export_onnx(model, args.out, size, args.opset)
+    if args.no_check:
+        pass
+    elif importlib.util.find_spec("onnxruntime") is None:
+        logger.warning("onnxruntime not installed: export not checked "
+                       "(pip install onnxruntime)")
+    else:
+        images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+        logger.info("ONNX Runtime matches PyTorch: max |difference| %.2e",
+                    check_onnx(model, args.out, images))
     print(args.out)
     return args.out
 

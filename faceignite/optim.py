@@ -6,6 +6,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from faceignite.losses.protocol import center_parameters, model_parameters
+
 
 def _decay_groups(params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
     """No weight decay on biases and BatchNorm weights (1-D tensors), the usual ResNet recipe."""
@@ -32,13 +34,14 @@ def build_optimizer(name: str, params: list[dict] | Iterable[nn.Parameter], lr: 
 def build_optimizers(model: nn.Module, criterion: nn.Module, optimizer: str, lr: float,
                      momentum: float, weight_decay: float, center_loss_lr: float
                      ) -> dict[str, torch.optim.Optimizer]:
-    """``{"model": ..., "centers": ...}``; the centres get plain SGD with no weight decay."""
+    """``{"model": ..., "centers": ...}``: the model's parameters and the criterion's
+    ``model_parameters()`` in one optimizer; its ``center_parameters()`` (when it has the
+    capability, :mod:`faceignite.losses.protocol`) in a plain SGD with no weight decay."""
     named = list(model.named_parameters())
-    named += [(f"criterion.{i}", p) for i, p in enumerate(getattr(criterion, "model_parameters",
-                                                                   lambda: [])())]
+    named += [(f"criterion.{i}", p) for i, p in enumerate(model_parameters(criterion))]
     optimizers = {"model": build_optimizer(optimizer, _decay_groups(named, weight_decay), lr,
                                            momentum, weight_decay)}
-    centers = getattr(criterion, "center_parameters", lambda: [])()
+    centers = center_parameters(criterion)
     if centers:
         optimizers["centers"] = torch.optim.SGD(centers, lr=center_loss_lr)
     return optimizers

@@ -19,8 +19,9 @@ import torch.distributed as dist
 from ignite.utils import manual_seed, setup_logger
 from torch.multiprocessing import ProcessExitedException
 
-from faceignite.engine import resolve_device
+from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
+from faceignite.runtime import resolve_device
 
 logger = logging.getLogger("faceignite")
 
@@ -60,12 +61,18 @@ def setup_logging(log_file: str | None = None, rank: int = 0) -> None:
         root.addHandler(h)
 
 
-def _run_dir(cfg: argparse.Namespace, name: str) -> str:
-    """``output_dir/<name>-<time>``, or the resumed checkpoint's folder when resuming."""
+def new_run_dir(output_dir: str, name: str) -> str:
+    """``output_dir/<name>-<time>``."""
+    return os.path.join(output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def run_folder(cfg: argparse.Namespace, name: str) -> str:
+    """The folder of a training run: the resumed checkpoint's folder with ``--resume_path``
+    (not ``--finetune``: that is a new run), else a new ``--output_dir/<name>-<time>``."""
     if cfg.resume_path and not cfg.finetune:
         path = os.path.abspath(os.path.expanduser(cfg.resume_path))
         return path if os.path.isdir(path) else os.path.dirname(path)
-    return os.path.join(cfg.output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return new_run_dir(cfg.output_dir, name)
 
 
 # --------------------------------------------------------------------------- launching
@@ -136,8 +143,7 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
         options = parallel_options(cfg)
     except FaceIgniteError as exc:
         setup_logging()
-        logger.error("error: %s", exc)
-        raise SystemExit(2) from None
+        fail(exc)
     try:
         with idist.Parallel(**options) as launcher:
             yield launcher
@@ -152,21 +158,28 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
 
 
 @contextlib.contextmanager
-def session(cfg: argparse.Namespace, name: str) -> Iterator[Run]:
-    """Create the run folder, log to ``run.log`` there, seed everything, pick the device.
+def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
+            seed: int = 0) -> Iterator[Run]:
+    """Create the run folder (``run_dir``; default a new ``cfg.output_dir/<name>-<time>``), log
+    to ``run.log`` there, seed everything (``cfg.seed`` when the options have one, else
+    ``seed``), pick ``cfg.device``.
 
     A :class:`FaceIgniteError` inside ends the program with its one-line message (exit code 2).
     In a distributed run every process calls it: they share rank 0's run folder; only rank 0
     writes ``run.log`` and ``config.json``; each process trains on ``idist.device()``.
     """
     rank, world_size = idist.get_rank(), idist.get_world_size()
-    run_dir = _run_dir(cfg, name)
+    try:
+        device = resolve_device(cfg.device)  # before anything is written
+    except FaceIgniteError as exc:
+        setup_logging(rank=rank)
+        fail(exc)
+    run_dir = run_dir or new_run_dir(cfg.output_dir, name)
     if world_size > 1:  # the folder's time stamp is rank 0's
         run_dir = str(idist.broadcast(run_dir, src=0))
     os.makedirs(run_dir, exist_ok=True)
     setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
-    manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    manual_seed(vars(cfg).get("seed", seed))
     if world_size > 1 and device.type == "cuda":
         if device != idist.device() and device.index is not None:
             logger.warning("--device %s ignored: process %d trains on %s", device, rank,
@@ -185,8 +198,7 @@ def session(cfg: argparse.Namespace, name: str) -> Iterator[Run]:
     try:
         yield Run(name, run_dir, device, cfg, rank, world_size)
     except FaceIgniteError as exc:
-        logger.error("error: %s", exc)
-        raise SystemExit(2) from None
+        fail(exc)
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
         logger.warning("%s", exc or "interrupted")
         raise SystemExit(getattr(exc, "exit_code", 130)) from None

@@ -19,7 +19,9 @@ import torch
 
 from faceignite.data.dataset import PROBLEMS, UNDECODABLE, read_rgb_checked
 from faceignite.embed import embed_images, load_inference_model
-from faceignite.engine import resolve_device
+from faceignite.config import add_runtime_args
+from faceignite.runtime import resolve_device
+from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw.metrics import DISTANCES, pair_distances
 
@@ -76,32 +78,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Input size (default: the checkpoint's)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="Flip TTA (default: as the run's LFW validation, --lfw_flip)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    add_runtime_args(p)
     return p
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> Verification:
     """Print one line: distance, threshold and SAME/DIFFERENT; exit code 2 on bad input."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        device = resolve_device(args.device)
-        model, info = load_inference_model(args.checkpoint, device)
-        distance = args.distance or info["distance"]
-        if args.distance and args.distance != info["distance"] and args.threshold is None:
-            raise FaceIgniteError(f"the threshold of {info['source']} is for the "
-                                  f"{info['distance']} distance: drop --distance or pass --threshold")
-        threshold = args.threshold if args.threshold is not None else info["lfw_threshold"]
-        result = verify_images(model, args.image1, args.image2,
-                               args.image_size or info["image_size"], threshold, distance,
-                               info["flip"] if args.flip is None else args.flip, device)
-        print(result.line())
-        if threshold is None:
-            raise FaceIgniteError(f"{info['source']} holds no lfw_threshold (no LFW validation "
-                                  f"ran in training): pass --threshold")
-    except FaceIgniteError as exc:
-        logger.error("error: %s", exc)
-        raise SystemExit(2) from None
+    device = resolve_device(args.device)
+    model, info = load_inference_model(args.checkpoint, device)
+    distance = args.distance or info["distance"]
+    if args.distance and args.distance != info["distance"] and args.threshold is None:
+        raise FaceIgniteError(f"the threshold of {info['source']} is for the "
+                              f"{info['distance']} distance: drop --distance or pass --threshold")
+    threshold = args.threshold if args.threshold is not None else info["lfw_threshold"]
+    result = verify_images(model, args.image1, args.image2,
+                           args.image_size or info["image_size"], threshold, distance,
+                           info["flip"] if args.flip is None else args.flip, device)
+    print(result.line())
+    if threshold is None:
+        raise FaceIgniteError(f"{info['source']} holds no lfw_threshold (no LFW validation "
+                              f"ran in training): pass --threshold")
     return result
 
 

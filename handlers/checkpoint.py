@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from faceignite.checkpoint import BEST_PREFIX, BEST_RE, LATEST_PREFIX, LATEST_RE, NAME
+from faceignite.engine import TrainerEvents, register_trainer_events
 from faceignite.errors import FaceIgniteError
 from handlers import events
 
@@ -84,6 +85,10 @@ class Checkpointer:
     def __init__(self, latest: Checkpoint, best: Checkpoint | None, best_by: str | None):
         self.latest, self.best, self.best_by = latest, best, best_by
         self._adopted = False
+        self.poisoned = False  # a loss went NaN (TrainerEvents.NAN_DETECTED): save no more
+
+    def on_nan(self, _: Engine | None = None) -> None:
+        self.poisoned = True
 
     @property
     def last_checkpoint(self) -> str | None:
@@ -99,10 +104,10 @@ class Checkpointer:
     def save(self, engine: Engine) -> str | None:
         """Write a training checkpoint of the current iteration now; return its path.
 
-        Never after a NaN loss (``engine.state.nan_detected``, set by ``handlers.control``):
+        Never after a NaN loss (``TrainerEvents.NAN_DETECTED``, fired by ``handlers.control``):
         the weights are poisoned, the last good checkpoint stays the newest.
         """
-        if getattr(engine.state, "nan_detected", False):
+        if self.poisoned:
             return self.last_checkpoint
         self.latest(engine)
         return self.last_checkpoint  # type: ignore[return-value]
@@ -141,7 +146,7 @@ class Checkpointer:
             self.best.load_state_dict({"_saved": best[-(self.best.n_saved or len(best)):]})
 
 
-def attach(trainer: Engine, to_save: Any, output_dir: str, n_saved: int = 3,
+def attach(trainer: Engine, to_save: Any, output_dir: str, *, n_saved: int,
            save_interval: int = 0, best_by: str | None = None,
            best_event: Any = None, n_best: int = 1) -> Checkpointer:
     """Save ``to_save`` every epoch, every ``save_interval`` iterations (0: off) and at the end
@@ -167,6 +172,8 @@ def attach(trainer: Engine, to_save: Any, output_dir: str, n_saved: int = 3,
                           score_name=best_by, n_saved=n_best, global_step_transform=step)
     handler = Checkpointer(latest, best, best_by)
 
+    register_trainer_events(trainer)
+    trainer.add_event_handler(TrainerEvents.NAN_DETECTED, handler.on_nan)
     trainer.add_event_handler(Events.STARTED, handler.adopt_existing)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.save)
     if save_interval > 0:

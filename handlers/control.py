@@ -9,6 +9,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, TerminateOnNan, TimeLimit
 
+from faceignite.engine import TrainerEvents, register_trainer_events
 from handlers import events
 
 logger = logging.getLogger("faceignite")
@@ -18,8 +19,8 @@ class TerminateOnNanLoss(TerminateOnNan):
     """Ignite's TerminateOnNan, saying which loss went NaN and where to resume from.
 
     It stops with ``skip_completed``: nothing that runs at ``COMPLETED`` (final validation, final
-    checkpoint) sees the poisoned weights, and ``trainer.state.nan_detected`` is set for handlers
-    that save on ``TERMINATE``.
+    checkpoint) sees the poisoned weights, and it fires ``TrainerEvents.NAN_DETECTED`` first, so
+    that handlers which save (checkpoints, Ctrl-C) stop saving.
     """
 
     def __init__(self, last_checkpoint: Callable[[], str | None] | None = None):
@@ -38,7 +39,7 @@ class TerminateOnNanLoss(TerminateOnNan):
         bad = [k for k, v in output.items()
                if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
                or isinstance(v, float) and not math.isfinite(v)]
-        engine.state.nan_detected = True
+        engine.fire_event(TrainerEvents.NAN_DETECTED)
         checkpoint = self.last_checkpoint()
         where = f"resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
         logger.error("loss went NaN: %s at epoch %d iteration %d; stopped without saving "
@@ -59,6 +60,7 @@ def attach(trainer: Engine, max_time: float | None = None, early_stopping: int =
     validations of ``score_name``, counted at ``score_event`` (default: the LFW validation for
     ``lfw_*`` scores, the held-out one otherwise).  Returns the handlers by name.
     """
+    register_trainer_events(trainer)
     attached: dict = {"nan": TerminateOnNanLoss(last_checkpoint)}
     trainer.add_event_handler(Events.ITERATION_COMPLETED, attached["nan"])
     if max_time:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from ignite.engine import Engine, EventEnum
 
+from faceignite.engine import TrainerEvents  # noqa: F401  (NAN_DETECTED, fired by the NaN guard)
+
 
 class ValidationEvents(EventEnum):
     HOLDOUT_COMPLETED = "holdout_completed"

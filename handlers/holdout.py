@@ -9,12 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from faceignite.engine import create_evaluator
+from faceignite.losses import Classifying
 from handlers import events
 
 logger = logging.getLogger("faceignite")
 
 
-def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: DataLoader,
+def attach(trainer: Engine, model: nn.Module, criterion: Classifying, loader: DataLoader,
            device, every_epochs: int = 1, every_iterations: int = 0, amp: str = "off",
            channels_last: bool = False) -> Engine:
     """Evaluate ``loader`` every ``every_epochs`` epochs (and every ``every_iterations``), and at
@@ -28,10 +29,12 @@ def attach(trainer: Engine, model: nn.Module, criterion: nn.Module, loader: Data
                                  {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())},
                                  amp=amp, channels_last=channels_last)
 
+    done_at = {"iteration": -1}
+
     def run_validation(engine: Engine) -> None:
-        if getattr(evaluator.state, "validated_at", None) == engine.state.iteration:
+        if done_at["iteration"] == engine.state.iteration:
             return  # an epoch end that is also a --val_interval step: validate once
-        evaluator.state.validated_at = engine.state.iteration
+        done_at["iteration"] = engine.state.iteration
         evaluator.run(loader)
         m = evaluator.state.metrics
         engine.state.metrics.update({"val_accuracy": m["accuracy"], "val_loss": m["loss"]})

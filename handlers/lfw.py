@@ -17,9 +17,9 @@ logger = logging.getLogger("faceignite")
 
 
 def attach(trainer: Engine, model: nn.Module | Callable, lfw_dir: str | None, device,
-           image_size: int, *, pairs_file: str | None = None, batch_size: int = 128,
-           every_epochs: int = 1, every_iterations: int = 0, flip: bool = False,
-           distance: str = "l2", skip_missing: bool = False, output_dir: str | None = None,
+           image_size: int, *, batch_size: int, every_epochs: int, flip: bool, distance: str,
+           pairs_file: str | None = None, every_iterations: int = 0,
+           skip_missing: bool = False, output_dir: str | None = None,
            num_workers: int = 0, amp: str = "off", channels_last: bool = False,
            prefix: str = "lfw") -> PairsEvaluator:
     """Validate on the pairs set every ``every_epochs`` epochs, after the last epoch, at the end
@@ -27,8 +27,8 @@ def attach(trainer: Engine, model: nn.Module | Callable, lfw_dir: str | None, de
 
     Each validation writes ``<prefix>_accuracy``, ``_accuracy_std``, ``_threshold``,
     ``_val_far1e-3``, ``_val_far1e-2``, ``_auc``, ``_eer`` into ``trainer.state.metrics``, logs
-    them in one line, saves ``<output_dir>/roc_<prefix>_epoch<E>_iter<I>.png`` (appended to
-    ``trainer.state.roc_figures``) and fires ``ValidationEvents.LFW_COMPLETED``.  The pairs file
+    them in one line, saves ``<output_dir>/roc_<prefix>_epoch<E>_iter<I>.png`` (its path in the
+    metric ``<prefix>_roc_figure``) and fires ``ValidationEvents.LFW_COMPLETED``.  The pairs file
     and images are checked now, so a bad ``--lfw`` fails before training.  Returns the evaluator.
 
     Distributed: attach it in every process; each embeds its share of the images, the metrics
@@ -51,11 +51,9 @@ def attach(trainer: Engine, model: nn.Module | Callable, lfw_dir: str | None, de
         if output_dir:
             path = os.path.join(output_dir, f"roc_{prefix}_epoch{epoch:03d}_iter{iteration:07d}.png")
             title = f"{os.path.basename(evaluator.pairs.path)}: epoch {epoch}, iteration {iteration}"
-            if not hasattr(engine.state, "roc_figures"):
-                engine.state.roc_figures = []
             if idist.get_rank() == 0:  # every rank has the same result; one writes the figure
                 save_roc_curve(result, path, title)
-            engine.state.roc_figures.append(path)
+            engine.state.metrics[f"{prefix}_roc_figure"] = path
         skipped = f" | {result.skipped_pairs} pairs skipped" if result.skipped_pairs else ""
         logger.info("%s  epoch %d iteration %d | %s | %d pairs in %.1f s%s", prefix, epoch,
                     iteration, result.summary(), result.num_pairs, result.seconds["total"], skipped)

@@ -1,7 +1,7 @@
 """LR scheduling on Ignite's param schedulers: linear warm-up, then step, multistep or cosine."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -14,11 +14,19 @@ def milestones_in_epochs(milestones: Sequence[float], epochs: int) -> list[float
     return [m * epochs if m < 1 else m for m in milestones]
 
 
-def build(optimizer: torch.optim.Optimizer, lr: float, epochs: int, epoch_length: int,
-          schedule: str = "multistep", warmup_epochs: float = 1.0,
-          milestones: Sequence[float] = (0.5, 0.75, 0.9), step_epochs: int = 10,
-          gamma: float = 0.1) -> ConcatScheduler | PiecewiseLinear:
-    """An iteration-level LR scheduler for ``optimizer`` (not yet attached)."""
+def schedule_options(cfg: Any) -> dict[str, Any]:
+    """The schedule's keyword arguments from the options (``--lr_scheduler``,
+    ``--warmup_epochs``, ``--lr_milestones``, ``--lr_step``, ``--lr_gamma``): their defaults are
+    the options table's, never repeated here."""
+    return {"schedule": cfg.lr_scheduler, "warmup_epochs": cfg.warmup_epochs,
+            "milestones": cfg.lr_milestones, "step_epochs": cfg.lr_step, "gamma": cfg.lr_gamma}
+
+
+def build(optimizer: torch.optim.Optimizer, lr: float, epochs: int, epoch_length: int, *,
+          schedule: str, warmup_epochs: float, milestones: Sequence[float], step_epochs: int,
+          gamma: float) -> ConcatScheduler | PiecewiseLinear:
+    """An iteration-level LR scheduler for ``optimizer`` (not yet attached); the keyword
+    arguments are those of :func:`schedule_options`."""
     total = max(1, epochs * epoch_length)
     warmup = min(int(round(warmup_epochs * epoch_length)), total - 1)
     warmup = warmup if warmup >= 2 else 0  # Ignite's warm-up needs two iterations at least

@@ -17,7 +17,7 @@ from handlers import tracking
 logger = logging.getLogger("faceignite")
 
 
-def attach(trainer: Engine, log_dir: str, *, log_interval: int = 50,
+def attach(trainer: Engine, log_dir: str, *, log_interval: int,
            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
            hparams: Mapping[str, Any] | None = None) -> TensorboardLogger | None:
     """Log the scalars of :mod:`handlers.tracking` and each LFW ROC image to ``log_dir``.

@@ -75,7 +75,7 @@ def clean_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler], trainer: Engine,
-                   log_interval: int = 50,
+                   log_interval: int,
                    optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
     """Attach ``output_handler`` (the tracker's Ignite ``OutputHandler`` class) for every group
     of the table above.  Attach after the handlers that write the metrics (``progress``,
@@ -104,15 +104,15 @@ def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler],
 def attach_figures(trainer: Engine, log_figure: Callable[[str, int], None]) -> None:
     """Call ``log_figure(png_path, iteration)`` for each ROC figure new since the last call.
 
-    The LFW handler appends the PNG of each validation to ``trainer.state.roc_figures`` before
-    it fires ``LFW_COMPLETED``.
+    The LFW handler puts the PNG path of each validation in the metric ``<prefix>_roc_figure``
+    before it fires ``LFW_COMPLETED``.
     """
     events.register(trainer)
-    done = {"count": 0}
+    logged: set[str] = set()
 
     @trainer.on(events.ValidationEvents.LFW_COMPLETED)
     def _log_new_figures(engine: Engine) -> None:
-        figures = list(getattr(engine.state, "roc_figures", None) or [])
-        for path in figures[done["count"]:]:
-            log_figure(str(path), engine.state.iteration)
-        done["count"] = len(figures)
+        for key, path in sorted(engine.state.metrics.items()):
+            if key.endswith("_roc_figure") and isinstance(path, str) and path not in logged:
+                logged.add(path)
+                log_figure(path, engine.state.iteration)

@@ -171,18 +171,24 @@ def test_fallback_crop_is_lfw_centre_crop():
 
 def test_bad_input_is_one_line(mixed_src, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    assert align.main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--no_progress"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        align.main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--no_progress"])
+    assert exit_.value.code == 2
     assert "source folder not found" in caplog.text
     Image.new("RGB", (40, 40)).save(mixed_src / "Person_A" / "a1.png")
     caplog.clear()
-    assert align.main([str(mixed_src), str(tmp_path / "out"), "--no_progress"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        align.main([str(mixed_src), str(tmp_path / "out"), "--no_progress"])
+    assert exit_.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "a1.jpg" in errors[0] and "--ext keep" in errors[0]
 
 
 def test_missing_facenet_pytorch_says_how_to_install(mixed_src, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)   # import now raises ImportError
-    assert align.main([str(mixed_src), str(tmp_path / "out"), "--no_progress"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        align.main([str(mixed_src), str(tmp_path / "out"), "--no_progress"])
+    assert exit_.value.code == 2
     assert "pip install facenet-pytorch==2.5.3" in caplog.text
 
 

@@ -27,8 +27,7 @@ RUNS = {
     "bench_gpu": [],
 }
 DRIVER = """
-import importlib, sys
-sys.path.insert(0, sys.argv[1])
+import importlib
 for name, argv in {runs!r}.items():
     print("@@@ " + name, flush=True)
     importlib.import_module(name).main(argv)
@@ -38,9 +37,10 @@ for name, argv in {runs!r}.items():
 @pytest.fixture(scope="module")
 def outputs() -> dict[str, str]:
     """Each bench's stdout, by name."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",  # the benches and this checkout
+           "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), str(REPO)])}
     runs = {k: v for k, v in RUNS.items() if k != "bench_gpu" or not torch.cuda.is_available()}
-    proc = subprocess.run([sys.executable, "-c", DRIVER.format(runs=runs), str(REPO / "bench")],
+    proc = subprocess.run([sys.executable, "-c", DRIVER.format(runs=runs)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = proc.stdout.split("@@@ ")[1:]

@@ -6,7 +6,6 @@ import pickle
 import random
 import shutil
 import signal
-import sys
 
 import numpy as np
 import pytest
@@ -28,10 +27,9 @@ from handlers import checkpoint as checkpoint_handler
 from handlers import events
 from handlers import interrupt, lr_scheduler
 
-from conftest import REPO, copy_subset
+from conftest import copy_subset
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main
 
 
 def small_args(root, out, *more):
@@ -47,7 +45,7 @@ def build_run(cfg, data, embedding_dim=None, num_classes=None):
     optimizers = build_optimizers(model, criterion, "sgd", 0.1, 0.9, 5e-4, 0.5)
     trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
     scheduler = lr_scheduler.attach(trainer, optimizers["model"], 0.1, cfg.epochs,
-                                    len(data.train_loader))
+                                    len(data.train_loader), **lr_scheduler.schedule_options(cfg))
     return TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg)
 
 
@@ -224,7 +222,8 @@ def test_keeps_n_saved_across_a_resume_and_saves_between_epochs(tmp_path):
 def test_best_checkpoint_follows_the_validation_event(tmp_path):
     engine = Engine(lambda e, b: None)
     events.register(engine)
-    saver = checkpoint_handler.attach(engine, Weights(), str(tmp_path), best_by="val_accuracy")
+    saver = checkpoint_handler.attach(engine, Weights(), str(tmp_path), n_saved=3,
+                                      best_by="val_accuracy")
     scores = iter([0.5, 0.7, 0.6])
 
     @engine.on(Events.EPOCH_COMPLETED)

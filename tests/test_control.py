@@ -1,17 +1,14 @@
 """Long runs: iteration-interval validation, --max_time, early stopping, NaN guard."""
 import re
-import sys
 
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO
 from faceignite.checkpoint import load_checkpoint
 from faceignite.losses import SoftmaxCenterLoss
 from handlers import control, events
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main
 
 ITERS_PER_EPOCH = 18  # 576 training images of the synthetic set / batch 32
 

@@ -5,7 +5,6 @@ import math
 import os
 import signal
 import socket
-import sys
 
 import ignite.distributed as idist
 import numpy as np
@@ -13,15 +12,14 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO, copy_subset
+from conftest import copy_subset
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main
 
 from faceignite.checkpoint import unwrap  # noqa: E402
 from faceignite.config import parse_args  # noqa: E402
 from faceignite.data import build_face_data  # noqa: E402
-from faceignite.engine import stop_together  # noqa: E402
+from faceignite.engine import TrainerEvents, stop_together  # noqa: E402
 from faceignite.lfw import create_pairs_evaluator  # noqa: E402
 from faceignite.lfw.evaluator import PairVerification  # noqa: E402
 from faceignite.lfw.pairs import read_pairs, resolve_images  # noqa: E402
@@ -188,9 +186,10 @@ def nan_in_rank1_stops_both() -> dict:
     trainer = Engine(step)
     control.attach(trainer)  # the recipe's NaN guard
     stop_together(trainer)
+    nan_events = []
+    trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda e: nan_events.append(1))
     trainer.run(range(10), max_epochs=1)
-    return {"iteration": trainer.state.iteration,
-            "nan_detected": bool(getattr(trainer.state, "nan_detected", False))}
+    return {"iteration": trainer.state.iteration, "nan_detected": len(nan_events) == 1}
 
 
 def signal_to_rank1_stops_both() -> dict:

@@ -5,7 +5,6 @@ import logging
 import math
 import re
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -13,13 +12,11 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import REPO
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import create_embedding_engine, create_pairs_evaluator, image_loader
 from handlers import events, lfw
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main
 
 CONTRACT = ("lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",
             "lfw_val_far1e-2", "lfw_auc", "lfw_eer")
@@ -67,14 +64,16 @@ def assert_png(path: str) -> None:
 def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root, tmp_path):
     trainer = idle_trainer()
     lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=2,
-               batch_size=64, output_dir=str(tmp_path))
+               batch_size=64, flip=False, distance="l2", output_dir=str(tmp_path))
     seen = record_validations(trainer)
+    figures: list[str] = []
+    trainer.add_event_handler(events.ValidationEvents.LFW_COMPLETED,
+                              lambda e: figures.append(e.state.metrics["lfw_roc_figure"]))
     trainer.run([0] * 4, max_epochs=5)
     assert [(e, i) for e, i, _ in seen] == [(2, 8), (4, 16), (5, 20)]
     for _, _, metrics in seen:
         assert all(math.isfinite(v) for v in metrics.values())
         assert 0.5 <= metrics["lfw_accuracy"] <= 1 and 0 <= metrics["lfw_eer"] <= 0.5
-    figures = trainer.state.roc_figures
     assert [p.rsplit("/", 1)[1] for p in figures] == [
         "roc_lfw_epoch002_iter0000008.png", "roc_lfw_epoch004_iter0000016.png",
         "roc_lfw_epoch005_iter0000020.png"]
@@ -86,14 +85,15 @@ def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root
 def test_iteration_interval_and_a_run_stopped_mid_epoch(pairs_root):
     trainer = idle_trainer()
     lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=10,
-               every_iterations=3, batch_size=128)
+               every_iterations=3, batch_size=128, flip=False, distance="l2")
     seen = record_validations(trainer)
     trainer.run([0] * 4, max_epochs=2)
     assert [(e, i) for e, i, _ in seen] == [(1, 3), (2, 6), (2, 8)]
-    assert not hasattr(trainer.state, "roc_figures")  # no output_dir: no PNG
+    assert "lfw_roc_figure" not in trainer.state.metrics  # no output_dir: no PNG
 
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128)
+    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128, every_epochs=1,
+               flip=False, distance="l2")
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.terminate())
     seen = record_validations(trainer)
     trainer.run([0] * 4, max_epochs=3)
@@ -133,7 +133,8 @@ def test_undecodable_image_is_skipped_in_training_but_fails_a_plain_evaluation(p
     bad = root / "Synthetic_Person001" / "Synthetic_Person001_0002.jpg"
     bad.write_bytes(b"not a jpeg")
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128)
+    lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128, every_epochs=1,
+               flip=False, distance="l2")
     with caplog.at_level(logging.INFO):
         trainer.run([0] * 2, max_epochs=1)
     assert "1 of 240 images missing (truncated, undecodable or removed: each named above)" in caplog.text
@@ -149,7 +150,8 @@ def test_undecodable_image_is_skipped_in_training_but_fails_a_plain_evaluation(p
 def test_bad_lfw_folder_fails_at_attach_before_training(tmp_path):
     trainer = idle_trainer()
     with pytest.raises(FaceIgniteError, match="no pairs file in"):
-        lfw.attach(trainer, PixelProjection(), str(tmp_path), "cpu", 32)
+        lfw.attach(trainer, PixelProjection(), str(tmp_path), "cpu", 32, batch_size=128,
+                   every_epochs=1, flip=False, distance="l2")
 
 
 def test_recipe_validates_on_the_pairs_set_and_plots(pairs_root, synthetic_root, tmp_path):

@@ -183,9 +183,19 @@ def test_make_pairs_builds_an_lfw_set_the_reader_resolves(tmp_path, synthetic_ro
         os.listdir(train / sorted(os.listdir(train))[0]))
 
 
-def test_make_pairs_bad_input_is_one_line_and_exit_2(tmp_path, synthetic_root, capsys):
-    assert make_pairs_main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: identity root not found: {tmp_path / 'nowhere'}"
+def errors_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_make_pairs_bad_input_is_one_line_and_exit_2(tmp_path, synthetic_root, caplog):
+    with pytest.raises(SystemExit) as exit_:
+        make_pairs_main([str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert errors_of(caplog) == [f"error: identity root not found: {tmp_path / 'nowhere'}"]
+    caplog.clear()
     train, _ = synthetic_root
-    assert make_pairs_main([str(train), str(tmp_path / "out"), "--folds", "20"]) == 2
-    assert "24 identities cannot fill 20 folds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        make_pairs_main([str(train), str(tmp_path / "out"), "--folds", "20"])
+    assert exit_.value.code == 2
+    errors = errors_of(caplog)
+    assert len(errors) == 1 and "24 identities cannot fill 20 folds" in errors[0]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import numpy as np
 import torch
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 from faceignite.lfw import create_pairs_evaluator, read_pairs
 from faceignite.lfw.make_pairs import make_pairs_set
 from faceignite.models import build_model
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main as train  # noqa: E402
+from handlers.standard import main as train
 
 TRAIN_IDS, HELD_OUT_IDS, MIN_IMAGES = 60, 60, 19
 IMAGE_SIZE, EPOCHS, SEED = 32, 8, 1

@@ -15,8 +15,7 @@ import torch
 
 from conftest import REPO, copy_subset
 
-sys.path.insert(0, str(REPO / "experiments"))
-from resnet34_center import main  # noqa: E402
+from handlers.standard import main
 
 EPOCHS, EPOCH_LENGTH = 2, 2
 

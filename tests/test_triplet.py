@@ -2,21 +2,19 @@
 import math
 import os
 import re
-import sys
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
 from faceignite.data.pk_sampler import PKSampler
 from faceignite.errors import FaceIgniteError
 from faceignite.losses import TripletLoss, batch_hard_triplets, pairwise_distances, semi_hard_triplets
 
-sys.path.insert(0, str(REPO / "experiments"))
 
 # Hand-made distances: labels 0 0 0 1 1 2 (identity 2 has a single image).
 LABELS = torch.tensor([0, 0, 0, 1, 1, 2])
@@ -194,9 +192,10 @@ def real_face_args(root, tmp_path) -> list[str]:
 
 
 def test_triplet_experiment_lowers_its_loss_on_real_faces(tmp_path):
-    from resnet34_triplet import main
+    from handlers.standard import main  # what experiments/resnet34_triplet.py runs
 
-    metrics = main(real_face_args(celeba_subset(tmp_path), tmp_path))
+    metrics = main(real_face_args(celeba_subset(tmp_path), tmp_path), name="resnet34_triplet",
+                   loss="triplet")
     losses = epoch_losses(tmp_path / "runs", "resnet34_triplet")
     assert len(losses) == 2 and losses[1] < losses[0], losses
     assert "train_active" in metrics and "val_accuracy" not in metrics  # no classifier

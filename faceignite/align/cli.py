@@ -9,7 +9,8 @@ from typing import Sequence
 
 from faceignite.align.files import FAILED_FILE, NO_FACE_FILE
 from faceignite.align.folder import align_folder
-from faceignite.errors import FaceIgniteError
+from faceignite.cli import exits_on_error
+from faceignite.config import add_runtime_args
 
 logger = logging.getLogger("faceignite.align")
 
@@ -27,8 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: 32)")
     p.add_argument("--batch_size", type=int, default=32,
                    help="Equal-size images detected together (default: 32)")
-    p.add_argument("--device", type=str, default="auto",
-                   help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
+    add_runtime_args(p)  # --device
     p.add_argument("--no_face", choices=("skip", "center"), default="skip",
                    help="Photos with no face: 'skip' lists them in DST/no_face.txt and writes no "
                         "crop; 'center' writes a centre crop (see --center_fraction) and lists them "
@@ -52,22 +52,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; 0 when done (even with no-face or failed files), 2 on bad input."""
+    """Run the command line; 0 when done (even with no-face or failed files); bad input: one
+    line and exit code 2."""
     from faceignite.run import setup_logging
 
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    try:
-        summary = align_folder(
-            args.src, args.dst, image_size=args.image_size, margin=args.margin,
-            batch_size=args.batch_size, device=args.device, no_face=args.no_face,
-            center_fraction=args.center_fraction, ext=args.ext, landmarks=args.landmarks,
-            min_face_size=args.min_face_size, thresholds=args.thresholds, factor=args.factor,
-            num_workers=args.num_workers, progress=not args.no_progress)
-    except FaceIgniteError as exc:
-        logger.error("error: %s", exc)
-        return 2
+    summary = align_folder(
+        args.src, args.dst, image_size=args.image_size, margin=args.margin,
+        batch_size=args.batch_size, device=args.device, no_face=args.no_face,
+        center_fraction=args.center_fraction, ext=args.ext, landmarks=args.landmarks,
+        min_face_size=args.min_face_size, thresholds=args.thresholds, factor=args.factor,
+        num_workers=args.num_workers, progress=not args.no_progress)
     dst = os.path.abspath(args.dst)
     if summary.no_face:
         logger.info("no face (%s): listed in %s", "centre crop written" if args.no_face == "center"

@@ -57,7 +57,7 @@ def load_detector(device: str = "auto", min_face_size: int = 20,
     """facenet-pytorch's MTCNN on ``device`` (imported here, so the rest of faceignite never needs it)."""
     import torch
 
-    from faceignite.engine import resolve_device
+    from faceignite.runtime import resolve_device
 
     try:
         from facenet_pytorch import MTCNN

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from faceignite.checkpoint import unwrap
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform
-from faceignite.engine import autocast_context, prepare_images
+from faceignite.runtime import autocast_context, prepare_images
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw.metrics import FAR_TARGETS, VerificationResult, evaluate_embeddings
 from faceignite.lfw.pairs import Pairs, find_pairs_file, keep_available, read_pairs, resolve_images

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from faceignite.data.index import is_image
+from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 
 
@@ -123,8 +124,9 @@ def make_pairs_set(source: str, dest: str, identities: Sequence[str] | None = No
     return path
 
 
+@exits_on_error
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; 0 when done, 2 on bad input (one line on stderr)."""
+    """Run the command line; 0 when done; bad input: one line on stderr and exit code 2."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("source", help="identity folders (VGGFace2 layout) of people not trained on")
     p.add_argument("dest", help="output folder: LFW layout + pairs.txt")
@@ -135,12 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true",
                    help="replace an existing DEST/pairs.txt (default: refuse)")
     args = p.parse_args(argv)
-    try:
-        path = make_pairs_set(args.source, args.dest, folds=args.folds, per_fold=args.per_fold,
-                              seed=args.seed, force=args.force)
-    except FaceIgniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path = make_pairs_set(args.source, args.dest, folds=args.folds, per_fold=args.per_fold,
+                          seed=args.seed, force=args.force)
     print(f"wrote {path}: {args.folds} folds x {args.per_fold} same + {args.per_fold} different pairs")
     return 0
 

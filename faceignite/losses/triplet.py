@@ -79,11 +79,14 @@ class TripletLoss(nn.Module):
     no parameters of its own.
     """
 
-    def __init__(self, margin: float = 0.2, mining: str = "batch_hard", normalize: bool = True):
+    default_margin = 0.2  # on the L2 distance of normalised embeddings (0 … 2)
+
+    def __init__(self, margin: float | None = None, mining: str = "semi_hard",
+                 normalize: bool = True):
         super().__init__()
         if mining not in MINERS:
             raise ValueError(f"unknown triplet mining {mining!r}: choose from {MINING}")
-        self.margin = margin
+        self.margin = self.default_margin if margin is None else margin
         self.mining = mining
         self.normalize = normalize
 

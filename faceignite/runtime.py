@@ -1,0 +1,130 @@
+"""Where and how a step runs: device, mixed precision, memory format, several processes.
+
+The trainer (:mod:`faceignite.engine`), the evaluators and the commands all take these from here,
+so ``--device``, ``--amp`` and ``--channels_last`` mean the same thing everywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import ignite.distributed as idist
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from faceignite.errors import FaceIgniteError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda``/``cuda:N`` without that GPU is a
+    :class:`FaceIgniteError` naming ``--device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FaceIgniteError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FaceIgniteError(f"--device {name}: no CUDA GPU on this machine; use --device cpu "
+                                  f"or auto")
+        if device.index is not None and device.index >= count:
+            raise FaceIgniteError(f"--device {name}: this machine has {count} CUDA GPU(s) "
+                                  f"(cuda:0 to cuda:{count - 1})")
+    return device
+
+
+def autocast_context(device: torch.device, amp: str):
+    """An autocast context for ``amp`` in {off, bf16, fp16}; a no-op when off."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for fp16 on CUDA (bf16 needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16" and device.type == "cuda"))
+
+
+def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch on ``device``, in channels_last memory format when asked."""
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Convert ``model``'s weights to channels_last in place (optimizers stay valid); idempotent.
+    Do it once, before DDP builds its gradient buckets."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside ``torch.compile`` / DataParallel / DDP wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) into every process's
+    ``module``: one broadcast per buffer dtype.  A no-op in a single process."""
+    if idist.get_world_size() == 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buffer in module.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = idist.broadcast(torch.cat([b.detach().reshape(-1) for b in buffers]), src=src)
+        offset = 0
+        for b in buffers:
+            b.data.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
+def _ddp(module: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+    """DDP without a buffer broadcast in each forward (the step copies rank 0's buffers after
+    each optimizer step instead).  ``broadcast_buffers=False`` means that on every torch >= 2.1;
+    newer ones call it deprecated, so that one warning is silenced, and the buffers are synced
+    once here, as the older ones did at construction."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        if device == idist.device():
+            wrapped = idist.auto_model(module, sync_bn=sync_bn, broadcast_buffers=False)
+        else:  # gloo on CPU on a machine that also has GPUs: auto_model would move it to the GPU
+            if sync_bn:
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            wrapped = DistributedDataParallel(module, broadcast_buffers=False)
+    broadcast_buffers(unwrap(wrapped))
+    return wrapped
+
+
+def auto_modules(model: nn.Module, criterion: nn.Module, device: torch.device,
+                 sync_bn: bool = False) -> tuple[nn.Module, nn.Module]:
+    """The model and the criterion as the training step calls them.
+
+    One process: both unchanged.  Several (``idist.get_world_size() > 1``): each goes through
+    DDP, the criterion too when it has trainable parameters (classifier, centres), so that DDP
+    all-reduces their gradients with the model's: the centres, the classifier and the
+    optimizers' states stay identical on every process.  Buffers (BatchNorm statistics) are not
+    broadcast by DDP in each forward: the step copies rank 0's after each optimizer step
+    (:func:`broadcast_buffers`).  ``sync_bn``: SyncBatchNorm.  Convert to channels_last
+    (:func:`to_channels_last`) before.  Keep using the plain ``model``/``criterion`` for
+    evaluators, optimizers and checkpoints.
+    """
+    if idist.get_world_size() == 1:
+        return model, criterion
+
+    def wrap(module: nn.Module) -> nn.Module:
+        if not any(p.requires_grad for p in module.parameters()):
+            return module  # e.g. a triplet loss: nothing to all-reduce
+        return _ddp(module, device, sync_bn)
+
+    return wrap(model), wrap(criterion)

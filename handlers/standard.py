@@ -1,0 +1,190 @@
+"""The standard training run: one function builds it, one function attaches its handlers in
+their order, trackers close however the run ends.
+
+Modelled on pytorch-ignite's ``examples/cifar10`` (``training(local_rank, config)``) and
+``ignite.contrib.engines.common.setup_common_training_handlers``: the options are data, the
+handler order is owned by :func:`attach_handlers` (not by comments in each experiment), and an
+experiment is a recipe that picks a model, a loss and defaults and calls :func:`main`::
+
+    from handlers.standard import main
+    main(sys.argv[1:], name="resnet50_center", model="resnet50")
+    main(sys.argv[1:], name="resnet34_arcface", loss="arcface")
+
+It lives in ``handlers/`` because it composes them (``faceignite/`` never imports ``handlers``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from faceignite.checkpoint import Resume, TrainingState
+from faceignite.cli import exits_on_error
+from faceignite.config import parse_args
+from faceignite.data import build_face_data
+from faceignite.engine import create_trainer, stop_together
+from faceignite.losses import is_classifying
+from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory
+from faceignite.models import build_model
+from faceignite.optim import build_optimizers
+from faceignite.run import Run, parallel, run_folder, session
+from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
+from handlers import (checkpoint, clearml, control, holdout, interrupt, lfw, lr_scheduler,
+                      progress, tensorboard)
+
+Hook = Callable[[Engine, TrainingState], None]
+
+
+@dataclass
+class Parts:
+    """What a training process is made of, before any handler is attached."""
+
+    data: Any
+    model: nn.Module           # plain: evaluators, optimizers, checkpoints use it
+    criterion: nn.Module       # plain, a faceignite.losses.Criterion
+    optimizers: dict[str, torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler
+    trainer: Engine            # steps the DDP-wrapped modules in a distributed run
+
+
+@dataclass
+class Attached:
+    """What :func:`attach_handlers` attached and a caller may need."""
+
+    state: TrainingState
+    scheduler: Any
+    checkpoints: checkpoint.Checkpointer
+    interrupt: interrupt.GracefulInterrupt
+    trackers: list = field(default_factory=list)  # each has close()
+
+    def close_trackers(self) -> None:
+        """Close ClearML and TensorBoard: the run ended, whichever way.  A tracker that closed
+        itself at ``COMPLETED`` (ClearML's ``closed``) is not closed twice."""
+        for tracker in self.trackers:
+            if not getattr(tracker, "closed", False):
+                tracker.close()
+
+
+def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionFactory,
+                val_indices: Any = None) -> Parts:
+    """Data (each process loads its share), model, criterion, optimizers, GradScaler, trainer."""
+    data = build_face_data(cfg, val_indices=val_indices, num_replicas=run.world_size,
+                           rank=run.rank)
+    model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
+    if cfg.channels_last:  # once, before DDP builds its gradient buckets
+        to_channels_last(model)
+    criterion = criterion_factory(cfg, data.num_classes).to(run.device)
+    optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
+                                  cfg.weight_decay, cfg.center_loss_lr)
+    optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
+    # several processes train DDP modules (the criterion too: the classifier and centres get
+    # all-reduced gradients); evaluators and checkpoints use the plain ones
+    ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
+    scaler = make_grad_scaler(run.device, cfg.amp)
+    trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
+                             cfg.channels_last, scaler=scaler, compile_model=cfg.compile)
+    return Parts(data, model, criterion, optimizers, scaler, trainer)
+
+
+def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
+                    hooks: Sequence[Hook] = ()) -> Attached:
+    """Attach every handler of the standard run to ``parts.trainer``, in the one order that
+    works (Ignite runs the handlers of one event in the order they were added):
+
+    1. LR schedule (``ITERATION_STARTED``);
+    2. validations — held-out (classifying losses only), LFW — which write their metrics;
+    3. progress: the epoch line and ``train_*`` metrics;
+    4. run control: NaN guard, ``--max_time``, ``--early_stopping`` (before checkpoints: a run
+       stopped by time or patience still gets its final checkpoint);
+    5. checkpoints (they carry the epoch's metrics), then Ctrl-C/SIGTERM, which saves with them;
+    6. trackers (ClearML, TensorBoard: they read the metrics above);
+    7. the caller's ``hooks(trainer, state)``;
+    8. last, the stop agreement of several processes.
+    """
+    trainer, data = parts.trainer, parts.data
+    scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
+                                    len(data.train_loader), **lr_scheduler.schedule_options(cfg))
+    if data.val_loader is not None and is_classifying(parts.criterion):
+        holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
+                       every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,
+                       channels_last=cfg.channels_last)
+    if data.lfw_dir is not None:  # the built-in pairs set by default, --lfw for real LFW
+        lfw.attach(trainer, parts.model, data.lfw_dir, run.device, cfg.image_size,
+                   pairs_file=data.lfw_pairs, batch_size=cfg.lfw_batch_size,
+                   every_epochs=cfg.lfw_validation_epoch_interval,
+                   every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
+                   skip_missing=cfg.lfw_skip_missing, output_dir=run.output_dir,
+                   num_workers=cfg.num_workers, amp=cfg.amp, channels_last=cfg.channels_last)
+    progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
+    best_by = "lfw_accuracy" if data.lfw_dir is not None else "val_accuracy"
+    checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
+    control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
+                   score_name=best_by,
+                   last_checkpoint=lambda: checkpoints[0].last_checkpoint if checkpoints else None)
+    state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
+                          data, cfg, scaler=parts.scaler)
+    checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
+                                         save_interval=cfg.save_interval, best_by=best_by))
+    stop = interrupt.attach(trainer, checkpoints[0].save_now)
+    attached = Attached(state, scheduler, checkpoints[0], stop)
+    tags = [cfg.model, type(parts.criterion).__name__]
+    tracker = clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=name,
+                             tags=tags, hparams=vars(cfg), log_interval=cfg.log_interval,
+                             optimizers=parts.optimizers,
+                             best_checkpoint=lambda: attached.checkpoints.best_checkpoint,
+                             upload_model=cfg.clearml_upload_model)
+    if tracker is not None:
+        attached.trackers.append(tracker)
+    if cfg.tensorboard:  # one sub-folder per run: tensorboard --logdir DIR compares them
+        tb_dir = os.path.join(cfg.tensorboard, os.path.basename(run.output_dir))
+        tb = tensorboard.attach(trainer, tb_dir, log_interval=cfg.log_interval,
+                                optimizers=parts.optimizers, hparams=vars(cfg))
+        if tb is not None:
+            attached.trackers.append(tb)
+    for hook in hooks:
+        hook(trainer, state)
+    stop_together(trainer)
+    return attached
+
+
+def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_center",
+             criterion_factory: CriterionFactory = LOSSES["center"],
+             result: dict | None = None, hooks: Sequence[Hook] = ()) -> dict:
+    """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
+    the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own."""
+    with session(cfg, name, run_dir=run_folder(cfg, name)) as run:
+        resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
+        parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
+        attached = attach_handlers(parts, cfg, run, name, hooks)
+        try:
+            resume.restore(attached.state)
+            parts.trainer.run(parts.data.train_loader, max_epochs=cfg.epochs)
+        finally:  # a NaN stop, an interrupt or an error skips COMPLETED: close them here
+            attached.close_trackers()
+        metrics = dict(parts.trainer.state.metrics)
+        if result is not None:
+            result.update(metrics)
+        return metrics
+
+
+@exits_on_error
+def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss: str = "center",
+         criterion_factory: CriterionFactory | None = None, hooks: Sequence[Hook] = (),
+         description: str | None = None, **defaults: Any) -> dict:
+    """Parse ``argv`` (with ``loss``'s defaults from ``LOSS_DEFAULTS``, then ``defaults``) and
+    train in this process, in each process torchrun/srun started, or in ``--nproc_per_node``
+    processes spawned here (Ignite's ``idist.Parallel``).  ``criterion_factory(cfg,
+    num_classes)`` replaces ``LOSSES[loss]``.  Returns the final metrics; empty when the
+    processes were spawned here (their results are in ``run.log`` and the checkpoints)."""
+    cfg = parse_args(argv, description, **{**LOSS_DEFAULTS[loss], **defaults})
+    factory = criterion_factory or LOSSES[loss]
+    result: dict = {}
+    with parallel(cfg) as launcher:
+        launcher.run(training, cfg, name, factory, result, tuple(hooks))
+    return result
