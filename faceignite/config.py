@@ -67,6 +67,10 @@ def fraction(v: Any) -> str | None:
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def rate(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
 def all_non_negative(v: Any) -> str | None:
     return None if all(x >= 0 for x in v) else "must not be negative"
 
@@ -207,6 +211,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--images_per_identity",), "loss", "P x K batches: images per identity; setting it "
            "turns P x K batches on", None, type=int, metavar="K",
            default_text="off, plain shuffled batches"),
+    Option(("--partial_fc",), "loss", "Partial FC: shard the classifier and the centres over the "
+           "processes (center, ArcFace, CosFace losses)", False, action="store_true"),
+    Option(("--sample_rate",), "loss", "With --partial_fc: share of the classes each training "
+           "step uses (every class of the batch plus random others)", 1.0, type=float,
+           check=rate),
     # runtime
     Option(("--seed",), "runtime", "Random seed", 0, type=int),
     Option(("--device",), "runtime", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",

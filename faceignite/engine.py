@@ -59,17 +59,23 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     plain_criterion = unwrap(criterion)  # DDP hides the criterion's own methods
     adjust = plain_criterion if isinstance(plain_criterion, AdjustsGradients) else None
     distributed = idist.get_world_size() > 1
+    # Partial FC: every process calls the criterion every step (it all-gathers), rows or not
+    collective = bool(getattr(plain_criterion, "collective", False))
 
     def step(engine: Engine, batch) -> dict[str, torch.Tensor]:
         images, labels, skipped = batch
-        if labels.numel() == 0:  # every image of the batch failed to decode
+        if labels.numel() == 0 and not collective:  # every image of the batch failed to decode
             return {"loss": torch.zeros((), device=device), "batch_size": 0, "skipped": skipped}
         model.train()
         criterion.train()
-        images = prepare_images(images, device, channels_last)
         labels = labels.to(device, non_blocking=True)
         with autocast_context(device, amp):
-            out = criterion(forward(images), labels)
+            if labels.numel() == 0:  # collective: take part with no rows (zero contribution)
+                embeddings = _no_rows(model, device)
+                labels = labels.long()
+            else:
+                embeddings = forward(prepare_images(images, device, channels_last))
+            out = criterion(embeddings, labels)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()
@@ -96,6 +102,11 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     follow_trainer(trainer)  # the sampler keeps the epoch and position a checkpoint saves
 
     return trainer
+
+
+def _no_rows(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """A zero-row embedding batch (0 x ``embedding_dim``) for a collective criterion's step."""
+    return torch.zeros(0, unwrap(model).embedding_dim, device=device, requires_grad=True)
 
 
 STOP_CODES = {False: 0, True: 1, "skip_completed": 2}
@@ -145,4 +156,38 @@ def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.dev
     evaluator = Engine(step)
     for name, metric in (metrics or {}).items():
         metric.attach(evaluator, name)
+    return evaluator
+
+
+def create_sharded_evaluator(model: nn.Module, criterion: nn.Module, device: torch.device,
+                             amp: str = "off", channels_last: bool = False) -> Engine:
+    """The held-out evaluator of a ``collective`` criterion (Partial FC: nobody holds all the
+    logits): each step calls ``criterion.row_statistics`` in every process (the evaluation
+    loaders give every process as many batches; a batch with no image takes part with zero
+    rows).  Metrics ``accuracy`` (share of rows whose own class has the largest logit) and
+    ``loss`` (cross-entropy, nats), each the mean over the rows of all processes, as the
+    ``Accuracy`` and ``Loss`` of :func:`create_evaluator` on the unsharded criterion."""
+    from ignite.metrics import Loss
+
+    @torch.no_grad()
+    def step(engine: Engine, batch):
+        images, labels, _ = batch
+        model.eval()
+        criterion.eval()
+        labels = labels.to(device).long()
+        if labels.numel():
+            with autocast_context(device, amp):
+                embeddings = model(prepare_images(images, device, channels_last))
+        else:
+            embeddings = _no_rows(model, device).detach()
+        loss, correct = criterion.row_statistics(embeddings, labels)
+        return loss, correct, labels
+
+    def mean(values: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+        return values.sum() / max(1, values.numel())  # weighted by the rows (Loss: x len)
+
+    evaluator = Engine(step)
+    Loss(mean, output_transform=lambda o: (o[1], o[2]), device=device).attach(evaluator,
+                                                                             "accuracy")
+    Loss(mean, output_transform=lambda o: (o[0], o[2]), device=device).attach(evaluator, "loss")
     return evaluator

@@ -117,7 +117,8 @@ def auto_modules(model: nn.Module, criterion: nn.Module, device: torch.device,
     broadcast by DDP in each forward: the step copies rank 0's after each optimizer step
     (:func:`broadcast_buffers`).  ``sync_bn``: SyncBatchNorm.  Convert to channels_last
     (:func:`to_channels_last`) before.  Keep using the plain ``model``/``criterion`` for
-    evaluators, optimizers and checkpoints.
+    evaluators, optimizers and checkpoints.  A ``collective`` criterion (Partial FC: its shards
+    differ per process and it does its own all-gathers) is never wrapped.
     """
     if idist.get_world_size() == 1:
         return model, criterion
@@ -125,6 +126,8 @@ def auto_modules(model: nn.Module, criterion: nn.Module, device: torch.device,
     def wrap(module: nn.Module) -> nn.Module:
         if not any(p.requires_grad for p in module.parameters()):
             return module  # e.g. a triplet loss: nothing to all-reduce
+        if getattr(module, "collective", False):
+            return module  # Partial FC: sharded, nothing to all-reduce
         return _ddp(module, device, sync_bn)
 
     return wrap(model), wrap(criterion)

@@ -8,7 +8,7 @@ from ignite.metrics import Accuracy, Loss
 from torch import nn
 from torch.utils.data import DataLoader
 
-from faceignite.engine import create_evaluator
+from faceignite.engine import create_evaluator, create_sharded_evaluator
 from faceignite.losses import Classifying
 from handlers import events
 
@@ -25,9 +25,13 @@ def attach(trainer: Engine, model: nn.Module, criterion: Classifying, loader: Da
     ``ValidationEvents.HOLDOUT_COMPLETED`` on the trainer; returns the evaluator engine.
     """
     events.register(trainer)
-    evaluator = create_evaluator(model, criterion, device,
-                                 {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())},
-                                 amp=amp, channels_last=channels_last)
+    if getattr(criterion, "collective", False):  # --partial_fc: a collective evaluation
+        evaluator = create_sharded_evaluator(model, criterion, device, amp=amp,
+                                             channels_last=channels_last)
+    else:
+        evaluator = create_evaluator(model, criterion, device,
+                                     {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())},
+                                     amp=amp, channels_last=channels_last)
 
     done_at = {"iteration": -1}
 

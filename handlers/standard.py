@@ -84,7 +84,8 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
                                   cfg.weight_decay, cfg.center_loss_lr)
     optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
     # several processes train DDP modules (the criterion too: the classifier and centres get
-    # all-reduced gradients); evaluators and checkpoints use the plain ones
+    # all-reduced gradients; not a --partial_fc one: it is sharded); evaluators and checkpoints
+    # use the plain ones
     ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
     scaler = make_grad_scaler(run.device, cfg.amp)
     trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,

@@ -67,7 +67,15 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def is_sharded(criterion: nn.Module) -> bool:
+    """A criterion whose rows are spread over the processes (Partial FC): checkpoints gather
+    and slice them (``full_state_dict`` / ``load_full_state_dict``)."""
+    return hasattr(unwrap(criterion), "full_state_dict")
+
+
 def num_classes_of(criterion: nn.Module) -> int | None:
+    if is_sharded(criterion):
+        return int(unwrap(criterion).num_classes)
     classifier = getattr(criterion, "classifier", None)
     if isinstance(classifier, nn.Linear):
         return classifier.out_features
@@ -132,8 +140,21 @@ class TrainingState:
                            else self.config.get("batch_size"))  # all processes together
 
     def state_dict(self) -> dict:
+        """The checkpoint.  With a sharded criterion (``--partial_fc``) this is collective (Ignite
+        calls it in every process, rank 0 writes): the full classifier, centres and classifier
+        optimizer state are gathered to rank 0 (``{}`` elsewhere), under the unsharded keys."""
         model = unwrap(self.model)
         opt_model, opt_centers = self.optimizers.get("model"), self.optimizers.get("centers")
+        criterion = unwrap(self.criterion)
+        if is_sharded(criterion):  # both collectives, in every process, in this order
+            criterion_state = criterion.full_state_dict()
+            opt_model_state = criterion.full_optimizer_state_dict(opt_model) if opt_model else None
+            opt_centers_state = (criterion.full_optimizer_state_dict(opt_centers)
+                                 if opt_centers else None)
+        else:
+            criterion_state = criterion.state_dict()
+            opt_model_state = opt_model.state_dict() if opt_model else None
+            opt_centers_state = opt_centers.state_dict() if opt_centers else None
         state = self.trainer.state
         epoch_length = state.epoch_length or 0
         metrics = _metrics(self.trainer)
@@ -146,15 +167,15 @@ class TrainingState:
             "batch_size_training": self.batch_size,
             "model_state_dict": model.state_dict(),
             "model_architecture": getattr(model, "architecture", type(model).__name__),
-            "optimizer_model_state_dict": opt_model.state_dict() if opt_model else None,
-            "optimizer_centerloss_state_dict": opt_centers.state_dict() if opt_centers else None,
+            "optimizer_model_state_dict": opt_model_state,
+            "optimizer_centerloss_state_dict": opt_centers_state,
             "learning_rate_scheduler_state_dict": (self.lr_scheduler.state_dict()
                                                    if self.lr_scheduler is not None else None),
             # what an exact resume needs besides
             "iteration": state.iteration,
             "world_size": self.world_size,
             "optimizer_classes": {k: type(o).__name__ for k, o in self.optimizers.items()},
-            "criterion_state_dict": unwrap(self.criterion).state_dict(),
+            "criterion_state_dict": criterion_state,
             "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else {},
             "trainer_state_dict": dict(self.trainer.state_dict()),
             "sampler_state_dict": self.sampler.state_dict() if self.sampler is not None else None,
@@ -203,11 +224,19 @@ class TrainingState:
     def load_state_dict(self, ckpt: Mapping) -> None:
         self.check(ckpt)
         unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
-        unwrap(self.criterion).load_state_dict(ckpt["criterion_state_dict"])
+        criterion = unwrap(self.criterion)
+        sharded = is_sharded(criterion)  # this process's rows of the full tensors
+        if sharded:
+            criterion.load_full_state_dict(ckpt["criterion_state_dict"])
+        else:
+            criterion.load_state_dict(ckpt["criterion_state_dict"])
         for name, key in (("model", "optimizer_model_state_dict"),
                           ("centers", "optimizer_centerloss_state_dict")):
             if name in self.optimizers and ckpt.get(key) is not None:
-                self.optimizers[name].load_state_dict(ckpt[key])
+                if sharded:
+                    criterion.load_full_optimizer_state_dict(self.optimizers[name], ckpt[key])
+                else:
+                    self.optimizers[name].load_state_dict(ckpt[key])
         if self.lr_scheduler is not None and ckpt.get("learning_rate_scheduler_state_dict"):
             try:
                 self.lr_scheduler.load_state_dict(ckpt["learning_rate_scheduler_state_dict"])

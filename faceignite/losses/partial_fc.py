@@ -165,7 +165,12 @@ class PartialFC(nn.Module):
     ``accuracy`` (0-dim: share of the global batch whose own class has the largest logit among
     the classes of this step), all equal on every process.  No ``logits``: nobody holds them all.
     Construct it after the process group is initialised (inside ``idist.Parallel``).
+
+    ``collective`` (True): every process must call it (training step, :meth:`row_statistics`,
+    :meth:`full_state_dict`) the same number of times, with zero rows when it has none.
     """
+
+    collective = True
 
     def __init__(self, num_classes: int, embedding_dim: int, head: str = "softmax",
                  center_loss_weight: float = 0.01, label_smoothing: float = 0.0,
@@ -290,6 +295,47 @@ class PartialFC(nn.Module):
         target = values.new_zeros(batch)
         target[rows] = values[rows, columns] * scale
         return row_max, target
+
+    @torch.no_grad()
+    def row_statistics(self, embeddings: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out evaluation, collective: for each of this process's rows (any number, zero
+        too), the cross-entropy (nats) of the margin-free logits over every class, as
+        ``nn.CrossEntropyLoss`` on the unsharded heads' ``logits()``, and 1.0 where the own class
+        has the largest logit (else 0.0).  No sampling, no label smoothing; float32."""
+        local = embeddings.detach().float()
+        labels = labels.to(local.device, dtype=torch.long)
+        sizes = [local.shape[0]]
+        features = local
+        if self.world_size > 1:
+            sizes = idist.all_gather(torch.tensor([local.shape[0]], device=local.device)).tolist()
+            features = _all_gather_rows(local, sizes)
+            labels = _all_gather_rows(labels, sizes)
+        if labels.numel():
+            low, high = torch.stack([labels.min(), labels.max()]).tolist()
+            if low < 0 or high >= self.num_classes:
+                raise FaceIgniteError(f"label {low if low < 0 else high} in the batch: the "
+                                      f"criterion has {self.num_classes} classes")
+        owned = (labels >= self.class_start) & (labels < self.class_stop)
+        mine = owned.nonzero().squeeze(1)
+        if self.head == "softmax":
+            logits = F.linear(features, self.classifier.weight.float(),
+                              self.classifier.bias.float())
+        else:
+            logits = self.scale * F.linear(F.normalize(features, dim=1),
+                                           F.normalize(self.weight.float(), dim=1))
+        row_max, target = self._plain_statistics(logits, mine, labels[mine] - self.class_start,
+                                                 1.0)
+        if self.world_size > 1:
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        sums = torch.stack([(logits - row_max[:, None]).exp().sum(dim=1), target])
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        loss = row_max + sums[0].log() - sums[1]
+        correct = (sums[1] >= row_max).float()
+        start = sum(sizes[:self.rank]) if self.world_size > 1 else 0
+        rows = slice(start, start + local.shape[0])
+        return loss[rows], correct[rows]
 
     def _empty(self, local: torch.Tensor) -> dict[str, torch.Tensor]:
         """No image in the whole global batch: zero losses that still reach every parameter."""

@@ -77,5 +77,8 @@ def center_parameters(criterion: object) -> list[nn.Parameter]:
 
 
 def is_classifying(criterion: object) -> bool:
-    """Whether held-out accuracy can be computed with this criterion."""
-    return isinstance(criterion, Classifying)
+    """Whether held-out accuracy can be computed with this criterion: it has ``logits()``, or
+    it is collective with ``row_statistics()`` (Partial FC: evaluated by every process
+    together, see :func:`faceignite.engine.create_sharded_evaluator`)."""
+    return isinstance(criterion, Classifying) or (getattr(criterion, "collective", False)
+                                                  and hasattr(criterion, "row_statistics"))
