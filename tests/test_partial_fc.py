@@ -85,9 +85,11 @@ def equality_checks(rank: int) -> dict:
             out["loss"].backward()
             grads = {k: gather_rows(p.grad, C, chunk_rows=3)  # chunks of 3 rows: 2 gathers
                      for k, p in crit.named_parameters()}
+            crit.eval()  # held-out evaluation: per-row cross-entropy and correctness
+            rows = crit.row_statistics(mine, labels[local_rows(rank, sizes)])
             results[head, sizes, ddp_model] = {
                 "stats": {k: v.detach() for k, v in out.items()},
-                "embedding_grad": mine.grad, "param_grads": grads}
+                "embedding_grad": mine.grad, "param_grads": grads, "rows": rows}
     return results
 
 
@@ -232,6 +234,24 @@ def test_sharded_loss_and_gradients_equal_one_process(two_processes, head):
             close(grads[name], p.grad)
         assert all(g is None for g in ranks[1]["equality"][(head, *case)]["param_grads"]
                    .values())
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_held_out_row_statistics_equal_one_process(two_processes, head):
+    """``row_statistics`` (the --partial_fc held-out evaluation): each process's rows' cross-
+    entropy of the margin-free logits and correctness equal the unsharded ``logits()``'s."""
+    ranks, _, _ = two_processes
+    embeddings, labels = global_batch()
+    logits = reference(head).logits(embeddings).detach()
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    correct = (logits.argmax(1) == labels).float()
+    assert 0 < correct.mean() < 1  # both outcomes occur
+    for sizes, ddp_model in CASES:
+        rows = [r["equality"][head, sizes, ddp_model]["rows"] for r in ranks]
+        for rank, (loss, right) in enumerate(rows):
+            assert loss.shape == (sizes[rank],)
+            close(loss, ce[local_rows(rank, sizes)])
+            assert torch.equal(right, correct[local_rows(rank, sizes)])
 
 
 def test_sampling_keeps_every_positive_and_only_sampled_rows_learn(two_processes):
