@@ -12,11 +12,18 @@ seconds of wall time.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from torch import nn
 
 from common import REPO, SHARED_DATA as DATA
 
@@ -56,7 +63,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6, help="epochs per variant (cosine schedule)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--out", type=str, default=None, help="keep runs here (default: a temp dir)")
+    add_ablation_args(p)
     args = p.parse_args()
+    if args.ablation or args.report:
+        return ablation_main(args)
     if not (DATA / "celeba_subset" / "aligned-160").is_dir() or not (DATA / "lfw").is_dir():
         sys.exit(f"real face data not found under {DATA} (set FACEIGNITE_SHARED_DATA)")
     out = Path(args.out or tempfile.mkdtemp(prefix="faceignite-real-"))
@@ -74,6 +84,210 @@ def main() -> None:
     for name, m in results.items():
         print(f"ROC ({name}): {m['roc']}   wall {m['wall_s']:.0f} s")
 
+
+# --- center-term ablation (issue 16): variants x seeds at an equal budget -------------------
+# Each run trains on the CelebA subset (no trainer-side LFW validation), then embeds every image
+# of the real LFW pairs once (flip TTA) and measures, from the same embeddings: verification
+# with the raw embedding (L2) and with the L2-normalised one (the project's default; cosine on
+# the raw embedding ranks pairs identically), and the held-out compactness (LFW identities are
+# disjoint from CelebA's).  One JSON line per run is appended to --results, so an interrupted
+# ablation resumes where it stopped and the table can be printed at any time (--report).
+
+VARIANTS: dict[str, dict] = {
+    # name: center_loss_weight λ, embedding BatchNorm affine, λ ramp epochs, centre lr α
+    "softmax": dict(weight=0.0),
+    "center": dict(weight=0.01),                       # the recipe's default
+    "center_noaffine": dict(weight=0.01, affine=False),
+    "softmax_noaffine": dict(weight=0.0, affine=False),
+    "center_ramp": dict(weight=0.01, ramp_epochs=2),
+    "center_alpha0.1": dict(weight=0.01, center_lr=0.1),
+    "center_w0.003": dict(weight=0.003),
+    "center_w0.03": dict(weight=0.03),
+}
+ABLATION_KEYS = [  # (column, result key, scale)
+    ("LFW acc %", "norm_accuracy", 100), ("TAR@1e-3 %", "norm_val_far1e-3", 100),
+    ("TAR@1e-2 %", "norm_val_far1e-2", 100), ("AUC", "norm_auc", 1),
+    ("raw-L2 acc %", "raw_accuracy", 100), ("intra/inter (norm)", "ratio_norm", 1),
+    ("intra/inter (raw)", "ratio_raw", 1), ("|f| raw", "feature_norm", 1),
+    ("mean |γ|", "bn_gamma_abs", 1), ("|c|", "center_norm", 1), ("train acc %", "train_accuracy", 100),
+    ("wall s", "wall_s", 1)]
+MAX_PER_IDENTITY = 10  # images per LFW identity in the compactness (George W Bush has 500+)
+
+
+def add_ablation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("center-term ablation (issue 16)")
+    g.add_argument("--ablation", type=str, default=None,
+                   help=f"comma-separated variants to run, of {', '.join(VARIANTS)}")
+    g.add_argument("--seeds", type=str, default="0,1,2", help="comma-separated seeds (ablation)")
+    g.add_argument("--results", type=str, default=None,
+                   help="JSON-lines file of ablation results (appended; runs already in it are "
+                        "skipped); default OUT/ablation.jsonl")
+    g.add_argument("--report", type=str, default=None,
+                   help="print the mean ± std table of this JSON-lines results file and exit")
+    g.add_argument("--ablation_lr", type=float, default=1e-3, help="Adam lr of the ablation runs")
+
+
+class RunProbe:
+    """Trainer hooks of one ablation run: swaps the embedding BatchNorm, ramps λ, keeps the
+    model and criterion to evaluate them after training."""
+
+    def __init__(self, affine: bool = True, ramp_epochs: int = 0):
+        self.affine, self.ramp_epochs = affine, ramp_epochs
+        self.model: nn.Module | None = None
+        self.criterion: nn.Module | None = None
+
+    def __call__(self, trainer, state) -> None:
+        self.model, self.criterion = state.model, state.criterion
+        if not self.affine:  # FaceNet-style bottleneck: BatchNorm without learnable scale/shift
+            old = self.model.embedding[1]
+            self.model.embedding[1] = nn.BatchNorm1d(old.num_features, affine=False)
+        if self.ramp_epochs:
+            target = self.criterion.center_loss_weight
+
+            @trainer.on(Events.ITERATION_STARTED)
+            def ramp(engine) -> None:
+                # linear 0 → λ over ramp_epochs; never exactly 0, so the centres (whose gradient
+                # is divided by the current λ) follow the class means from the start
+                progress = (engine.state.iteration - 1) / (self.ramp_epochs * engine.state.epoch_length)
+                self.criterion.center_loss_weight = target * min(1.0, max(progress, 1e-3))
+
+
+@torch.no_grad()
+def embed_pairs_images(model: nn.Module, paths: list[str], image_size: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, L2-normalised) flip-TTA embeddings of ``paths``: raw = mean of the image's and its
+    mirror's raw embeddings; normalised as the project's evaluator does it."""
+    from faceignite.lfw.evaluator import image_loader
+    model.eval()
+    raw = np.zeros((len(paths), model.embedding_dim), np.float32)
+    norm = np.zeros_like(raw)
+    for images, index, _ in image_loader(paths, image_size, batch_size=256):
+        f = model(torch.cat([images, torch.flip(images, dims=[3])])).float()
+        a, b = f[: len(index)], f[len(index):]
+        raw[index.numpy()] = ((a + b) / 2).numpy()
+        nf = nn.functional.normalize
+        norm[index.numpy()] = nf(nf(a, dim=1) + nf(b, dim=1), dim=1).numpy()
+    return raw, norm
+
+
+def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int) -> dict:
+    """Verification (raw and normalised) and compactness on the real LFW pairs' images, and the
+    scales the hypotheses are about: feature norm, BatchNorm |γ|, centre norm."""
+    from faceignite.compactness import compactness
+    from faceignite.lfw.metrics import evaluate_embeddings
+    from faceignite.lfw.pairs import read_pairs, resolve_images
+    pairs, paths = resolve_images(read_pairs(str(DATA / "lfw" / "pairs.txt")),
+                                  str(DATA / "lfw" / "lfw-mtcnn-160"))
+    raw, norm = embed_pairs_images(model, paths, image_size)
+    out: dict = {}
+    for kind, e in (("raw", raw), ("norm", norm)):
+        out.update(evaluate_embeddings(e, pairs, "l2").metrics(prefix=kind))
+    ident = np.array([os.path.basename(os.path.dirname(p)) for p in paths])
+    keep = np.zeros(len(paths), bool)
+    for name in np.unique(ident):
+        keep[np.flatnonzero(ident == name)[:MAX_PER_IDENTITY]] = True
+    for kind, e in (("raw", raw), ("norm", norm)):
+        c = compactness(e[keep], ident[keep])
+        out.update({f"intra_{kind}": c.intra, f"inter_{kind}": c.inter, f"ratio_{kind}": c.ratio})
+    out["compactness_ids"], out["compactness_images"] = c.num_classes, c.num_images
+    out["feature_norm"] = float(np.linalg.norm(raw, axis=1).mean())
+    bn = model.embedding[1]
+    out["bn_gamma_abs"] = float(bn.weight.abs().mean()) if bn.affine else 1.0
+    out["bn_beta_abs"] = float(bn.bias.abs().mean()) if bn.affine else 0.0
+    if hasattr(criterion, "center_loss"):
+        out["center_norm"] = float(criterion.center_loss.centers.norm(dim=1).mean())
+        out["classifier_norm"] = float(criterion.classifier.weight.norm(dim=1).mean())
+    return out
+
+
+def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """Train one variant at one seed (Adam, cosine, no warm-up) and evaluate it."""
+    v = VARIANTS[variant]
+    probe = RunProbe(affine=v.get("affine", True), ramp_epochs=v.get("ramp_epochs", 0))
+    name = f"{variant}_s{seed}"
+    argv = ["--dataroot", str(DATA / "celeba_subset" / "aligned-160"),
+            "--image_size", str(args.image_size), "--epochs", str(args.epochs),
+            "--batch_size", str(args.batch_size), "--seed", str(seed),
+            "--optimizer", "adam", "--lr", str(args.ablation_lr), "--lr_scheduler", "cosine",
+            "--warmup_epochs", "0", "--valid_split", "0", "--num_workers", "0",
+            "--device", "cpu", "--n_saved", "1", "--log_interval", "1000",
+            "--center_loss_weight", str(v["weight"]),
+            "--center_loss_lr", str(v.get("center_lr", 0.5)),
+            "--clearml", "off", "--output_dir", str(out / name)]
+    started = time.perf_counter()
+    metrics = train(argv, name=f"celeba_{name}", hooks=[probe])
+    trained = time.perf_counter() - started
+    result = {"variant": variant, "seed": seed, **v, "image_size": args.image_size,
+              "epochs": args.epochs, "batch_size": args.batch_size, "train_s": trained,
+              "train_accuracy": metrics.get("train_accuracy")}
+    result.update(evaluate_run(probe.model, probe.criterion, args.image_size))
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown table: per variant, mean ± std across seeds of each ABLATION_KEYS column."""
+    order = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    head = "| variant | seeds | " + " | ".join(c for c, _, _ in ABLATION_KEYS) + " |"
+    lines = [head, "|" + "---|" * (len(ABLATION_KEYS) + 2)]
+    for v in order:
+        rs = [r for r in rows if r["variant"] == v]
+        cells = []
+        for _, key, scale in ABLATION_KEYS:
+            x = np.array([r[key] for r in rs if r.get(key) is not None], float) * scale
+            cells.append("–" if not len(x) else f"{x.mean():.3g} ± {x.std(ddof=1) if len(x) > 1 else 0:.2g}"
+                         if abs(x.mean()) < 10 else f"{x.mean():.1f} ± {x.std(ddof=1) if len(x) > 1 else 0:.1f}")
+        lines.append(f"| {v} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(rows: list[dict], base: str = "softmax",
+                       keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm")
+                       ) -> str:
+    """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed."""
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    lines = []
+    for v in VARIANTS:
+        seeds = [s for (w, s) in by if w == v and (base, s) in by]
+        if v == base or not seeds:
+            continue
+        parts = []
+        for k in keys:
+            d = np.array([by[(v, s)][k] - by[(base, s)][k] for s in seeds])
+            scale = 1 if k.startswith("ratio") else 100
+            parts.append(f"{k} {scale * d.mean():+.3g} ± {scale * (d.std(ddof=1) if len(d) > 1 else 0):.2g}")
+        lines.append(f"{v} − {base} (seeds {','.join(map(str, sorted(seeds)))}): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def ablation_main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(2)
+    if args.report:
+        rows = [json.loads(line) for line in open(args.report) if line.strip()]
+        print(summarize(rows) + "\n\n" + paired_differences(rows))
+        return
+    out = Path(args.out or tempfile.mkdtemp(prefix="faceignite-ablation-"))
+    results = Path(args.results or out / "ablation.jsonl")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["variant"], r["seed"]) for r in
+            (json.loads(line) for line in (results.read_text().splitlines() if results.exists() else [])
+             if line.strip())}
+    variants = args.ablation.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"--ablation: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: every variant per seed
+        for variant in variants:
+            if (variant, seed) in done:
+                continue
+            r = ablation_run(variant, seed, args, out)
+            with open(results, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(f"{variant} seed {seed}: acc {r['norm_accuracy']:.4f} raw {r['raw_accuracy']:.4f} "
+                  f"TAR@1e-3 {r['norm_val_far1e-3']:.4f} ratio {r['ratio_norm']:.3f} "
+                  f"|γ| {r['bn_gamma_abs']:.3f} wall {r['wall_s']:.0f} s", flush=True)
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    print(summarize(rows) + "\n\n" + paired_differences(rows))
 
 if __name__ == "__main__":
     main()
