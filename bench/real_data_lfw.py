@@ -125,6 +125,30 @@ def add_ablation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report", type=str, default=None,
                    help="print the mean ± std table of this JSON-lines results file and exit")
     g.add_argument("--ablation_lr", type=float, default=1e-3, help="Adam lr of the ablation runs")
+    g.add_argument("--ablation_ids", type=int, default=0,
+                   help="train on this many CelebA identities (those with >= --ablation_min_images "
+                        "images, shuffled with seed 0; default 0: all 299)")
+    g.add_argument("--ablation_min_images", type=int, default=19)
+    g.add_argument("--no_flip", action="store_true", help="ablation: LFW without flip TTA")
+    g.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2; on an oversubscribed CPU 1 is ~10x faster)")
+
+
+def identity_subset(count: int, min_images: int, dest: Path) -> Path:
+    """A training root of ``count`` CelebA identities (>= ``min_images`` images each, shuffled
+    with seed 0): per-image symbolic links under ``dest`` (the data is never copied)."""
+    celeba = DATA / "celeba_subset" / "aligned-160"
+    ids = sorted(d for d in os.listdir(celeba) if len(os.listdir(celeba / d)) >= min_images)
+    np.random.default_rng(0).shuffle(ids)
+    if len(ids) < count:
+        sys.exit(f"--ablation_ids {count}: only {len(ids)} identities have >= {min_images} images")
+    root = dest / f"celeba_{count}ids_min{min_images}"
+    for ident in ids[:count]:
+        (root / ident).mkdir(parents=True, exist_ok=True)
+        for f in os.listdir(celeba / ident):
+            if not (root / ident / f).exists():
+                (root / ident / f).symlink_to(celeba / ident / f)
+    return root
 
 
 class RunProbe:
@@ -153,35 +177,38 @@ class RunProbe:
 
 
 @torch.no_grad()
-def embed_pairs_images(model: nn.Module, paths: list[str], image_size: int
+def embed_pairs_images(model: nn.Module, paths: list[str], image_size: int, flip: bool = True
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """(raw, L2-normalised) flip-TTA embeddings of ``paths``: raw = mean of the image's and its
-    mirror's raw embeddings; normalised as the project's evaluator does it."""
+    """(raw, L2-normalised) embeddings of ``paths``; with ``flip`` TTA: raw = mean of the
+    image's and its mirror's raw embeddings, normalised as the project's evaluator does it."""
     from faceignite.lfw.evaluator import image_loader
     model.eval()
     raw = np.zeros((len(paths), model.embedding_dim), np.float32)
     norm = np.zeros_like(raw)
     for images, index, _ in image_loader(paths, image_size, batch_size=256):
-        f = model(torch.cat([images, torch.flip(images, dims=[3])])).float()
-        a, b = f[: len(index)], f[len(index):]
+        f = model(torch.cat([images, torch.flip(images, dims=[3])]) if flip else images).float()
+        a, b = (f[: len(index)], f[len(index):]) if flip else (f, f)
         raw[index.numpy()] = ((a + b) / 2).numpy()
         nf = nn.functional.normalize
         norm[index.numpy()] = nf(nf(a, dim=1) + nf(b, dim=1), dim=1).numpy()
     return raw, norm
 
 
-def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int) -> dict:
+def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: bool = True
+                 ) -> dict:
     """Verification (raw and normalised) and compactness on the real LFW pairs' images, and the
     scales the hypotheses are about: feature norm, BatchNorm |γ|, centre norm."""
     from faceignite.compactness import compactness
-    from faceignite.lfw.metrics import evaluate_embeddings
+    from faceignite.lfw.metrics import evaluate_distances, evaluate_embeddings
     from faceignite.lfw.pairs import read_pairs, resolve_images
     pairs, paths = resolve_images(read_pairs(str(DATA / "lfw" / "pairs.txt")),
                                   str(DATA / "lfw" / "lfw-mtcnn-160"))
-    raw, norm = embed_pairs_images(model, paths, image_size)
+    raw, norm = embed_pairs_images(model, paths, image_size, flip)
     out: dict = {}
-    for kind, e in (("raw", raw), ("norm", norm)):
-        out.update(evaluate_embeddings(e, pairs, "l2").metrics(prefix=kind))
+    # the library's L2 always normalises first; the raw-embedding L2 is computed here
+    out.update(evaluate_embeddings(norm, pairs, "l2").metrics(prefix="norm"))
+    d_raw = np.linalg.norm(raw[pairs.left] - raw[pairs.right], axis=1)
+    out.update(evaluate_distances(d_raw, pairs.issame, pairs.folds, "l2").metrics(prefix="raw"))
     ident = np.array([os.path.basename(os.path.dirname(p)) for p in paths])
     keep = np.zeros(len(paths), bool)
     for name in np.unique(ident):
@@ -192,11 +219,11 @@ def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int) -> dic
     out["compactness_ids"], out["compactness_images"] = c.num_classes, c.num_images
     out["feature_norm"] = float(np.linalg.norm(raw, axis=1).mean())
     bn = model.embedding[1]
-    out["bn_gamma_abs"] = float(bn.weight.abs().mean()) if bn.affine else 1.0
-    out["bn_beta_abs"] = float(bn.bias.abs().mean()) if bn.affine else 0.0
+    out["bn_gamma_abs"] = float(bn.weight.detach().abs().mean()) if bn.affine else 1.0
+    out["bn_beta_abs"] = float(bn.bias.detach().abs().mean()) if bn.affine else 0.0
     if hasattr(criterion, "center_loss"):
-        out["center_norm"] = float(criterion.center_loss.centers.norm(dim=1).mean())
-        out["classifier_norm"] = float(criterion.classifier.weight.norm(dim=1).mean())
+        out["center_norm"] = float(criterion.center_loss.centers.detach().norm(dim=1).mean())
+        out["classifier_norm"] = float(criterion.classifier.weight.detach().norm(dim=1).mean())
     return out
 
 
@@ -205,7 +232,9 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
     v = VARIANTS[variant]
     probe = RunProbe(affine=v.get("affine", True), ramp_epochs=v.get("ramp_epochs", 0))
     name = f"{variant}_s{seed}"
-    argv = ["--dataroot", str(DATA / "celeba_subset" / "aligned-160"),
+    root = (identity_subset(args.ablation_ids, args.ablation_min_images, out) if args.ablation_ids
+            else DATA / "celeba_subset" / "aligned-160")
+    argv = ["--dataroot", str(root),
             "--image_size", str(args.image_size), "--epochs", str(args.epochs),
             "--batch_size", str(args.batch_size), "--seed", str(seed),
             "--optimizer", "adam", "--lr", str(args.ablation_lr), "--lr_scheduler", "cosine",
@@ -218,9 +247,10 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
     metrics = train(argv, name=f"celeba_{name}", hooks=[probe])
     trained = time.perf_counter() - started
     result = {"variant": variant, "seed": seed, **v, "image_size": args.image_size,
+              "train_ids": args.ablation_ids or 299, "flip": not args.no_flip,
               "epochs": args.epochs, "batch_size": args.batch_size, "train_s": trained,
               "train_accuracy": metrics.get("train_accuracy")}
-    result.update(evaluate_run(probe.model, probe.criterion, args.image_size))
+    result.update(evaluate_run(probe.model, probe.criterion, args.image_size, not args.no_flip))
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -261,7 +291,7 @@ def paired_differences(rows: list[dict], base: str = "softmax",
 
 
 def ablation_main(args: argparse.Namespace) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.report:
         rows = [json.loads(line) for line in open(args.report) if line.strip()]
         print(summarize(rows) + "\n\n" + paired_differences(rows))
