@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--out", type=str, default=None, help="keep runs here (default: a temp dir)")
     add_ablation_args(p)
     args = p.parse_args()
-    if args.ablation or args.report:
+    if args.ablation or args.report or args.centre_lag:
         return ablation_main(args)
     if not (DATA / "celeba_subset" / "aligned-160").is_dir() or not (DATA / "lfw").is_dir():
         sys.exit(f"real face data not found under {DATA} (set FACEIGNITE_SHARED_DATA)")
@@ -101,6 +101,9 @@ VARIANTS: dict[str, dict] = {
     "softmax_noaffine": dict(weight=0.0, affine=False),
     "center_ramp": dict(weight=0.01, ramp_epochs=2),
     "center_alpha0.1": dict(weight=0.01, center_lr=0.1),
+    # ours moves a centre by α·2·n_j/B of its gap per step (mean over the batch), Wen et al.'s
+    # by α·n_j/(1+n_j): at B = 32 and n_j ≈ 1, α = 4 is about Wen's α = 0.5
+    "center_alpha4": dict(weight=0.01, center_lr=4.0),
     "center_w0.003": dict(weight=0.003),
     "center_w0.03": dict(weight=0.03),
 }
@@ -108,6 +111,7 @@ ABLATION_KEYS = [  # (column, result key, scale)
     ("LFW acc %", "norm_accuracy", 100), ("TAR@1e-3 %", "norm_val_far1e-3", 100),
     ("TAR@1e-2 %", "norm_val_far1e-2", 100), ("AUC", "norm_auc", 1),
     ("raw-L2 acc %", "raw_accuracy", 100), ("intra/inter (norm)", "ratio_norm", 1),
+    ("CelebA held-out intra/inter", "celeba_ratio", 1), ("CelebA held-out acc %", "celeba_accuracy", 100),
     ("intra/inter (raw)", "ratio_raw", 1), ("|f| raw", "feature_norm", 1),
     ("mean |γ|", "bn_gamma_abs", 1), ("|c|", "center_norm", 1), ("train acc %", "train_accuracy", 100),
     ("wall s", "wall_s", 1)]
@@ -129,26 +133,63 @@ def add_ablation_args(p: argparse.ArgumentParser) -> None:
                    help="train on this many CelebA identities (those with >= --ablation_min_images "
                         "images, shuffled with seed 0; default 0: all 299)")
     g.add_argument("--ablation_min_images", type=int, default=19)
+    g.add_argument("--ablation_held_out", type=int, default=60,
+                   help="with --ablation_ids: the first N shuffled identities are held out "
+                        "(CelebA compactness and pairs), training uses the next --ablation_ids")
     g.add_argument("--no_flip", action="store_true", help="ablation: LFW without flip TTA")
+    g.add_argument("--centre_lag", action="store_true",
+                   help="for every run under --out: centres vs class means (see centre_lag)")
     g.add_argument("--threads", type=int, default=2,
                    help="torch threads (default 2; on an oversubscribed CPU 1 is ~10x faster)")
 
 
-def identity_subset(count: int, min_images: int, dest: Path) -> Path:
-    """A training root of ``count`` CelebA identities (>= ``min_images`` images each, shuffled
-    with seed 0): per-image symbolic links under ``dest`` (the data is never copied)."""
+def shuffled_identities(min_images: int) -> list[str]:
+    """CelebA identities with >= ``min_images`` images, shuffled with seed 0 (the split of
+    tests/test_real_faces.py and tests/test_center_compactness.py)."""
     celeba = DATA / "celeba_subset" / "aligned-160"
     ids = sorted(d for d in os.listdir(celeba) if len(os.listdir(celeba / d)) >= min_images)
     np.random.default_rng(0).shuffle(ids)
-    if len(ids) < count:
+    return ids
+
+
+def identity_subset(count: int, held_out: int, min_images: int, dest: Path) -> Path:
+    """A training root of ``count`` CelebA identities after the first ``held_out`` of
+    :func:`shuffled_identities`: per-image symbolic links under ``dest`` (never copied)."""
+    celeba = DATA / "celeba_subset" / "aligned-160"
+    ids = shuffled_identities(min_images)
+    if len(ids) < held_out + count:
         sys.exit(f"--ablation_ids {count}: only {len(ids)} identities have >= {min_images} images")
-    root = dest / f"celeba_{count}ids_min{min_images}"
-    for ident in ids[:count]:
+    root = dest / f"celeba_{count}ids_after{held_out}_min{min_images}"
+    for ident in ids[held_out:held_out + count]:
         (root / ident).mkdir(parents=True, exist_ok=True)
         for f in os.listdir(celeba / ident):
             if not (root / ident / f).exists():
                 (root / ident / f).symlink_to(celeba / ident / f)
     return root
+
+
+@torch.no_grad()
+def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pairs_dir: Path
+                    ) -> dict:
+    """On CelebA identities not trained on: compactness of every image's L2-normalised embedding
+    and the accuracy on 600 pairs of them (2 folds, no flip), as tests/test_center_compactness.py
+    measures them."""
+    from faceignite.compactness import compactness
+    from faceignite.lfw import create_pairs_evaluator
+    from faceignite.lfw.evaluator import image_loader
+    from faceignite.lfw.make_pairs import make_pairs_set
+    celeba = DATA / "celeba_subset" / "aligned-160"
+    if not (pairs_dir / "pairs.txt").exists():
+        make_pairs_set(str(celeba), str(pairs_dir), identities, folds=2, per_fold=150, seed=0)
+    paths = [str(celeba / i / f) for i in identities for f in sorted(os.listdir(celeba / i))]
+    labels = [os.path.basename(os.path.dirname(p)) for p in paths]
+    model.eval()
+    e = torch.zeros(len(paths), model.embedding_dim)
+    for images, index, _ in image_loader(paths, image_size, batch_size=256):
+        e[index] = model.embed(images)
+    acc = create_pairs_evaluator(model.embed, str(pairs_dir), torch.device("cpu"), image_size).run()
+    return {"celeba_ratio": compactness(e.numpy(), labels).ratio, "celeba_accuracy": acc.accuracy,
+            "celeba_auc": acc.auc}
 
 
 class RunProbe:
@@ -232,8 +273,8 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
     v = VARIANTS[variant]
     probe = RunProbe(affine=v.get("affine", True), ramp_epochs=v.get("ramp_epochs", 0))
     name = f"{variant}_s{seed}"
-    root = (identity_subset(args.ablation_ids, args.ablation_min_images, out) if args.ablation_ids
-            else DATA / "celeba_subset" / "aligned-160")
+    root = (identity_subset(args.ablation_ids, args.ablation_held_out, args.ablation_min_images,
+                            out) if args.ablation_ids else DATA / "celeba_subset" / "aligned-160")
     argv = ["--dataroot", str(root),
             "--image_size", str(args.image_size), "--epochs", str(args.epochs),
             "--batch_size", str(args.batch_size), "--seed", str(seed),
@@ -251,6 +292,9 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
               "epochs": args.epochs, "batch_size": args.batch_size, "train_s": trained,
               "train_accuracy": metrics.get("train_accuracy")}
     result.update(evaluate_run(probe.model, probe.criterion, args.image_size, not args.no_flip))
+    if args.ablation_ids:  # held-out CelebA identities (the real-face test's measurements)
+        held = shuffled_identities(args.ablation_min_images)[:args.ablation_held_out]
+        result.update(celeba_held_out(probe.model, held, args.image_size, out / "celeba_pairs"))
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -272,7 +316,8 @@ def summarize(rows: list[dict]) -> str:
 
 
 def paired_differences(rows: list[dict], base: str = "softmax",
-                       keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm")
+                       keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm",
+                             "celeba_ratio", "celeba_accuracy")
                        ) -> str:
     """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed."""
     by = {(r["variant"], r["seed"]): r for r in rows}
@@ -284,14 +329,54 @@ def paired_differences(rows: list[dict], base: str = "softmax",
         parts = []
         for k in keys:
             d = np.array([by[(v, s)][k] - by[(base, s)][k] for s in seeds])
-            scale = 1 if k.startswith("ratio") else 100
+            scale = 1 if "ratio" in k else 100
             parts.append(f"{k} {scale * d.mean():+.3g} ± {scale * (d.std(ddof=1) if len(d) > 1 else 0):.2g}")
         lines.append(f"{v} − {base} (seeds {','.join(map(str, sorted(seeds)))}): " + "; ".join(parts))
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def centre_lag(run_dir: Path, train_root: Path, image_size: int) -> dict:
+    """Where the trained centres sit against the class means of the training embeddings they
+    stand for (last checkpoint of ``run_dir``, eval mode, raw embeddings, no augmentation):
+    ``lag`` = mean_j ||c_j - mu_j|| over ``spread`` = mean ||f_i - mu_{y_i}||; ``lag`` >> 1 means
+    the center term pulls features towards points far from their class (not towards it)."""
+    from faceignite.checkpoint.files import latest_checkpoint, load_checkpoint
+    from faceignite.lfw.evaluator import image_loader
+    from faceignite.models import build_model
+    ckpt = load_checkpoint(latest_checkpoint(str(run_dir)))
+    model = build_model(ckpt["model_architecture"], ckpt["embedding_dimension"])
+    state = ckpt["model_state_dict"]
+    if "embedding.1.weight" not in state:  # an affine=False run
+        model.embedding[1] = nn.BatchNorm1d(model.embedding_dim, affine=False)
+    model.load_state_dict(state)
+    centers = ckpt["criterion_state_dict"]["center_loss.centers"].double()
+    classes = sorted(os.listdir(train_root))  # the index's label order (checked: train accuracy)
+    paths = [str(train_root / c / f) for c in classes for f in sorted(os.listdir(train_root / c))]
+    labels = torch.tensor([classes.index(os.path.basename(os.path.dirname(p))) for p in paths])
+    model.eval()
+    f = torch.zeros(len(paths), model.embedding_dim, dtype=torch.float64)
+    for images, index, _ in image_loader(paths, image_size, batch_size=256):
+        f[index] = model(images).double()
+    mu = torch.stack([f[labels == j].mean(0) for j in range(len(classes))])
+    w = ckpt["criterion_state_dict"]["classifier.weight"].double()
+    b = ckpt["criterion_state_dict"]["classifier.bias"].double()
+    lag = (centers - mu).norm(dim=1).mean()
+    spread = (f - mu[labels]).norm(dim=1).mean()
+    return {"lag": float(lag), "spread": float(spread), "lag_over_spread": float(lag / spread),
+            "mean_norm": float(mu.norm(dim=1).mean()), "center_norm": float(centers.norm(dim=1).mean()),
+            "cos_center_mean": float(nn.functional.cosine_similarity(centers, mu).mean()),
+            "train_accuracy_eval": float(((f @ w.T + b).argmax(1) == labels).double().mean())}
+
+
 def ablation_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    if args.centre_lag:  # post-hoc, from the runs' last checkpoints under --out
+        out = Path(args.out)
+        root = next(out.glob("celeba_*ids_after*"))
+        for run in sorted(out.glob("*_s*/celeba_*")):
+            print(run.parent.name, json.dumps(centre_lag(run, root, args.image_size)), flush=True)
+        return
     if args.report:
         rows = [json.loads(line) for line in open(args.report) if line.strip()]
         print(summarize(rows) + "\n\n" + paired_differences(rows))
