@@ -1,6 +1,10 @@
 """Real faces: with the default head (Linear → BatchNorm1d) and the short real-face recipe, the
 center term (λ = 0.01) makes identities the network never saw more compact than softmax alone
-(λ = 0) at the same seed and budget, without costing verification accuracy on them."""
+(λ = 0) at the same seed and budget, without costing verification accuracy on real LFW.
+
+The setup is the ablation's (``bench/real_data_lfw.py --ablation softmax,center --ablation_ids 60
+--epochs 4 --image_size 32 --batch_size 32 --no_flip``), which measured it on seeds 0, 1, 2:
+BENCHMARKS.md, "Center-term ablation"."""
 from __future__ import annotations
 
 import os
@@ -12,18 +16,18 @@ import torch
 
 from conftest import REPO, shared_path
 from faceignite.compactness import compactness
-from faceignite.lfw import read_pairs
 from faceignite.lfw.evaluator import image_loader
-from faceignite.lfw.make_pairs import make_pairs_set
 
 sys.path.insert(0, str(REPO / "experiments"))
 from resnet34_center import main as train  # noqa: E402
 
 TRAIN_IDS, HELD_OUT_IDS, MIN_IMAGES = 60, 60, 19
 IMAGE_SIZE, EPOCHS, SEED = 32, 4, 1
-# accuracy may drop by at most this much (fraction): the 3-seed spread of the λ=0.01 − λ=0
-# accuracy difference at this scale is about ±1 point (BENCHMARKS.md, "center-term ablation")
-ACCURACY_TOLERANCE = 0.02
+# Over seeds 0-2 the held-out intra/inter ratio fell by 0.0465 ± 0.0012 with the center term
+# (CelebA) and 0.043 ± 0.006 (LFW), while the LFW accuracy (6,000 pairs, no flip) changed by
+# -0.4 ± 0.9 points: -1.5, 0.0, +0.2.  Allowed drop: 3 points, about 3 standard deviations of
+# that per-seed difference (a real loss of accuracy is still caught).
+ACCURACY_TOLERANCE = 0.03
 
 
 def split_identities(root) -> tuple[list[str], list[str]]:
@@ -50,18 +54,18 @@ def held_out_ratio(model: torch.nn.Module, root, identities: list[str]) -> float
 
 def test_center_term_compacts_unseen_identities_without_losing_accuracy(tmp_path):
     celeba = shared_path("celeba_subset", "aligned-160")
+    lfw = shared_path("lfw", "lfw-mtcnn-160")
+    pairs = shared_path("lfw", "pairs.txt")
     held_out, trained_on = split_identities(celeba)
+    assert not set(held_out) & set(trained_on)
     train_root = tmp_path / "train"
     for ident in trained_on:
         shutil.copytree(celeba / ident, train_root / ident)
-    pairs_file = make_pairs_set(str(celeba), str(tmp_path / "pairs"), held_out, folds=2,
-                                per_fold=150, seed=0)
-    assert len(read_pairs(pairs_file)) == 600
 
     results = {}
     for weight in (0.0, 0.01):
         kept = {}
-        metrics = train(["--dataroot", str(train_root), "--lfw", str(tmp_path / "pairs"),
+        metrics = train(["--dataroot", str(train_root), "--lfw", str(lfw), "--lfw_pairs", str(pairs),
                          "--image_size", str(IMAGE_SIZE), "--epochs", str(EPOCHS),
                          "--seed", str(SEED), "--center_loss_weight", str(weight),
                          "--optimizer", "adam", "--lr", "0.001", "--lr_scheduler", "cosine",
@@ -72,7 +76,7 @@ def test_center_term_compacts_unseen_identities_without_losing_accuracy(tmp_path
                         name=f"celeba_w{weight}", hooks=[lambda _, s: kept.update(model=s.model)])
         ratio = held_out_ratio(kept["model"], celeba, held_out)
         results[weight] = (ratio, metrics["lfw_accuracy"])
-        print(f"λ={weight}: held-out intra/inter {ratio:.4f}, pairs accuracy "
+        print(f"λ={weight}: held-out intra/inter {ratio:.4f}, LFW accuracy "
               f"{metrics['lfw_accuracy']:.4f}, train accuracy {metrics['train_accuracy']:.3f}")
 
     (ratio_soft, acc_soft), (ratio_center, acc_center) = results[0.0], results[0.01]
