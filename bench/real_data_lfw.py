@@ -107,14 +107,14 @@ VARIANTS: dict[str, dict] = {
     "center_w0.003": dict(weight=0.003),
     "center_w0.03": dict(weight=0.03),
 }
-ABLATION_KEYS = [  # (column, result key, scale)
-    ("LFW acc %", "norm_accuracy", 100), ("TAR@1e-3 %", "norm_val_far1e-3", 100),
-    ("TAR@1e-2 %", "norm_val_far1e-2", 100), ("AUC", "norm_auc", 1),
-    ("raw-L2 acc %", "raw_accuracy", 100), ("intra/inter (norm)", "ratio_norm", 1),
-    ("CelebA held-out intra/inter", "celeba_ratio", 1), ("CelebA held-out acc %", "celeba_accuracy", 100),
-    ("intra/inter (raw)", "ratio_raw", 1), ("|f| raw", "feature_norm", 1),
-    ("mean |γ|", "bn_gamma_abs", 1), ("|c|", "center_norm", 1), ("train acc %", "train_accuracy", 100),
-    ("wall s", "wall_s", 1)]
+ABLATION_KEYS = [  # (column, result key, scale, decimals)
+    ("LFW acc %", "norm_accuracy", 100, 1), ("TAR@1e-3 %", "norm_val_far1e-3", 100, 2),
+    ("TAR@1e-2 %", "norm_val_far1e-2", 100, 2), ("AUC", "norm_auc", 1, 3),
+    ("raw-L2 acc %", "raw_accuracy", 100, 1), ("LFW intra/inter", "ratio_norm", 1, 3),
+    ("CelebA held-out intra/inter", "celeba_ratio", 1, 3),
+    ("CelebA held-out acc %", "celeba_accuracy", 100, 1), ("raw intra/inter", "ratio_raw", 1, 3),
+    ("|f| raw", "feature_norm", 1, 2), ("mean |γ|", "bn_gamma_abs", 1, 3), ("|c|", "center_norm", 1, 2),
+    ("train acc %", "train_accuracy", 100, 1), ("wall s", "wall_s", 1, 0)]
 MAX_PER_IDENTITY = 10  # images per LFW identity in the compactness (George W Bush has 500+)
 
 
@@ -302,15 +302,15 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
 def summarize(rows: list[dict]) -> str:
     """Markdown table: per variant, mean ± std across seeds of each ABLATION_KEYS column."""
     order = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-    head = "| variant | seeds | " + " | ".join(c for c, _, _ in ABLATION_KEYS) + " |"
+    head = "| variant | seeds | " + " | ".join(c for c, *_ in ABLATION_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(ABLATION_KEYS) + 2)]
     for v in order:
         rs = [r for r in rows if r["variant"] == v]
         cells = []
-        for _, key, scale in ABLATION_KEYS:
+        for _, key, scale, d in ABLATION_KEYS:
             x = np.array([r[key] for r in rs if r.get(key) is not None], float) * scale
-            cells.append("–" if not len(x) else f"{x.mean():.3g} ± {x.std(ddof=1) if len(x) > 1 else 0:.2g}"
-                         if abs(x.mean()) < 10 else f"{x.mean():.1f} ± {x.std(ddof=1) if len(x) > 1 else 0:.1f}")
+            sd = x.std(ddof=1) if len(x) > 1 else 0.0
+            cells.append(f"{x.mean():.{d}f} ± {sd:.{d}f}" if len(x) else "–")
         lines.append(f"| {v} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
