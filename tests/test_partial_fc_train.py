@@ -153,3 +153,16 @@ def test_options_refuse_what_partial_fc_cannot_do(faces, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(faces, tmp_path, "--sample_rate", "0.5"))
     assert exit_info.value.code == 2
+
+
+def test_arcface_head_in_one_process_is_one_shard(faces, tmp_path, records):
+    """--partial_fc in a single process: one shard holding every class (ArcFace head)."""
+    out = tmp_path / "runs"
+    metrics = main(run_args(faces, out, "--partial_fc", "--epochs", "1"), hooks=[record],
+                   name="resnet34_arcface", loss="arcface")
+    rank0 = load(records / "pfc-rank0.pt")
+    assert rank0["type"] == "PartialFC" and rank0["rows"] == [0, CLASSES]
+    assert math.isfinite(metrics["train_loss"]) and 0.0 <= metrics["val_accuracy"] <= 1.0
+    ckpt = load(next(out.glob("resnet34_arcface-*")) / "training_checkpoint_4.pt")
+    assert ckpt["criterion_state_dict"]["weight"].shape == (CLASSES, DIM)
+    assert ckpt["num_classes"] == CLASSES
