@@ -166,3 +166,31 @@ def test_arcface_head_in_one_process_is_one_shard(faces, tmp_path, records):
     ckpt = load(next(out.glob("resnet34_arcface-*")) / "training_checkpoint_4.pt")
     assert ckpt["criterion_state_dict"]["weight"].shape == (CLASSES, DIM)
     assert ckpt["num_classes"] == CLASSES
+
+
+def test_a_batch_without_images_still_calls_the_collective_criterion():
+    """A step whose images all failed to decode calls a collective criterion with zero rows
+    (in a distributed run the other processes' all-gathers wait for it): its loss is 0, and the
+    next real batch trains as usual."""
+    from faceignite.engine import create_trainer
+    from faceignite.losses import PartialFC
+    from faceignite.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet34", DIM, None)
+    criterion = PartialFC(CLASSES, DIM, "softmax")
+    calls = []
+    criterion.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    optimizers = {"model": torch.optim.SGD(list(model.parameters())
+                                           + criterion.model_parameters(), lr=0.1),
+                  "centers": torch.optim.SGD(criterion.center_parameters(), lr=0.5)}
+    trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
+    empty = (torch.empty(0), torch.empty(0, dtype=torch.long), 4)
+    real = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), 0)
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda e: outputs.append(dict(e.state.output)))
+    trainer.run([empty, real], max_epochs=1)
+    assert calls == [0, 4]
+    assert outputs[0]["loss"] == 0 and outputs[0]["batch_size"] == 0
+    assert outputs[1]["batch_size"] == 4 and outputs[1]["loss"] > 0
