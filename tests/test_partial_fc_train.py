@@ -16,6 +16,8 @@ from faceignite.checkpoint import unwrap
 from handlers.standard import main
 
 CLASSES, DIM = 6, 16
+# 3 epochs of 4 steps at a constant rate: enough for the loss to fall at this scale
+LEARN = ("--epochs", "3", "--lr", "0.01", "--lr_scheduler", "none", "--warmup_epochs", "0")
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +74,22 @@ def records(tmp_path, monkeypatch):
 
 def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, records):
     out = tmp_path / "runs"
-    main(run_args(faces, out, "--partial_fc", "--nproc_per_node", "2", "--backend", "gloo"),
-         hooks=[record])
+    main(run_args(faces, out, "--partial_fc", "--nproc_per_node", "2", "--backend", "gloo",
+                  *LEARN), hooks=[record])
     rank0, rank1 = load(records / "pfc-rank0.pt"), load(records / "pfc-rank1.pt")
     assert rank0["type"] == "PartialFC" and rank0["world_size"] == 2
     assert rank0["rows"] == [0, 3] and rank1["rows"] == [3, 6]  # each holds half the classes
     assert rank0["end"]["classifier.weight"].shape == (3, DIM)
     # the same global metrics in both processes; the training loss falls; held-out evaluated
-    assert rank0["epochs"] == rank1["epochs"] and len(rank0["epochs"]) == 2
-    first, last = rank0["epochs"]
+    assert rank0["epochs"] == rank1["epochs"] and len(rank0["epochs"]) == 3
+    first, last = rank0["epochs"][0], rank0["epochs"][-1]
     assert last["train_loss"] < first["train_loss"]
+    assert last["train_center"] < first["train_center"]  # the sharded centres follow
     assert 0.0 <= last["val_accuracy"] <= 1.0 and math.isfinite(last["val_loss"])
 
     # rank 0 wrote the FULL classifier, centres and classifier momentum: both shards, in order
     run_dir = next(out.glob("resnet34_center-*"))
-    ckpt = load(run_dir / "training_checkpoint_8.pt")
+    ckpt = load(run_dir / "training_checkpoint_12.pt")
     assert ckpt["num_classes"] == CLASSES and ckpt["world_size"] == 2
     state = ckpt["criterion_state_dict"]
     assert sorted(state) == ["center_loss.centers", "classifier.bias", "classifier.weight"]
@@ -98,17 +101,17 @@ def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, re
         [(CLASSES,), (CLASSES, DIM)]
     assert "best_checkpoint" in " ".join(os.listdir(run_dir))  # val_accuracy was computed
 
-    # one plain process (no --partial_fc) goes on from it, at epoch 3, with the same weights
+    # one plain process (no --partial_fc) goes on from it, at epoch 4, with the same weights
     resumed_out = tmp_path / "resumed"
-    metrics = main(run_args(faces, resumed_out, "--epochs", "3", "--resume_path",
-                            str(run_dir / "training_checkpoint_8.pt")), hooks=[record])
+    metrics = main(run_args(faces, resumed_out, *LEARN, "--epochs", "4", "--resume_path",
+                            str(run_dir / "training_checkpoint_12.pt")), hooks=[record])
     plain = load(records / "pfc-rank0.pt")
     assert plain["type"] == "SoftmaxCenterLoss" and plain["world_size"] == 1
-    assert plain["start_iteration"] == 8 and plain["iteration"] == 12
+    assert plain["start_iteration"] == 12 and plain["iteration"] == 16
     for key in state:
         assert torch.equal(plain["start"][key], state[key]), key
     assert math.isfinite(metrics["train_loss"]) and "val_accuracy" in metrics
-    assert load(run_dir / "training_checkpoint_12.pt")["world_size"] == 1
+    assert load(run_dir / "training_checkpoint_16.pt")["world_size"] == 1
 
 
 def test_one_plain_process_resumes_in_two_sharded_with_sampling(faces, tmp_path, records):
