@@ -119,6 +119,9 @@ class TrainingState:
     processes together (``batch_size_training``), so a checkpoint resumes with any number of
     processes, mid-epoch too: iterations are global (see ``build_face_data``), and the
     sampler's position counts the samples of all processes, so each process skips its share.
+    A sharded criterion (``--partial_fc``) is saved whole (gathered to rank 0 inside
+    :meth:`state_dict`, which every process calls) and loaded as each process's rows, so its
+    checkpoints resume with or without ``--partial_fc``.
     """
 
     def __init__(self, trainer: Engine, model: nn.Module, criterion: nn.Module,
