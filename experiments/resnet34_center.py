@@ -45,7 +45,8 @@ def training(local_rank: int, cfg, name: str = "resnet34_center", criterion_fact
         data = build_face_data(cfg, val_indices=resume.val_indices,
                                num_replicas=run.world_size, rank=run.rank)
         # model and losses
-        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
+        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
+                            image_size=cfg.image_size).to(run.device)
         criterion = criterion_factory(cfg, data.num_classes).to(run.device)
         optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                       cfg.weight_decay, cfg.center_loss_lr)

@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-ARCHITECTURES = ("resnet34", "resnet50", "resnet101")
+from faceignite.models.registry import ARCHITECTURES  # the one list lives with the models
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential")
 
 

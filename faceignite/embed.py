@@ -27,7 +27,7 @@ from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
-from faceignite.models import EmbeddingNet
+from faceignite.models import EmbeddingModel
 
 logger = logging.getLogger("faceignite")
 DEFAULT_IMAGE_SIZE = 160
@@ -41,7 +41,7 @@ def _is_export(path: str) -> bool:
 
 
 def load_inference_model(path: str, device: str | torch.device = "cpu"
-                         ) -> tuple[EmbeddingNet, dict[str, Any]]:
+                         ) -> tuple[EmbeddingModel, dict[str, Any]]:
     """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
     latest) or a folder written by ``python -m faceignite.export``.
 
@@ -77,7 +77,7 @@ def images_to_embed(root: str) -> list[str]:
     return found
 
 
-def embed_images(model: EmbeddingNet, paths: Sequence[str], image_size: int,
+def embed_images(model: EmbeddingModel, paths: Sequence[str], image_size: int,
                  device: str | torch.device = "cpu", batch_size: int = 64, flip: bool = False,
                  num_workers: int = 0) -> tuple[np.ndarray, list[int]]:
     """``(embeddings, rows)``: L2-normalised float32 embeddings of the images that decode, and
