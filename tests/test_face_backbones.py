@@ -53,6 +53,21 @@ def test_forward_and_backward_at_112(architecture):
     assert torch.allclose(unit.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_mobilefacenet_has_the_layers_of_a_published_checkpoint():
+    """The external MobileFaceNet (LFW 99.30 %, 112x96 input) holds the same 333 tensors in the
+    same order; only its global depthwise kernel is 7x6 (for 96 px wide input, ours 7x7) and its
+    last 1x1 convolution is our Linear (same numbers)."""
+    ckpt = shared_path("pretrained", "mobilefacenet_xiaoccer", "068.ckpt")
+    theirs = torch.load(ckpt, map_location="cpu", weights_only=True)["net_state_dict"]
+    ours = build_model("mobilefacenet", 128).state_dict()
+    assert len(theirs) == len(ours)
+    differ = [(a, b) for (a, ta), (b, tb) in zip(theirs.items(), ours.items())
+              if ta.shape != tb.shape]
+    assert [(a, tuple(theirs[a].shape), tuple(ours[b].shape)) for a, b in differ] == [
+        ("linear7.conv.weight", (512, 1, 7, 6), (512, 1, 7, 7)),
+        ("linear1.conv.weight", (128, 512, 1, 1), (128, 512))]
+
+
 def test_iresnet100_runs_one_image():
     model = build_model("iresnet100", 512).eval()
     with torch.no_grad():
