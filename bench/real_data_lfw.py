@@ -37,6 +37,7 @@ ROWS = [("LFW accuracy", "lfw_accuracy", 100), ("± std", "lfw_accuracy_std", 10
         ("TAR @ FAR=1e-3", "lfw_val_far1e-3", 100), ("TAR @ FAR=1e-2", "lfw_val_far1e-2", 100),
         ("AUC", "lfw_auc", 1), ("EER", "lfw_eer", 100), ("threshold (L2)", "lfw_threshold", 1),
         ("held-out accuracy", "val_accuracy", 100), ("epochs done", "epochs", 1),
+        ("iterations done", "iterations", 1),
         ("train images/s", "train_images_per_s", 1), ("LFW images/s", "lfw_images_per_s", 1),
         ("wall s", "wall_s", 1)]
 VARIANTS = {"center": 0.01, "softmax": 0.0}
@@ -61,7 +62,12 @@ def run_variant(name: str, weight: float, args: argparse.Namespace, out: Path) -
     log = (run_dir / "run.log").read_text()
     metrics["epochs"] = len(re.findall(r" epoch \d+/\d+ \| loss", log))
     rates = re.findall(r"([\d.]+) img/s", log)  # the last epoch or iteration line: training rate
-    metrics["train_images_per_s"] = float(rates[-1]) if rates else float("nan")
+    iterations = re.findall(r"iteration (\d+)", log)
+    metrics["iterations"] = int(iterations[-1]) if iterations else 0
+    if rates:
+        metrics["train_images_per_s"] = float(rates[-1])
+    elif args.budget and metrics["iterations"]:  # stopped by the budget before any log line
+        metrics["train_images_per_s"] = metrics["iterations"] * args.batch_size / args.budget
     lfw_pass = re.findall(r"(\d+) pairs in ([\d.]+) s", log)
     if lfw_pass:  # unique images of the pairs, each embedded once (twice with flip TTA)
         metrics["lfw_images_per_s"] = lfw_images(args.lfw_pairs) / float(lfw_pass[-1][1])
