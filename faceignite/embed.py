@@ -61,7 +61,8 @@ def load_inference_model(path: str, device: str | torch.device = "cpu"
             "distance": saved.get("distance") or "l2", "flip": bool(saved.get("lfw_flip", False))}
     threshold = info["lfw_threshold"]
     info["lfw_threshold"] = None if threshold is None else float(threshold)
-    info["image_size"] = int(info["image_size"] or DEFAULT_IMAGE_SIZE)
+    info["image_size"] = int(info["image_size"] or getattr(model, "input_size", None)
+                             or DEFAULT_IMAGE_SIZE)
     info["source"] = path
     return model, info
 
