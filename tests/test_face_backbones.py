@@ -149,7 +149,7 @@ def test_onnx_export_of_mobilefacenet_matches_pytorch(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real faces
-TRAIN_IDS, HELD_OUT_IDS, MIN_IMAGES, EPOCHS, SEED = 20, 30, 19, 4, 1
+TRAIN_IDS, PER_ID, HELD_OUT_IDS, MIN_IMAGES, EPOCHS, SEED = 12, 16, 30, 19, 4, 1
 
 
 def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
@@ -165,10 +165,12 @@ def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
     np.random.default_rng(0).shuffle(ids)
     held_out, trained_on = ids[:HELD_OUT_IDS], ids[HELD_OUT_IDS:HELD_OUT_IDS + TRAIN_IDS]
     for ident in trained_on:
-        shutil.copytree(celeba / ident, tmp_path / "train" / ident)
+        (tmp_path / "train" / ident).mkdir(parents=True)
+        for name in sorted(os.listdir(celeba / ident))[:PER_ID]:
+            shutil.copy(celeba / ident / name, tmp_path / "train" / ident / name)
     pairs_file = make_pairs_set(str(celeba), str(tmp_path / "pairs"), held_out, folds=2,
-                                per_fold=60, seed=0)
-    assert len(read_pairs(pairs_file)) == 240
+                                per_fold=40, seed=0)
+    assert len(read_pairs(pairs_file)) == 160
 
     torch.manual_seed(SEED)
     untrained = build_model("mobilefacenet", 128).eval()
@@ -177,11 +179,14 @@ def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
     metrics = train(["--dataroot", str(tmp_path / "train"), "--lfw", str(tmp_path / "pairs"),
                      "--model", "mobilefacenet", "--embedding_dim", "128", "--image_size", "112",
                      "--epochs", str(EPOCHS), "--seed", str(SEED), "--optimizer", "adam",
-                     "--lr", "0.002", "--lr_scheduler", "cosine", "--warmup_epochs", "0",
-                     "--batch_size", "32", "--valid_split", "0",
+                     "--lr", "0.001", "--lr_scheduler", "cosine", "--warmup_epochs", "0",
+                     "--batch_size", "16", "--valid_split", "0", "--weight_decay", "0",
                      "--lfw_validation_epoch_interval", str(EPOCHS), "--num_workers", "0",
                      "--device", "cpu", "--clearml", "off", "--output_dir", str(tmp_path / "runs")],
                     name="celeba_mobilefacenet")
+    # batches of 16 (48 steps, not 24 of 32), a gentle lr and no weight decay (with Adam it
+    # shrinks BN-scaled weights by ~lr per step): BatchNorm's running statistics, which
+    # evaluation uses, must catch up with the batch statistics training used
     print(f"untrained: {before.summary()}\ntrained:   accuracy {metrics['lfw_accuracy']:.4f} "
           f"AUC {metrics['lfw_auc']:.4f}")
     assert metrics["train_accuracy"] > 3 / TRAIN_IDS  # it fits the training identities

@@ -51,10 +51,14 @@ def conv_bn(inp: int, out: int, kernel: int = 1, stride: int = 1, groups: int = 
 
 
 def init_weights(module: nn.Module) -> None:
-    """He-normal (fan out) convolutions and linears, BatchNorm weight 1 and bias 0."""
+    """He-normal convolutions and linears (fan out; depthwise convolutions fan in: PyTorch's fan
+    out of a depthwise kernel counts every channel, which would make its weights ~20x too small),
+    BatchNorm weight 1 and bias 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
+            nn.init.kaiming_normal_(m.weight, mode="fan_in" if depthwise else "fan_out",
+                                    nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
