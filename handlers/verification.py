@@ -1,7 +1,7 @@
 """Verification during training on one or more targets (``--lfw``, ``--val_targets``: insightface
 ``.bin`` files or LFW-format folders), each with its own metrics, log line and ROC PNG.
 
-    specs = targets_for_run(cfg, data)                   # --lfw (or the built-in set), --val_targets
+    specs = targets_for_run(cfg, data)       # --lfw (or the built-in set), then --val_targets
     verification.attach(trainer, model, [s.load() for s in specs], device, image_size=112, ...)
 """
 from __future__ import annotations

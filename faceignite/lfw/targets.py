@@ -154,7 +154,8 @@ class TargetSpec:
         return replace(load_target(path, self.pairs_file, self.skip_missing), name=self.name)
 
 
-def plan_targets(val_targets: Sequence[str] | None, lfw: tuple[str | None, str | None] | None = None,
+def plan_targets(val_targets: Sequence[str] | None,
+                 lfw: tuple[str | None, str | None] | None = None,
                  skip_missing: bool = False) -> list[TargetSpec]:
     """The targets of ``--lfw`` (``lfw = (folder, pairs file)``, named ``lfw``) then of
     ``--val_targets``, checked without reading them: each path exists and is a ``.bin`` file or
