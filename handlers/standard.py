@@ -35,8 +35,8 @@ from faceignite.models import build_model
 from faceignite.optim import build_optimizers
 from faceignite.run import Run, parallel, run_folder, session
 from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
-from handlers import (checkpoint, clearml, control, holdout, interrupt, lfw, lr_scheduler,
-                      progress, tensorboard)
+from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
+                      progress, tensorboard, verification)
 
 Hook = Callable[[Engine, TrainingState], None]
 
@@ -76,7 +76,8 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     """Data (each process loads its share), model, criterion, optimizers, GradScaler, trainer."""
     data = build_face_data(cfg, val_indices=val_indices, num_replicas=run.world_size,
                            rank=run.rank)
-    model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
+    model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
+                        image_size=cfg.image_size).to(run.device)
     if cfg.channels_last:  # once, before DDP builds its gradient buckets
         to_channels_last(model)
     criterion = criterion_factory(cfg, data.num_classes).to(run.device)
@@ -99,7 +100,8 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     works (Ignite runs the handlers of one event in the order they were added):
 
     1. LR schedule (``ITERATION_STARTED``);
-    2. validations — held-out (classifying losses only), LFW — which write their metrics;
+    2. validations — held-out (classifying losses only), verification (``--lfw``, each
+       ``--val_targets``) — which write their metrics;
     3. progress: the epoch line and ``train_*`` metrics;
     4. run control: NaN guard, ``--max_time``, ``--early_stopping`` (before checkpoints: a run
        stopped by time or patience still gets its final checkpoint);
@@ -115,23 +117,29 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
         holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
                        every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,
                        channels_last=cfg.channels_last)
-    if data.lfw_dir is not None:  # the built-in pairs set by default, --lfw for real LFW
-        lfw.attach(trainer, parts.model, data.lfw_dir, run.device, cfg.image_size,
-                   pairs_file=data.lfw_pairs, batch_size=cfg.lfw_batch_size,
-                   every_epochs=cfg.lfw_validation_epoch_interval,
-                   every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
-                   skip_missing=cfg.lfw_skip_missing, output_dir=run.output_dir,
-                   num_workers=cfg.num_workers, amp=cfg.amp, channels_last=cfg.channels_last)
+    # --lfw (the built-in pairs set by default), then each --val_targets
+    targets = verification.targets_for_run(cfg, data)
+    if targets:
+        verification.attach(trainer, parts.model, [t.load() for t in targets], run.device,
+                            cfg.image_size, batch_size=cfg.lfw_batch_size,
+                            every_epochs=cfg.lfw_validation_epoch_interval,
+                            every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
+                            distance=cfg.distance, output_dir=run.output_dir,
+                            num_workers=cfg.num_workers, amp=cfg.amp,
+                            channels_last=cfg.channels_last)
     progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
-    best_by = "lfw_accuracy" if data.lfw_dir is not None else "val_accuracy"
+    best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+    best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+                  else events.ValidationEvents.HOLDOUT_COMPLETED)
     checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
     control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
-                   score_name=best_by,
+                   score_name=best_by, score_event=best_event,
                    last_checkpoint=lambda: checkpoints[0].last_checkpoint if checkpoints else None)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
-                                         save_interval=cfg.save_interval, best_by=best_by))
+                                         save_interval=cfg.save_interval, best_by=best_by,
+                                         best_event=best_event))
     stop = interrupt.attach(trainer, checkpoints[0].save_now)
     attached = Attached(state, scheduler, checkpoints[0], stop)
     tags = [cfg.model, type(parts.criterion).__name__]
@@ -184,6 +192,7 @@ def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss:
     num_classes)`` replaces ``LOSSES[loss]``.  Returns the final metrics; empty when the
     processes were spawned here (their results are in ``run.log`` and the checkpoints)."""
     cfg = parse_args(argv, description, **{**LOSS_DEFAULTS[loss], **defaults})
+    verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
     factory = criterion_factory or LOSSES[loss]
     result: dict = {}
     with parallel(cfg) as launcher:
