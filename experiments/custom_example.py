@@ -20,7 +20,8 @@ from faceignite.cli import exits_on_error
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
 from faceignite.engine import create_trainer, stop_together
-from faceignite.losses import SoftmaxCenterLoss, is_classifying
+from faceignite.losses import is_classifying
+from faceignite.losses.factory import center_loss
 from faceignite.models import build_model
 from faceignite.optim import build_optimizers
 from faceignite.run import parallel, run_folder, session
@@ -38,11 +39,11 @@ def training(local_rank: int, cfg, result: dict) -> None:
         resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
         data = build_face_data(cfg, val_indices=resume.val_indices,
                                num_replicas=run.world_size, rank=run.rank)
-        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
+        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
+                            image_size=cfg.image_size).to(run.device)
         if cfg.channels_last:
             to_channels_last(model)
-        criterion = SoftmaxCenterLoss(data.num_classes, cfg.embedding_dim,
-                                      cfg.center_loss_weight, cfg.label_smoothing).to(run.device)
+        criterion = center_loss(cfg, data.num_classes).to(run.device)  # --partial_fc: sharded
         optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                       cfg.weight_decay, cfg.center_loss_lr)
         optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}

@@ -35,8 +35,8 @@ def partial_fc(cfg: argparse.Namespace, num_classes: int, head: str) -> PartialF
 
 def center_loss(cfg: argparse.Namespace, num_classes: int) -> SoftmaxCenterLoss | PartialFC:
     """Softmax cross-entropy + ``--center_loss_weight`` x center loss (the default)."""
-    return partial_fc(cfg, num_classes, "softmax") or SoftmaxCenterLoss(num_classes, cfg.embedding_dim, cfg.center_loss_weight,
-                             cfg.label_smoothing)
+    return partial_fc(cfg, num_classes, "softmax") or SoftmaxCenterLoss(
+        num_classes, cfg.embedding_dim, cfg.center_loss_weight, cfg.label_smoothing)
 
 
 def triplet_loss(cfg: argparse.Namespace, num_classes: int) -> TripletLoss:
@@ -48,11 +48,13 @@ def triplet_loss(cfg: argparse.Namespace, num_classes: int) -> TripletLoss:
 
 
 def arcface(cfg: argparse.Namespace, num_classes: int) -> ArcFace | PartialFC:
-    return partial_fc(cfg, num_classes, "arcface") or ArcFace(num_classes, cfg.embedding_dim, cfg.scale, cfg.margin)
+    return partial_fc(cfg, num_classes, "arcface") or ArcFace(num_classes, cfg.embedding_dim,
+                                                              cfg.scale, cfg.margin)
 
 
 def cosface(cfg: argparse.Namespace, num_classes: int) -> CosFace | PartialFC:
-    return partial_fc(cfg, num_classes, "cosface") or CosFace(num_classes, cfg.embedding_dim, cfg.scale, cfg.margin)
+    return partial_fc(cfg, num_classes, "cosface") or CosFace(num_classes, cfg.embedding_dim,
+                                                              cfg.scale, cfg.margin)
 
 
 LOSSES: dict[str, CriterionFactory] = {"center": center_loss, "triplet": triplet_loss,
