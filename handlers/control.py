@@ -79,11 +79,13 @@ class TerminateOnNanLoss(TerminateOnNan):
         output = engine.state.output if isinstance(engine.state.output, dict) else {}
         names = sorted(self.host_bad | {k for k, v in self.bad.items() if bool(v)})
         losses = ", ".join(f"{k}={float(output[k]):.4g}" if k in output else k for k in names)
+        if elsewhere:
+            losses = "in another process"
         checkpoint = self.last_checkpoint()
         where = f"resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
         logger.error("loss went NaN: %s at or before epoch %d iteration %d (after iteration %d, "
                      "the last check); stopped without saving (try a lower --lr or --amp off); %s",
-                     losses or "in another process", engine.state.epoch, engine.state.iteration,
+                     losses or "a loss", engine.state.epoch, engine.state.iteration,
                      self.clean_at, where)
         engine.terminate(skip_completed=True)
 

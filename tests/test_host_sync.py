@@ -55,8 +55,9 @@ class ReadCounter:
                 self.counting = True
 
         trainer._process_function = counted_step
-        trainer.add_event_handler(Events.GET_BATCH_STARTED, lambda _: setattr(self, "counting", False))
-        trainer.add_event_handler(Events.GET_BATCH_COMPLETED, lambda _: setattr(self, "counting", True))
+        loading, loaded = Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED
+        trainer.add_event_handler(loading, lambda _: setattr(self, "counting", False))
+        trainer.add_event_handler(loaded, lambda _: setattr(self, "counting", True))
         trainer.add_event_handler(Events.ITERATION_COMPLETED,
                                   lambda _: self.sigterm.add(signal.getsignal(signal.SIGTERM)))
 
