@@ -72,7 +72,7 @@ def main(argv=None):
 
     from faceignite.runtime import resolve_device
     from faceignite.lfw import create_pairs_evaluator, evaluate_embeddings
-    from faceignite.models import EmbeddingNet
+    from faceignite.models import build_model
 
     print_header("bench_lfw", args)
     if not (os.path.isdir(args.lfw) and os.path.isfile(args.lfw_pairs)):
@@ -81,7 +81,7 @@ def main(argv=None):
     set_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = EmbeddingNet(args.model, 128).to(device).eval()
+    model = build_model(args.model, 128, image_size=args.image_size).to(device).eval()
     evaluator = create_pairs_evaluator(model, args.lfw, device, args.image_size, args.lfw_pairs,
                                        args.batch_size, args.flip, num_workers=args.num_workers,
                                        amp=args.amp)

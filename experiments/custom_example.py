@@ -25,8 +25,8 @@ from faceignite.models import build_model
 from faceignite.optim import build_optimizers
 from faceignite.run import parallel, run_folder, session
 from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
-from handlers import (checkpoint, clearml, control, holdout, interrupt, lfw, lr_scheduler,
-                      progress, tensorboard)
+from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
+                      progress, tensorboard, verification)
 
 NAME = "custom_example"
 DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experiment's own
@@ -60,22 +60,27 @@ def training(local_rank: int, cfg, result: dict) -> None:
             holdout.attach(trainer, model, criterion, data.val_loader, run.device,
                            every_iterations=cfg.val_interval, amp=cfg.amp,
                            channels_last=cfg.channels_last)
-        if data.lfw_dir is not None:
-            lfw.attach(trainer, model, data.lfw_dir, run.device, cfg.image_size,
-                       pairs_file=data.lfw_pairs, batch_size=cfg.lfw_batch_size,
-                       every_epochs=cfg.lfw_validation_epoch_interval,
-                       every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
-                       distance=cfg.distance, skip_missing=cfg.lfw_skip_missing,
-                       output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
-                       channels_last=cfg.channels_last)
+        targets = verification.targets_for_run(cfg, data)  # --lfw (or built-in), --val_targets
+        if targets:
+            verification.attach(trainer, model, [t.load() for t in targets], run.device,
+                                cfg.image_size, batch_size=cfg.lfw_batch_size,
+                                every_epochs=cfg.lfw_validation_epoch_interval,
+                                every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
+                                distance=cfg.distance, output_dir=run.output_dir,
+                                num_workers=cfg.num_workers, amp=cfg.amp,
+                                channels_last=cfg.channels_last)
         progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
-        best_by = "lfw_accuracy" if data.lfw_dir is not None else "val_accuracy"
+        best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+        best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+                      else events.ValidationEvents.HOLDOUT_COMPLETED)
         control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
-                       score_name=best_by, last_checkpoint=lambda: saved.last_checkpoint)
+                       score_name=best_by, score_event=best_event,
+                       last_checkpoint=lambda: saved.last_checkpoint)
         state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
                               scaler=scaler)
         saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
-                                  save_interval=cfg.save_interval, best_by=best_by)
+                                  save_interval=cfg.save_interval, best_by=best_by,
+                                  best_event=best_event)
         interrupt.attach(trainer, saved.save_now)
         trackers = [clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=NAME,
                                    hparams=vars(cfg), log_interval=cfg.log_interval,
@@ -103,6 +108,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
 @exits_on_error
 def main(argv=None) -> dict:
     cfg = parse_args(argv, **DEFAULTS)
+    verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
     result: dict = {}
     with parallel(cfg) as launcher:  # one process, torchrun/srun's, or --nproc_per_node spawned
         launcher.run(training, cfg, result)

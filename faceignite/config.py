@@ -139,11 +139,14 @@ def _margin_text() -> str:
 OPTIONS: tuple[Option, ...] = (
     # data
     Option(("--dataroot", "-d"), "data", "Absolute path to the training folder, one sub-folder per "
-           "identity", None, type=str, default_text="a built-in generated dataset, for a quick try"),
+           "identity; or an insightface RecordIO set: a .rec file (its .idx beside it) or a "
+           "folder holding train.rec/train.idx (+ property)", None, type=str,
+           default_text="a built-in generated dataset, for a quick try"),
     Option(("--valid_split",), "data", "Fraction of each identity held out for validation", 0.01,
            builtin=0.2, type=float, check=fraction),
     Option(("--image_size",), "data", "Input size in pixels: 224, 160 or 112", 224, builtin=64,
-           type=int, check=positive),
+           type=int, check=positive, default_text="224; a RecordIO --dataroot's size from its "
+           "property file (112 for insightface's sets); 64 for the built-in dataset"),
     Option(("--batch_size",), "data", "Batch size of all processes together", 64, builtin=32,
            type=int, check=at_least(2, " (BatchNorm needs two images)")),
     Option(("--num_workers",), "data", "Number of workers for data loaders", default_num_workers(),
@@ -190,9 +193,11 @@ OPTIONS: tuple[Option, ...] = (
            type=float, check=at_least(0), original="0.5 (Adam)",
            why="Wen et al.'s α = 0.5 with plain SGD (gradients ÷ λ); Adam's normalisation "
            "breaks the centre update rule"),
-    Option(("--center_loss_weight",), "optim", "Center loss weight lambda", 0.01, type=float,
+    Option(("--center_loss_weight",), "optim", "Center loss weight lambda", 0.003, type=float,
            check=at_least(0), original="0.003",
-           why="the factor reported to reach 99.2 % (davidsandberg/facenet #624, #637)"),
+           why="kept: 3 seeds here put it level with softmax on LFW (+0.5 ± 0.3 points) where "
+               "0.01 lost 0.4 ± 0.9 (BENCHMARKS.md, center-loss ablation); it is already 2x "
+               "Wen et al.'s weight in our sum-over-dimensions convention"),
     Option(("--label_smoothing",), "optim", "Label smoothing of the cross-entropy term", 0.0,
            type=float, check=fraction),
     # losses
@@ -243,6 +248,15 @@ OPTIONS: tuple[Option, ...] = (
            "mirror)", False, action="store_true"),
     Option(("--distance",), "lfw", "Distance between L2-normalised embeddings", "l2", type=str,
            choices=("l2", "cosine")),
+    Option(("--val_targets",), "lfw", "Verification sets validated with --lfw (after it), each "
+           "an insightface .bin file or an LFW-format folder; metrics <name>_accuracy ... named "
+           "after the file stem or folder", None, type=str, nargs="+", metavar="TARGET",
+           default_text="none; replaces the built-in pairs set"),
+    Option(("--best_by",), "lfw", "Target that picks the best checkpoint and drives "
+           "--early_stopping: its name (its accuracy) or <name>_accuracy / <name>_auc", None,
+           type=str, metavar="NAME",
+           default_text="the first target's accuracy (lfw_accuracy with --lfw); val_accuracy "
+           "without targets"),
     # checkpoints
     Option(("--resume_path",), "checkpoint", "A checkpoint (or a run folder: its latest) to "
            "resume from, in its own run folder", None, type=str),
@@ -327,9 +341,23 @@ def get_args_parser(description: str | None = None, **defaults: Any) -> argparse
     return p
 
 
+def record_image_size(dataroot: str) -> int | None:
+    """The square image size a RecordIO ``dataroot``'s ``property`` file states (112 for
+    insightface's sets), or None (identity folder, no property, not square)."""
+    from faceignite.data.record_index import read_property, record_files  # numpy, OpenCV
+
+    files = record_files(dataroot)
+    if files is None or files[2] is None:
+        return None
+    _, height, width = read_property(files[2])
+    return height if height == width and height > 0 else None
+
+
 def resolve_defaults(cfg: argparse.Namespace) -> argparse.Namespace:
     """Fill the data-dependent options left at ``None`` for real or built-in data."""
     builtin = cfg.dataroot is None
+    if not builtin and getattr(cfg, "image_size", 0) is None:
+        cfg.image_size = record_image_size(cfg.dataroot)  # None for an identity folder
     for name, (real, small) in DATA_DEPENDENT_DEFAULTS.items():
         if getattr(cfg, name, None) is None:
             setattr(cfg, name, small if builtin else real)

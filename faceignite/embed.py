@@ -29,7 +29,7 @@ from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
-from faceignite.models import EmbeddingNet
+from faceignite.models import EmbeddingModel
 from faceignite.output_files import prepare_output_file, write_atomic
 
 logger = logging.getLogger("faceignite")
@@ -57,7 +57,7 @@ def _check_folder(path: str, option: str) -> None:
 
 
 def load_inference_model(path: str, device: str | torch.device = "cpu",
-                         option: str = "--checkpoint") -> tuple[EmbeddingNet, dict[str, Any]]:
+                         option: str = "--checkpoint") -> tuple[EmbeddingModel, dict[str, Any]]:
     """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
     latest) or a folder written by ``python -m faceignite.export``.
 
@@ -79,7 +79,8 @@ def load_inference_model(path: str, device: str | torch.device = "cpu",
             "distance": saved.get("distance") or "l2", "flip": bool(saved.get("lfw_flip", False))}
     threshold = info["lfw_threshold"]
     info["lfw_threshold"] = None if threshold is None else float(threshold)
-    info["image_size"] = int(info["image_size"] or DEFAULT_IMAGE_SIZE)
+    info["image_size"] = int(info["image_size"] or getattr(model, "input_size", None)
+                             or DEFAULT_IMAGE_SIZE)
     info["source"] = path
     return model, info
 
@@ -95,7 +96,7 @@ def images_to_embed(root: str) -> list[str]:
     return found
 
 
-def embed_images(model: EmbeddingNet, paths: Sequence[str], image_size: int,
+def embed_images(model: EmbeddingModel, paths: Sequence[str], image_size: int,
                  device: str | torch.device = "cpu", batch_size: int = 64, flip: bool = False,
                  num_workers: int = 0) -> tuple[np.ndarray, list[int]]:
     """``(embeddings, rows)``: L2-normalised float32 embeddings of the images that decode, and

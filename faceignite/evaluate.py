@@ -1,11 +1,14 @@
 """Stand-alone pair verification under exactly the training-time protocol.
 
     python -m faceignite.evaluate --checkpoint runs/x/best.pt --lfw lfw-mtcnn-160 [--lfw_flip]
+    python -m faceignite.evaluate --checkpoint runs/x/best.pt --val_targets cfp_fp.bin agedb_30.bin
     python -m faceignite.evaluate --embeddings emb.npy --names names.txt --lfw_pairs pairs.txt
 
 Any LFW-format pairs file works.  ``--embeddings`` evaluates another model's embeddings (one
 row per image, named ``Name/Name_000i`` in ``--names``).  Prints the metric table, writes the
-ROC PNG and ``metrics.json`` in ``<output_dir>/evaluate-<time>/``.
+ROC PNG and ``metrics.json`` in ``<output_dir>/evaluate-<time>/``.  With ``--val_targets``
+(insightface ``.bin`` files or LFW-format folders; ``--lfw`` too, first, named ``lfw``): one
+line per target, starting with its name, and a ROC PNG per target.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from faceignite.embed import load_inference_model
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
                             find_pairs_file, match_names, read_pairs, save_roc_curve)
+from faceignite.lfw.targets import create_target_evaluator, plan_targets
 from faceignite.run import session
 
 logger = logging.getLogger("faceignite")
@@ -46,12 +50,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="With --embeddings: text file, one 'Name/Name_000i' per row of the array")
     # the LFW options of training, but flip and distance default to the checkpoint's own
     add_options(p.add_argument_group(GROUPS["lfw"]),
-                ("lfw", "lfw_pairs", "lfw_batch_size", "lfw_skip_missing", "lfw_flip", "distance"),
+                ("lfw", "lfw_pairs", "lfw_batch_size", "lfw_skip_missing", "lfw_flip", "distance",
+                 "val_targets"),
                 defaults={"lfw_flip": None, "distance": None},
                 helps={"lfw_flip": "Average with the mirrored image (default: as the checkpoint "
                                    "was validated)",
                        "distance": "Pair distance: l2 or cosine (default: the checkpoint's "
-                                   "training setting; l2 for --embeddings)"})
+                                   "training setting; l2 for --embeddings)",
+                       "val_targets": "With --checkpoint: verification sets, each an "
+                                      "insightface .bin file or an LFW-format folder (after "
+                                      "--lfw, named lfw); one line per target"})
     add_runtime_args(p, ("device", "amp", "output_dir", "image_size", "num_workers"),
                      defaults={"image_size": None},
                      helps={"image_size": "Input size (default: the checkpoint's image_size, "
@@ -104,8 +112,9 @@ def evaluate_embeddings_file(cfg: argparse.Namespace) -> VerificationResult:
     return result
 
 
-def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> VerificationResult:
-    """Embed the images of the pairs set with the checkpoint's model, then the protocol."""
+def load_checkpoint_model(cfg: argparse.Namespace, device: torch.device):
+    """The checkpoint's model and input size; fills ``--lfw_flip``/``--distance`` left unset
+    from the checkpoint's training settings."""
     model, info = load_inference_model(cfg.checkpoint, device)
     image_size = cfg.image_size or info["image_size"]
     if cfg.lfw_flip is None:  # validate as training did, unless told otherwise
@@ -115,25 +124,74 @@ def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> Verifi
     logger.info("checkpoint %s: %s, %d-d embedding, %d px input%s", info["source"],
                 model.architecture, model.embedding_dim, image_size,
                 f", threshold saved in training {saved:.4f}" if saved is not None else "")
+    return model, image_size
+
+
+def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> VerificationResult:
+    """Embed the images of the pairs set with the checkpoint's model, then the protocol."""
+    model, image_size = load_checkpoint_model(cfg, device)
     evaluator = create_pairs_evaluator(model, cfg.lfw, device, image_size, cfg.lfw_pairs,
                                        cfg.lfw_batch_size, cfg.lfw_flip, cfg.distance,
                                        cfg.lfw_skip_missing, cfg.num_workers, cfg.amp)
     return evaluator.run()
 
 
+def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: str
+                     ) -> dict[str, VerificationResult]:
+    """``--lfw`` (named ``lfw``) and each ``--val_targets`` with the checkpoint's model: every
+    target is read first (a bad one fails before any embedding), then each is evaluated, its
+    line printed (name, accuracy, TAR@FAR, AUC ...) and its ROC PNG written."""
+    lfw = (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs else None
+    specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing)
+    targets = [spec.load() for spec in specs]
+    model, image_size = load_checkpoint_model(cfg, device)
+    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.checkpoint)))[0]
+    results: dict[str, VerificationResult] = {}
+    width = max(len(t.name) for t in targets)
+    for target in targets:
+        result = create_target_evaluator(model, target, device, image_size, cfg.lfw_batch_size,
+                                         cfg.lfw_flip, cfg.distance, cfg.num_workers,
+                                         cfg.amp).run()
+        results[target.name] = result
+        save_roc_curve(result, os.path.join(output_dir, f"roc_{target.name}.png"),
+                       f"{stem} on {target.name} ({os.path.basename(target.path)})")
+        skipped = f" | {result.skipped_pairs} pairs skipped" if result.skipped_pairs else ""
+        print(f"{target.name:<{width}}  {result.summary()} | {result.num_pairs} pairs{skipped}",
+              flush=True)
+    return results
+
+
 @exits_on_error
-def main(argv: Sequence[str] | None = None) -> VerificationResult:
-    """Parse ``argv``, evaluate, print the table; writes the ROC PNG and ``metrics.json``."""
+def main(argv: Sequence[str] | None = None
+         ) -> VerificationResult | dict[str, VerificationResult]:
+    """Parse ``argv``, evaluate, print the table; writes the ROC PNG and ``metrics.json``.
+    With ``--val_targets``: one line and one ROC PNG per target; returns the results by name."""
     parser = get_args_parser()
     cfg = parser.parse_args(argv)
     if cfg.embeddings and not cfg.names:
         parser.error("--embeddings needs --names (one 'Name/Name_000i' per row)")
     if cfg.embeddings and not (cfg.lfw_pairs or cfg.lfw):
         parser.error("--embeddings needs --lfw_pairs FILE (or --lfw DIR holding pairs.txt)")
-    if cfg.checkpoint and not (cfg.lfw or cfg.lfw_pairs):
-        parser.error("--checkpoint needs --lfw DIR (the folder of person folders)")
+    if cfg.embeddings and cfg.val_targets:
+        parser.error("--val_targets needs --checkpoint (its images are embedded by the model)")
+    if cfg.checkpoint and not (cfg.lfw or cfg.lfw_pairs or cfg.val_targets):
+        parser.error("--checkpoint needs --lfw DIR (the folder of person folders) or "
+                     "--val_targets")
     if cfg.embeddings:
         cfg.distance = cfg.distance or "l2"
+    if cfg.val_targets:
+        plan_targets(cfg.val_targets, (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs
+                     else None)  # missing files, clashing names: one line, before any work
+        with session(cfg, "evaluate") as run:
+            results = evaluate_targets(cfg, run.device, run.output_dir)
+            with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+                json.dump({"source": cfg.checkpoint, "distance": cfg.distance,
+                           "flip": bool(cfg.lfw_flip),
+                           "targets": {name: {"pairs_file": r.pairs_file, **r.metrics(name),
+                                              "fold_accuracies": r.fold_accuracies.tolist()}
+                                       for name, r in results.items()}}, f, indent=2)
+            print(f"ROC curves  {run.output_dir}/roc_<target>.png", flush=True)
+        return results
     with session(cfg, "evaluate") as run:
         if cfg.embeddings:
             result, source = evaluate_embeddings_file(cfg), cfg.embeddings

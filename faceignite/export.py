@@ -1,9 +1,9 @@
 """Export the embedding model alone (weights + a small JSON) from a checkpoint, and load it back.
 
     python -m faceignite.export --checkpoint runs/x/best_checkpoint_9_lfw_accuracy=0.95.pt --out m/
-    model = load_embedding_model("m/")      # EmbeddingNet in eval mode; model.embed(images)
+    model = load_embedding_model("m/")      # the network in eval mode; model.embed(images)
 
-The folder holds ``embedding_model.pt`` (the ``EmbeddingNet`` state dict, weights only) and
+The folder holds ``embedding_model.pt`` (the network's state dict, weights only) and
 ``embedding_model.json`` (architecture, embedding size, input size and normalisation, distance,
 LFW threshold and metrics of the checkpoint, SHA-256 of the weights).
 """
@@ -25,7 +25,7 @@ from faceignite.checkpoint import load_checkpoint, safe_load
 from faceignite.data.transforms import MEAN, STD
 from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
-from faceignite.models import EmbeddingNet
+from faceignite.models import EmbeddingModel, build_model
 from faceignite.output_files import prepare_output_file, write_atomic
 
 logger = logging.getLogger("faceignite")
@@ -50,9 +50,10 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def model_from_weights(architecture: str, embedding_dim: int, weights: Mapping,
-                       source: str) -> EmbeddingNet:
-    """An :class:`EmbeddingNet` in eval mode holding ``weights``; one clear error if they do not fit."""
-    model = EmbeddingNet(architecture, int(embedding_dim))
+                       source: str) -> EmbeddingModel:
+    """The embedding network of ``architecture`` (any in :data:`faceignite.models.ARCHITECTURES`)
+    in eval mode holding ``weights``; one clear error if they do not fit."""
+    model = build_model(architecture, int(embedding_dim))
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -108,7 +109,7 @@ def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
     return out_dir
 
 
-def load_embedding_model(path: str, device: str | torch.device = "cpu") -> EmbeddingNet:
+def load_embedding_model(path: str, device: str | torch.device = "cpu") -> EmbeddingModel:
     """Load an exported model (its folder, JSON or .pt file) in eval mode on ``device``.
 
     ``model.export_config`` holds the JSON (input size, normalisation, threshold, ...).

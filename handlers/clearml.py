@@ -1,6 +1,6 @@
 """ClearML tracking as an Ignite handler: the scalars of :mod:`handlers.tracking` through Ignite's
-``ClearMLLogger``/``OutputHandler``, the parsed options, each LFW ROC image and, on request, the
-best checkpoint.  Starting the task (server probe, time-limited ``Task.init``, offline session
+``ClearMLLogger``/``OutputHandler``, the parsed options, each verification target's ROC image
+and, on request, the best checkpoint.  Starting the task (server probe, time-limited ``Task.init``, offline session
 in the run folder, a resumed run continuing its task) is
 :mod:`faceignite.tracking.clearml_session`'s job.
 
@@ -101,8 +101,8 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
            best_checkpoint: Callable[[], str | None] | None = None, upload_model: bool = False,
            timeout: float = 10.0, init_timeout: float = 60.0) -> ClearMLTracking | None:
     """Track the run in ClearML: ``hparams`` (the parsed options), the scalars of
-    :mod:`handlers.tracking`, each LFW ROC image and, with ``upload_model``, the file
-    ``best_checkpoint()`` when the run closes.
+    :mod:`handlers.tracking`, each verification target's ROC image (title: the target) and,
+    with ``upload_model``, the file ``best_checkpoint()`` when the run closes.
 
     ``timeout`` (s) bounds the server probe, ``init_timeout`` (s) the online ``Task.init``.  An
     offline session goes to ``<output_dir>/clearml``.  A task that already exists in the process
@@ -135,8 +135,8 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
         task.connect(tracking.clean_hparams(hparams), name="Args")
     tracking.attach_scalars(clearml_logger, OutputHandler, trainer, log_interval, optimizers)
 
-    def log_figure(path: str, step: int) -> None:
-        clearml_logger.report_image(title="lfw", series="roc", iteration=step, local_path=path,
+    def log_figure(target: str, path: str, step: int) -> None:
+        clearml_logger.report_image(title=target, series="roc", iteration=step, local_path=path,
                                     max_image_history=-1)
 
     tracking.attach_figures(trainer, log_figure)

@@ -36,8 +36,8 @@ from faceignite.models import build_model
 from faceignite.optim import build_optimizers
 from faceignite.run import Run, parallel, run_folder, session
 from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
-from handlers import (checkpoint, clearml, control, holdout, interrupt, lfw, lr_scheduler,
-                      progress, tensorboard)
+from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
+                      progress, tensorboard, verification)
 
 Hook = Callable[[Engine, TrainingState], None]
 
@@ -77,7 +77,8 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     """Data (each process loads its share), model, criterion, optimizers, GradScaler, trainer."""
     data = build_face_data(cfg, val_indices=val_indices, num_replicas=run.world_size,
                            rank=run.rank)
-    model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained).to(run.device)
+    model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
+                        image_size=cfg.image_size).to(run.device)
     if cfg.channels_last:  # once, before DDP builds its gradient buckets
         to_channels_last(model)
     criterion = criterion_factory(cfg, data.num_classes).to(run.device)
@@ -104,7 +105,8 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
        epoch end — before any validation or checkpoint of that event, so nothing is saved
        after a NaN loss; ``--early_stopping``;
     2. LR schedule (``ITERATION_STARTED``);
-    3. validations — held-out (classifying losses only), LFW — which write their metrics;
+    3. validations — held-out (classifying losses only), verification (``--lfw``, each
+       ``--val_targets``) — which write their metrics;
     4. progress: the epoch line and ``train_*`` metrics;
     5. checkpoints (they carry the epoch's metrics), then Ctrl-C/SIGTERM, which saves with them
        (``handle_signals``: installed for command-line runs only);
@@ -116,13 +118,17 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     No handler reads a tensor back from the device between two agreement points.
     """
     trainer, data = parts.trainer, parts.data
-    best_by = "lfw_accuracy" if data.lfw_dir is not None else "val_accuracy"
+    # --lfw (the built-in pairs set by default), then each --val_targets
+    targets = verification.targets_for_run(cfg, data)
+    best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+    best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+                  else events.ValidationEvents.HOLDOUT_COMPLETED)
     checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
     # the agreement points: one host read there, none between (50 iterations without log lines)
     agree_every = tuple(k for k in (cfg.log_interval, cfg.save_interval, cfg.val_interval)
                         if k > 0) or (50,)
     controls = control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
-                              score_name=best_by, every=agree_every,
+                              score_name=best_by, score_event=best_event, every=agree_every,
                               last_checkpoint=lambda: checkpoints[0].last_checkpoint
                               if checkpoints else None)
     scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
@@ -131,18 +137,20 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
         holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
                        every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,
                        channels_last=cfg.channels_last)
-    if data.lfw_dir is not None:  # the built-in pairs set by default, --lfw for real LFW
-        lfw.attach(trainer, parts.model, data.lfw_dir, run.device, cfg.image_size,
-                   pairs_file=data.lfw_pairs, batch_size=cfg.lfw_batch_size,
-                   every_epochs=cfg.lfw_validation_epoch_interval,
-                   every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
-                   skip_missing=cfg.lfw_skip_missing, output_dir=run.output_dir,
-                   num_workers=cfg.num_workers, amp=cfg.amp, channels_last=cfg.channels_last)
+    if targets:
+        verification.attach(trainer, parts.model, [t.load() for t in targets], run.device,
+                            cfg.image_size, batch_size=cfg.lfw_batch_size,
+                            every_epochs=cfg.lfw_validation_epoch_interval,
+                            every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
+                            distance=cfg.distance, output_dir=run.output_dir,
+                            num_workers=cfg.num_workers, amp=cfg.amp,
+                            channels_last=cfg.channels_last)
     progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
-                                         save_interval=cfg.save_interval, best_by=best_by))
+                                         save_interval=cfg.save_interval, best_by=best_by,
+                                         best_event=best_event))
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
                             stop_check=controls["stop_check"])
@@ -204,6 +212,7 @@ def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss:
     ``handle_signals``: the command line's Ctrl-C/SIGTERM checkpoint (False: a library call that
     leaves the process's signal handlers alone, e.g. under a test runner's timeout)."""
     cfg = parse_args(argv, description, **{**LOSS_DEFAULTS[loss], **defaults})
+    verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
     factory = criterion_factory or LOSSES[loss]
     result: dict = {}
     with parallel(cfg) as launcher:

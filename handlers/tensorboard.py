@@ -20,7 +20,8 @@ logger = logging.getLogger("faceignite")
 def attach(trainer: Engine, log_dir: str, *, log_interval: int,
            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
            hparams: Mapping[str, Any] | None = None) -> TensorboardLogger | None:
-    """Log the scalars of :mod:`handlers.tracking` and each LFW ROC image to ``log_dir``.
+    """Log the scalars of :mod:`handlers.tracking` and each verification target's ROC image
+    (``<target>/roc``: ``lfw/roc``, ``cfp_fp/roc`` ...) to ``log_dir``.
 
     The options ``hparams`` are written once as a text summary (``hparams``); the event file is
     closed when the trainer completes.  View with ``tensorboard --logdir <parent of log_dir>``.
@@ -35,12 +36,12 @@ def attach(trainer: Engine, log_dir: str, *, log_interval: int,
         tb.writer.add_text("hparams", f"```\n{table}\n```", 0)
     tracking.attach_scalars(tb, OutputHandler, trainer, log_interval, optimizers)
 
-    def log_figure(path: str, step: int) -> None:
+    def log_figure(target: str, path: str, step: int) -> None:
         image = read_rgb(path)
         if image is None:
             logger.warning("tensorboard: cannot read ROC figure %s, not logged", path)
             return
-        tb.writer.add_image("lfw/roc", image, step, dataformats="HWC")
+        tb.writer.add_image(f"{target}/roc", image, step, dataformats="HWC")
 
     tracking.attach_figures(trainer, log_figure)
     trainer.add_event_handler(Events.COMPLETED, lambda _: tb.close())

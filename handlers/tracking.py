@@ -12,7 +12,9 @@ tag           values                                      when
 ``epoch``     ``train_*`` epoch means                     ``EPOCH_COMPLETED``
 ``speed``     ``images_per_sec``, ``skipped_images``      ``EPOCH_COMPLETED``
 ``holdout``   ``val_*``                                   ``HOLDOUT_COMPLETED``
-``lfw``       ``lfw_*`` (+ the ROC image)                 ``LFW_COMPLETED``
+``<target>``  ``<target>_*`` of each verification target  ``LFW_COMPLETED``
+              (``lfw``, each ``--val_targets``; + the
+              ROC image ``<target>/roc``)
 ============  ==========================================  =====================================
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers.base_logger import BaseLogger, BaseOutputHandler
 
 from faceignite.config import plain_config
+from faceignite.lfw import FAR_TARGETS, far_label
 from handlers import events
 
 Predicate = Callable[[str], bool]
@@ -35,8 +38,15 @@ EPOCH_GROUPS: dict[str, Predicate] = {
 }
 VALIDATION_GROUPS: dict[Any, tuple[str, Predicate]] = {
     events.ValidationEvents.HOLDOUT_COMPLETED: ("holdout", lambda k: k.startswith("val_")),
-    events.ValidationEvents.LFW_COMPLETED: ("lfw", lambda k: k.startswith("lfw_")),
 }
+VERIFICATION_SUFFIXES = frozenset({"accuracy", "accuracy_std", "threshold", "auc", "eer",
+                                   *(f"val_far{far_label(f)}" for f in FAR_TARGETS)})
+
+
+def verification_metrics(name: str) -> Predicate:
+    """Exactly target ``name``'s metrics (``lfw`` does not take those of a target ``lfw_x``)."""
+    prefix = f"{name}_"
+    return lambda k: k.startswith(prefix) and k[len(prefix):] in VERIFICATION_SUFFIXES
 
 
 def iteration_step(engine: Engine, _event: Any = None) -> int:
@@ -79,7 +89,8 @@ def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler],
                    optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
     """Attach ``output_handler`` (the tracker's Ignite ``OutputHandler`` class) for every group
     of the table above.  Attach after the handlers that write the metrics (``progress``,
-    ``holdout``, ``lfw``): Ignite runs the handlers of one event in the order they were added."""
+    ``holdout``, ``verification``): Ignite runs the handlers of one event in the order they were
+    added.  One ``<target>`` tag per verification target attached before (``lfw`` when none)."""
     events.register(trainer)
 
     def add(event: Any, tag: str, values: Callable[[], dict[str, float]]) -> None:
@@ -99,13 +110,17 @@ def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler],
         add(Events.EPOCH_COMPLETED, tag, lambda keep=keep: select(trainer.state.metrics, keep))
     for event, (tag, keep) in VALIDATION_GROUPS.items():
         add(event, tag, lambda keep=keep: select(trainer.state.metrics, keep))
+    for name in events.verification_targets(trainer) or ["lfw"]:
+        add(events.ValidationEvents.LFW_COMPLETED, name,
+            lambda keep=verification_metrics(name): select(trainer.state.metrics, keep))
 
 
-def attach_figures(trainer: Engine, log_figure: Callable[[str, int], None]) -> None:
-    """Call ``log_figure(png_path, iteration)`` for each ROC figure new since the last call.
+def attach_figures(trainer: Engine, log_figure: Callable[[str, str, int], None]) -> None:
+    """Call ``log_figure(target, png_path, iteration)`` for each ROC figure new since the last
+    call.
 
-    The LFW handler puts the PNG path of each validation in the metric ``<prefix>_roc_figure``
-    before it fires ``LFW_COMPLETED``.
+    The verification handler puts the PNG path of each target's validation in the metric
+    ``<target>_roc_figure`` before it fires ``LFW_COMPLETED``.
     """
     events.register(trainer)
     logged: set[str] = set()
@@ -115,4 +130,4 @@ def attach_figures(trainer: Engine, log_figure: Callable[[str, int], None]) -> N
         for key, path in sorted(engine.state.metrics.items()):
             if key.endswith("_roc_figure") and isinstance(path, str) and path not in logged:
                 logged.add(path)
-                log_figure(path, engine.state.iteration)
+                log_figure(key[:-len("_roc_figure")], path, engine.state.iteration)

@@ -1,4 +1,5 @@
 """Center loss: value, gradients and the centre update against a hand computation."""
+import pytest
 import torch
 
 from faceignite.engine import create_trainer
@@ -60,3 +61,52 @@ def test_no_weight_decay_on_centres():
                for p in g["params"]}
     assert id(model.weight) in decayed and id(criterion.classifier.weight) in decayed
     assert id(model.bias) not in decayed
+
+
+def _center_trainer(weight: float, optimizer: str, center_lr: float = 0.5):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    criterion = SoftmaxCenterLoss(num_classes=4, embedding_dim=4, center_loss_weight=weight)
+    optimizers = build_optimizers(model, criterion, optimizer, lr=0.1, momentum=0.9,
+                                  weight_decay=5e-4, center_loss_lr=center_lr)
+    return model, criterion, create_trainer(model, criterion, optimizers, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adagrad"])
+def test_centre_of_a_class_absent_from_the_batch_stays_exactly_still(optimizer):
+    """Steps with classes 0-1, then 1-2, then 0-2: every absent class keeps its centre bit for
+    bit (the centres' optimizer has no momentum or decay that could move them on a zero
+    gradient), while every present class's centre moves."""
+    _, criterion, trainer = _center_trainer(0.01, optimizer)
+    centers = criterion.center_loss.centers
+    for present in ([0, 1], [1, 2], [0, 2]):
+        labels = torch.tensor(present * 3)
+        before = centers.detach().clone()
+        trainer._process_function(trainer, (torch.randn(6, 3, 2, 2), labels, 0))
+        after = centers.detach()
+        for c in range(4):
+            if c in present:
+                assert not torch.equal(after[c], before[c]), f"centre {c} did not move"
+            else:
+                assert torch.equal(after[c], before[c]), f"absent centre {c} moved"
+
+
+@pytest.mark.parametrize("weight", [0.003, 0.01, 0.03])
+def test_lambda_scales_the_pull_on_features_not_the_centre_step(weight):
+    """With the 1/λ rescaling, the centres move by α·dL_center/dc whatever λ is, while the
+    center term's gradient on the features (here: on the model) is λ times that of λ = 1."""
+    images, labels = torch.randn(6, 3, 2, 2), torch.tensor([0, 0, 1, 1, 2, 2])
+    steps = {}
+    for w in (weight, 1.0):
+        model, criterion, trainer = _center_trainer(w, "sgd")
+        before = criterion.center_loss.centers.detach().clone()
+        trainer._process_function(trainer, (images, labels, 0))
+        steps[w] = criterion.center_loss.centers.detach() - before
+    assert torch.allclose(steps[weight], steps[1.0], atol=1e-6)
+    pulls = {}
+    for w in (weight, 1.0):
+        model, criterion, _ = _center_trainer(w, "sgd")
+        model.zero_grad()
+        (criterion(model(images), labels)["loss"] - criterion(model(images), labels)["ce"]).backward()
+        pulls[w] = model[1].weight.grad.clone()
+    assert torch.allclose(pulls[weight], weight * pulls[1.0], rtol=1e-4, atol=1e-7)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 import ignite.distributed as idist
 import numpy as np
@@ -14,10 +13,9 @@ import torch
 from ignite.engine import Events
 from PIL import Image
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 
-sys.path.insert(0, str(REPO / "bench"))
-import partial_fc_memory  # noqa: E402
+import partial_fc_memory  # noqa: E402  (bench/ is on pytest's pythonpath)
 
 from faceignite.engine import create_trainer  # noqa: E402
 from faceignite.errors import FaceIgniteError  # noqa: E402

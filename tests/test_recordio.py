@@ -7,14 +7,13 @@ import pickle
 import re
 import shutil
 import struct
-import sys
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, copy_subset, shared_path
+from conftest import copy_subset, shared_path
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
 from faceignite.data.dataset import FaceImageDataset
@@ -309,8 +308,7 @@ def test_round_trip_folder_pack_train(tmp_path):
     for (key, label), (path, want) in zip(index.samples(), folder):
         assert label == want and np.array_equal(reader(key), rgb(path))
 
-    sys.path.insert(0, str(REPO / "experiments"))
-    from resnet34_center import main
+    from handlers.standard import main
 
     args = ["--dataroot", str(dst), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
             "--batch_size", "8", "--valid_split", "0.2", "--num_workers", "0", "--clearml", "off",
@@ -330,8 +328,7 @@ def test_round_trip_folder_pack_train(tmp_path):
 
 
 def test_bench_recordio_runs_and_prints_its_tables(faces, capsys):
-    sys.path.insert(0, str(REPO / "bench"))
-    import bench_recordio
+    import bench_recordio  # bench/ is on pytest's pythonpath
 
     results = bench_recordio.main(["--source", str(faces), "--images", "8", "--rounds", "1",
                                    "--cold"])

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, copy_subset, shared_path
+from conftest import copy_subset, shared_path
 from faceignite import embed, evaluate, export, onnx_export, verify
 from faceignite.data import FaceImageDataset, collate_skip_bad, load_or_build_index
 from faceignite.data.dataset import is_truncated, read_rgb_checked
@@ -92,8 +91,7 @@ def test_index_cache_follows_images_added_and_removed_inside_an_identity_folder(
 
 
 def test_resume_after_images_were_added_inside_a_folder_fails_the_data_check(tmp_path, caplog):
-    sys.path.insert(0, str(REPO / "experiments"))
-    from resnet34_center import main
+    from handlers.standard import main
 
     root = copy_subset(shared_path("celeba_subset", "aligned-160"), tmp_path / "data", 3, 4)
     out = tmp_path / "runs"

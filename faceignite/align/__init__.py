@@ -8,6 +8,11 @@ one that made ``lfw-mtcnn-160`` and the CelebA ``aligned-160`` sets, so training
 * box grown by ``margin / 2`` pixels each side, clipped to the image, int-truncated, not squared;
 * resized to ``image_size`` with Pillow BILINEAR, JPEG quality 92.
 
+``--template arcface`` instead warps each face by its five MTCNN landmarks onto the ArcFace
+112×112 template (least-squares similarity transform, :mod:`faceignite.align.five_point`), the crop
+that iResNet and MobileFaceNet are trained on; it works on raw photos and on face crops alike
+(e.g. the 160 px ``lfw-mtcnn-160`` crops → 112 px five-point crops).
+
 Equal-size images are detected in batches (on CUDA when available).  Outputs keep SRC's relative
 paths; files already in DST are skipped, so an interrupted run resumes.  Images without a face are
 listed in ``DST/no_face.txt`` (``--no_face skip``) or centre-cropped and listed (``--no_face center``);
@@ -19,11 +24,11 @@ from faceignite.align.detect import (FACENET_PYTORCH, Face, center_box, choose_f
                                      crop_and_resize, crop_box, detect_faces, load_detector)
 from faceignite.align.files import (FAILED_FILE, LANDMARK_COLUMNS, NO_FACE_FILE, LandmarkWriter,
                                     read_list)
-from faceignite.align.folder import Summary, align_folder
+from faceignite.align.folder import TEMPLATES, Summary, align_folder, five_point_crop
 from faceignite.data.index import list_images
 
 __all__ = [
     "FACENET_PYTORCH", "FAILED_FILE", "Face", "LANDMARK_COLUMNS", "LandmarkWriter", "NO_FACE_FILE",
-    "Summary", "align_folder", "center_box", "choose_face", "crop_and_resize", "crop_box",
+    "Summary", "TEMPLATES", "align_folder", "five_point_crop", "center_box", "choose_face", "crop_and_resize", "crop_box",
     "detect_faces", "get_args_parser", "list_images", "load_detector", "main", "read_list",
 ]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 
 from faceignite.align.files import FAILED_FILE, NO_FACE_FILE
-from faceignite.align.folder import align_folder
+from faceignite.align.folder import TEMPLATES, align_folder
 from faceignite.cli import exits_on_error
 from faceignite.config import add_runtime_args
 
@@ -17,15 +17,23 @@ logger = logging.getLogger("faceignite.align")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m faceignite.align",
-        description="Align faces with MTCNN (davidsandberg/facenet recipe): SRC holds raw photos "
+        description="Align faces with MTCNN (davidsandberg/facenet recipe, or --template "
+                    "arcface: five-point 112x112 crops): SRC holds raw photos or face crops "
                     "(identity sub-folders, JPEG/PNG at any depth); DST gets one crop per photo at "
                     "the same relative path. Re-running skips crops already in DST.")
     p.add_argument("src", metavar="SRC", help="Folder of raw photos")
     p.add_argument("dst", metavar="DST", help="Output folder for the aligned crops")
-    p.add_argument("--image_size", type=int, default=160, help="Crop size in pixels (default: 160)")
+    p.add_argument("--template", choices=TEMPLATES, default="box",
+                   help="box: the MTCNN box grown by --margin, resized (davidsandberg/facenet, "
+                        "VGGFace2 recipe); arcface: warp the five landmarks onto the ArcFace "
+                        "112x112 template by a least-squares similarity transform (iResNet, "
+                        "MobileFaceNet) (default: box)")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="Crop size in pixels (default: 160 with --template box, 112 with arcface; "
+                        "arcface scales the template by size / 112)")
     p.add_argument("--margin", type=int, default=32,
-                   help="Pixels added around the MTCNN box, half on each side, in source pixels "
-                        "(default: 32)")
+                   help="--template box: pixels added around the MTCNN box, half on each side, in "
+                        "source pixels (default: 32)")
     p.add_argument("--batch_size", type=int, default=32,
                    help="Equal-size images detected together (default: 32)")
     add_runtime_args(p)  # --device
@@ -60,12 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     setup_logging()
+    if args.image_size is None:
+        args.image_size = 112 if args.template == "arcface" else 160
     summary = align_folder(
         args.src, args.dst, image_size=args.image_size, margin=args.margin,
         batch_size=args.batch_size, device=args.device, no_face=args.no_face,
         center_fraction=args.center_fraction, ext=args.ext, landmarks=args.landmarks,
         min_face_size=args.min_face_size, thresholds=args.thresholds, factor=args.factor,
-        num_workers=args.num_workers, progress=not args.no_progress)
+        num_workers=args.num_workers, progress=not args.no_progress, template=args.template)
     dst = os.path.abspath(args.dst)
     if summary.no_face:
         logger.info("no face (%s): listed in %s", "centre crop written" if args.no_face == "center"

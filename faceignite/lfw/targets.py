@@ -12,7 +12,8 @@ Folds: an LFW folder's as :func:`~faceignite.lfw.pairs.read_pairs` gives them; a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import ignite.distributed as idist
@@ -28,7 +29,8 @@ from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw.bin_set import load_bin
 from faceignite.lfw.evaluator import PairsEvaluator, PairVerification, create_embedding_engine
-from faceignite.lfw.pairs import NUM_FOLDS, Pairs, find_pairs_file, read_pairs, resolve_images
+from faceignite.lfw.pairs import (NUM_FOLDS, PAIRS_FILE_NAMES, Pairs, find_pairs_file,
+                                  read_pairs, resolve_images)
 
 
 class BinImageReader:
@@ -78,15 +80,28 @@ def bin_pairs(path: str, issame: np.ndarray) -> Pairs:
                  np.asarray(issame, dtype=bool), folds, np.arange(1, count + 1, dtype=np.int64))
 
 
+def target_name(path: str) -> str:
+    """A target's name, the prefix of its metrics: the file stem of a ``.bin`` (``agedb_30``),
+    else the folder name, each run of characters other than letters, digits and ``_`` made one
+    ``_`` (``lfw-mtcnn-160`` → ``lfw_mtcnn_160``), so that ``<name>_accuracy`` is a plain word
+    in checkpoint file names and tracker tags."""
+    path = os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+    base = os.path.basename(path)
+    if base.lower().endswith(".bin"):
+        base = base[:-4]
+    return re.sub(r"\W+", "_", base).strip("_") or "target"
+
+
 def load_target(path: str, pairs_file: str | None = None,
                 skip_missing: bool = False) -> VerificationTarget:
     """A ``.bin`` file or an LFW-format folder (``pairs.txt``/``lfw_pairs.txt`` inside, or
-    ``pairs_file``) as a :class:`VerificationTarget`; errors name the path."""
+    ``pairs_file``) as a :class:`VerificationTarget` named by :func:`target_name`; errors name
+    the path."""
     path = os.path.expanduser(path)
     if os.path.isfile(path) and path.lower().endswith(".bin"):
         data = load_bin(path)
         reader = BinImageReader(data.path, data.images)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = target_name(path)
         return VerificationTarget(name, data.path, "bin", bin_pairs(data.path, data.issame),
                                   list(range(len(data.images))), reader)
     if os.path.isdir(path) or pairs_file:
@@ -95,7 +110,7 @@ def load_target(path: str, pairs_file: str | None = None,
         total = len(pairs)
         root = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(pairs_path))
         pairs, files = resolve_images(pairs, root, skip_missing)
-        name = os.path.basename(os.path.normpath(os.path.abspath(root)))
+        name = target_name(root)
         return VerificationTarget(name, os.path.abspath(root), "lfw", pairs, files, read_rgb,
                                   total - len(pairs))
     raise FaceIgniteError(f"verification target {path}: not a .bin file nor an LFW-format "
@@ -113,6 +128,82 @@ def load_targets(paths: Sequence[str]) -> list[VerificationTarget]:
                                   f"named {t.name!r}: rename one")
         seen[t.name] = t.path
     return targets
+
+
+RESERVED_NAMES = ("val", "train", "lr")  # prefixes of the held-out, training and LR metrics
+BEST_BY_METRICS = ("accuracy", "auc")   # higher is better, and plain words in file names
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target named but not yet read: ``name`` (the metric prefix), its ``.bin`` or folder
+    ``path``, and for a folder an optional ``pairs_file`` and ``skip_missing``."""
+
+    name: str
+    path: str | None
+    pairs_file: str | None = None
+    skip_missing: bool = False
+
+    def load(self) -> VerificationTarget:
+        """Read it (:func:`load_target`) under this spec's name."""
+        path = self.path
+        if path is None or not (os.path.isfile(path) and path.lower().endswith(".bin")):
+            find_pairs_file(path, self.pairs_file)  # a folder: --lfw's messages when it is bad
+        if path is None:  # --lfw_pairs alone: the images lie beside the pairs file
+            path = os.path.dirname(os.path.abspath(self.pairs_file or "."))
+        return replace(load_target(path, self.pairs_file, self.skip_missing), name=self.name)
+
+
+def plan_targets(val_targets: Sequence[str] | None,
+                 lfw: tuple[str | None, str | None] | None = None,
+                 skip_missing: bool = False) -> list[TargetSpec]:
+    """The targets of ``--lfw`` (``lfw = (folder, pairs file)``, named ``lfw``) then of
+    ``--val_targets``, checked without reading them: each path exists and is a ``.bin`` file or
+    a folder, and the names are distinct and not ``val``/``train``/``lr`` (those prefix other
+    metrics).  Problems raise one line naming the option."""
+    specs = [TargetSpec("lfw", lfw[0], lfw[1], skip_missing)] if lfw is not None else []
+    where = {"lfw": "--lfw"} if lfw is not None else {}
+    for path in val_targets or ():
+        shown = path
+        path = os.path.expanduser(path)
+        if not os.path.exists(path):
+            raise FaceIgniteError(f"--val_targets {shown}: no such file or folder")
+        if not (os.path.isdir(path) or path.lower().endswith(".bin")):
+            raise FaceIgniteError(f"--val_targets {shown}: not a .bin file nor an LFW-format "
+                                  "folder")
+        if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n))
+                                           for n in PAIRS_FILE_NAMES):
+            raise FaceIgniteError(f"--val_targets {shown}: a folder without "
+                                  f"{' or '.join(PAIRS_FILE_NAMES)} (an LFW-format folder "
+                                  "holds one)")
+        name = target_name(path)
+        if name in RESERVED_NAMES:
+            raise FaceIgniteError(f"--val_targets {shown} would be named {name!r}, which "
+                                  f"prefixes other metrics ({name}_*): rename it")
+        if name in where:
+            raise FaceIgniteError(f"--val_targets {shown} and {where[name]} are both named "
+                                  f"{name!r} (metrics {name}_accuracy ...): rename one")
+        where[name] = shown
+        specs.append(TargetSpec(name, path, None, skip_missing))
+    return specs
+
+
+def best_metric(best_by: str | None, names: Sequence[str]) -> str | None:
+    """The metric that picks the best checkpoint: ``best_by`` given as a target's name
+    (``cfp_fp`` → ``cfp_fp_accuracy``) or as ``<name>_accuracy`` / ``<name>_auc``; by default
+    the first target's accuracy (None without targets).  Anything else raises one line naming
+    ``--best_by`` and the choices."""
+    if best_by is None:
+        return f"{names[0]}_accuracy" if names else None
+    choices = {n: f"{n}_accuracy" for n in names}
+    choices.update({f"{n}_{m}": f"{n}_{m}" for n in names for m in BEST_BY_METRICS})
+    if best_by in choices:
+        return choices[best_by]
+    if not names:
+        raise FaceIgniteError(f"--best_by {best_by}: there is no verification target to choose "
+                              "from (give --lfw or --val_targets)")
+    raise FaceIgniteError(f"--best_by {best_by}: not a validation target; choose one of "
+                          f"{', '.join(names)} (or <name>_accuracy, <name>_auc)")
 
 
 def target_loader(target: VerificationTarget, image_size: int, batch_size: int,

@@ -1,4 +1,9 @@
-"""Embedding networks: a torchvision ResNet backbone and a Linear → BatchNorm1d embedding head."""
+"""torchvision ResNets with a Linear → BatchNorm1d embedding head (the original trainer's model).
+
+``EmbeddingNet`` keeps the state-dict keys of faceignite's first releases (``backbone.*`` is the
+torchvision ResNet without its ``fc``, ``embedding.0`` the Linear, ``embedding.1`` the BN), so
+existing checkpoints load.  ImageNet weights come from a local file or torchvision's download.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,19 +11,19 @@ import os
 import socket
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from faceignite.errors import FaceIgniteError
+from faceignite.models.base import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("resnet34", "resnet50", "resnet101")  # torchvision backbones
+RESNETS = ("resnet34", "resnet50", "resnet101")
 
 
-class EmbeddingNet(nn.Module):
-    """ResNet trunk → global pool → Linear → BatchNorm1d (``embedding_dim``).
+class EmbeddingNet(EmbeddingModel):
+    """ResNet trunk → global pool → Linear → BatchNorm1d (``embedding_dim``); any input size.
 
     ``forward`` returns the raw embedding that training losses use; :meth:`embed` returns the
     L2-normalised embedding used for verification.
@@ -26,8 +31,8 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, architecture: str = "resnet34", embedding_dim: int = 128):
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise FaceIgniteError(f"unknown architecture {architecture!r}: choose from {ARCHITECTURES}")
+        if architecture not in RESNETS:
+            raise FaceIgniteError(f"unknown architecture {architecture!r}: choose from {RESNETS}")
         self.architecture = architecture
         self.embedding_dim = embedding_dim
         self.backbone = getattr(torchvision.models, architecture)(weights=None)
@@ -35,12 +40,6 @@ class EmbeddingNet(nn.Module):
         self.backbone.fc = nn.Identity()
         self.embedding = nn.Sequential(nn.Linear(features, embedding_dim, bias=False),
                                        nn.BatchNorm1d(embedding_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.backbone(x))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.forward(x).float(), dim=1)
 
 
 def _download_imagenet_weights(architecture: str) -> dict:
@@ -57,19 +56,25 @@ def _download_imagenet_weights(architecture: str) -> dict:
         socket.setdefaulttimeout(previous)
 
 
+def read_weights_file(pretrained: str) -> dict:
+    """A state dict from a local ``--pretrained`` file (weights only; a ``state_dict`` key is
+    unwrapped)."""
+    if not os.path.isfile(pretrained):
+        raise FaceIgniteError(f"--pretrained weights file not found: {pretrained}")
+    try:
+        state = torch.load(pretrained, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FaceIgniteError(f"cannot read --pretrained weights {pretrained}: {exc}") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
 def load_backbone_weights(model: EmbeddingNet, pretrained: str) -> None:
     """Load ImageNet weights into the backbone from a local file, or ``'download'`` them."""
     if pretrained.lower() in ("download", "true", "imagenet"):
         state = _download_imagenet_weights(model.architecture)
         source = "torchvision download"
     else:
-        if not os.path.isfile(pretrained):
-            raise FaceIgniteError(f"--pretrained weights file not found: {pretrained}")
-        try:
-            state = torch.load(pretrained, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise FaceIgniteError(f"cannot read --pretrained weights {pretrained}: {exc}") from exc
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = read_weights_file(pretrained)
         source = pretrained
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
@@ -79,12 +84,3 @@ def load_backbone_weights(model: EmbeddingNet, pretrained: str) -> None:
             f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
             f"(e.g. {unexpected[:2]})")
     logger.info("backbone initialised from ImageNet weights (%s)", source)
-
-
-def build_model(architecture: str, embedding_dim: int = 128, pretrained: str | None = None
-                ) -> EmbeddingNet:
-    """The embedding network; ``pretrained``: a local weights file, ``'download'`` or ``None``."""
-    model = EmbeddingNet(architecture, embedding_dim)
-    if pretrained and pretrained.lower() not in ("false", "none", "0"):
-        load_backbone_weights(model, pretrained)
-    return model
