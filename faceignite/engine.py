@@ -2,7 +2,7 @@
 held-out evaluator.  Device, precision and DDP helpers live in :mod:`faceignite.runtime`."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import ignite.distributed as idist
 import torch
@@ -112,20 +112,25 @@ def _no_rows(model: nn.Module, device: torch.device) -> torch.Tensor:
 STOP_CODES = {False: 0, True: 1, "skip_completed": 2}
 
 
-def stop_together(trainer: Engine) -> None:
-    """Several processes: when one process stops the trainer (NaN loss, ``--max_time``), stop
-    them all at the same iteration, rather than leave the others waiting for it in the next
-    all-reduce; a NaN seen by one fires ``TrainerEvents.NAN_DETECTED`` in all.  One small
-    all-reduce per iteration.  Attach it after every other ``ITERATION_COMPLETED`` handler
-    (:func:`handlers.standard.attach_handlers` does).  A no-op in a single process.
+def stop_together(trainer: Engine, every: Iterable[int] = (1,)) -> None:
+    """Several processes: when one process stops the trainer (NaN loss, ``--max_time``, early
+    stopping, a hook), stop them all at the same point, rather than leave the others waiting for
+    it in the next all-reduce; a NaN seen by one fires ``TrainerEvents.NAN_DETECTED`` in all.
+
+    One small all-reduce (and one host read) at each multiple of an interval in ``every`` and
+    at each epoch end — nothing in between: a handler that stops the trainer between those
+    points must decide the same in every process (``handlers.control.StopCheck`` agrees on NaN,
+    time limit and signals itself).  Attach it after every other ``ITERATION_COMPLETED`` and
+    ``EPOCH_COMPLETED`` handler (:func:`handlers.standard.attach_handlers` does).  A no-op in a
+    single process.
     """
     if idist.get_world_size() == 1:
         return
     register_trainer_events(trainer)
+    every = sorted({int(k) for k in every if k and k > 0}) or [1]
     seen = {"nan": False}
     trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda _: seen.update(nan=True))
 
-    @trainer.on(Events.ITERATION_COMPLETED)
     def _agree_to_stop(engine: Engine) -> None:
         mine = torch.tensor([STOP_CODES.get(engine.should_terminate, 1), int(seen["nan"])])
         code, nan = idist.all_reduce(mine.to(idist.device()), op="MAX").tolist()
@@ -133,6 +138,9 @@ def stop_together(trainer: Engine) -> None:
             engine.fire_event(TrainerEvents.NAN_DETECTED)
         if code and STOP_CODES.get(engine.should_terminate, 1) != code:
             engine.terminate(skip_completed=code == 2)
+
+    at_point = Events.ITERATION_COMPLETED(event_filter=lambda _, i: any(i % k == 0 for k in every))
+    trainer.add_event_handler(at_point | Events.EPOCH_COMPLETED, _agree_to_stop)
 
 
 def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.device,

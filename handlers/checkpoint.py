@@ -120,7 +120,7 @@ class Checkpointer:
         return self.save(engine)
 
     def save_best(self, engine: Engine) -> None:
-        if self.best is not None and self.best_by in engine.state.metrics:
+        if self.best is not None and self.best_by in engine.state.metrics and not self.poisoned:
             self.best(engine)
 
     def adopt_existing(self, engine: Engine) -> None:

@@ -4,8 +4,10 @@ A second signal aborts at once.  The run ends with :class:`TrainingInterrupted` 
 ``KeyboardInterrupt`` carrying the checkpoint path and an exit code 128 + signal number), so that
 nothing written after ``trainer.run`` mistakes an interrupted run for a finished one.
 
-Distributed: the processes agree (an all-reduce every ``sync_every`` iterations and at each
-epoch end) so that all stop at the same iteration, after rank 0 saved, whichever received it.
+Distributed: the processes agree (at the agreement points of ``handlers.control.StopCheck``,
+or standalone an all-reduce every ``sync_every`` iterations and at each epoch end) so that all
+stop at the same iteration, after rank 0 saved, whichever received it.  Only command-line entry
+points install the handlers (``signals=()`` otherwise).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import ignite.distributed as idist
 import torch
@@ -73,13 +75,17 @@ class GracefulInterrupt:
 
     def check(self, engine: Engine) -> None:
         """At the end of an iteration or epoch: save and stop if a signal came (to any process
-        of a distributed run: every process calls this at the same points)."""
+        of a distributed run: every process calls this at the same points).  Used when no
+        ``handlers.control.StopCheck`` agrees on signals (it calls :meth:`stop` itself)."""
         signum = self.received
         if idist.get_world_size() > 1:
             agreed = idist.all_reduce(torch.tensor([signum or 0], device=idist.device()), op="MAX")
             signum = int(agreed.item()) or None
-        if signum is None:
-            return
+        if signum is not None:
+            self.stop(engine, signum)
+
+    def stop(self, engine: Engine, signum: int) -> None:
+        """Save (nothing newer after a NaN loss: the checkpointer refuses) and raise."""
         path = self.save(engine)
         self.restore()
         raise TrainingInterrupted(
@@ -90,18 +96,27 @@ class GracefulInterrupt:
 
 def attach(trainer: Engine, save: Callable[[Engine], str],
            signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
-           sync_every: int = 10) -> GracefulInterrupt:
+           sync_every: int = 10, stop_check: Any = None) -> GracefulInterrupt:
     """While ``trainer`` runs, turn ``signals`` into: ``save(trainer)`` at the end of the current
     iteration, then :class:`TrainingInterrupted`.  ``save`` returns the path written, e.g.
     ``Checkpointer.save_now`` of :mod:`handlers.checkpoint` (attach this after it).
-    Distributed: checked every ``sync_every`` iterations (and each epoch end), all processes
-    together.
+
+    ``signals=()`` installs nothing (a library call must not take over the process's signals:
+    only command-line entry points pass them).  ``stop_check``: a
+    ``handlers.control.StopCheck``, which then decides when to stop (at its agreement points,
+    together with the NaN guard and the time limit: no host read of its own).  Without it:
+    checked every iteration in one process, every ``sync_every`` iterations (and each epoch end)
+    with several, all processes together.
     """
     handler = GracefulInterrupt(trainer, save, signals)
+    if signals:
+        trainer.add_event_handler(Events.STARTED, handler.install)
+        trainer.add_event_handler(Events.COMPLETED, handler.restore)
+        trainer.add_event_handler(Events.TERMINATE, handler.restore)
+    if stop_check is not None:
+        stop_check.interrupt = handler
+        return handler
     every = 1 if idist.get_world_size() == 1 else max(1, sync_every)
-    trainer.add_event_handler(Events.STARTED, handler.install)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), handler.check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.check)
-    trainer.add_event_handler(Events.COMPLETED, handler.restore)
-    trainer.add_event_handler(Events.TERMINATE, handler.restore)
     return handler

@@ -71,11 +71,11 @@ def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | No
     """
     stats = EpochStats()
     rank = idist.get_rank()
-    # reading the loss syncs the GPU: every N steps only
+    # reading the loss syncs the GPU: at the log lines only (the run's agreement points)
     if progress_bar and sys.stderr.isatty() and rank == 0:
         ProgressBar(persist=False).attach(
             trainer, output_transform=lambda out: {"loss": out["loss"]},
-            event_name=Events.ITERATION_COMPLETED(every=max(1, log_interval // 5)))
+            event_name=Events.ITERATION_COMPLETED(every=max(1, log_interval or 50)))
 
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: stats.reset())
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stats.update(e.state.output))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -95,30 +96,48 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
 
 
 def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
-                    hooks: Sequence[Hook] = ()) -> Attached:
+                    hooks: Sequence[Hook] = (), handle_signals: bool = False) -> Attached:
     """Attach every handler of the standard run to ``parts.trainer``, in the one order that
     works (Ignite runs the handlers of one event in the order they were added):
 
-    1. LR schedule (``ITERATION_STARTED``);
-    2. validations — held-out (classifying losses only), verification (``--lfw``, each
+    1. run control, FIRST at its events: the agreement point (``handlers.control.StopCheck``:
+       the device-side NaN guard read, ``--max_time``, Ctrl-C/SIGTERM, all processes agreeing)
+       every ``--log_interval``/``--save_interval``/``--val_interval`` iterations and at each
+       epoch end — before any validation or checkpoint of that event, so nothing is saved
+       after a NaN loss; ``--early_stopping``;
+    2. LR schedule (``ITERATION_STARTED``);
+    3. validations — held-out (classifying losses only), verification (``--lfw``, each
        ``--val_targets``) — which write their metrics;
-    3. progress: the epoch line and ``train_*`` metrics;
-    4. run control: NaN guard, ``--max_time``, ``--early_stopping`` (before checkpoints: a run
-       stopped by time or patience still gets its final checkpoint);
-    5. checkpoints (they carry the epoch's metrics), then Ctrl-C/SIGTERM, which saves with them;
+    4. progress: the epoch line and ``train_*`` metrics;
+    5. checkpoints (they carry the epoch's metrics), then Ctrl-C/SIGTERM, which saves with them
+       (``handle_signals``: installed for command-line runs only);
     6. trackers (ClearML, TensorBoard: they read the metrics above);
     7. the caller's ``hooks(trainer, state)``;
-    8. last, the stop agreement of several processes.
+    8. last, the stop agreement of several processes for stops decided after the agreement
+       point (early stopping), and the NaN read when such a stop ends a single-process run.
+
+    No handler reads a tensor back from the device between two agreement points.
     """
     trainer, data = parts.trainer, parts.data
+    # --lfw (the built-in pairs set by default), then each --val_targets
+    targets = verification.targets_for_run(cfg, data)
+    best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+    best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+                  else events.ValidationEvents.HOLDOUT_COMPLETED)
+    checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
+    # the agreement points: one host read there, none between (50 iterations without log lines)
+    agree_every = tuple(k for k in (cfg.log_interval, cfg.save_interval, cfg.val_interval)
+                        if k > 0) or (50,)
+    controls = control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
+                              score_name=best_by, score_event=best_event, every=agree_every,
+                              last_checkpoint=lambda: checkpoints[0].last_checkpoint
+                              if checkpoints else None)
     scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
                                     len(data.train_loader), **lr_scheduler.schedule_options(cfg))
     if data.val_loader is not None and is_classifying(parts.criterion):
         holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
                        every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,
                        channels_last=cfg.channels_last)
-    # --lfw (the built-in pairs set by default), then each --val_targets
-    targets = verification.targets_for_run(cfg, data)
     if targets:
         verification.attach(trainer, parts.model, [t.load() for t in targets], run.device,
                             cfg.image_size, batch_size=cfg.lfw_batch_size,
@@ -128,19 +147,14 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                             num_workers=cfg.num_workers, amp=cfg.amp,
                             channels_last=cfg.channels_last)
     progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
-    best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
-    best_event = (events.ValidationEvents.LFW_COMPLETED if targets
-                  else events.ValidationEvents.HOLDOUT_COMPLETED)
-    checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
-    control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
-                   score_name=best_by, score_event=best_event,
-                   last_checkpoint=lambda: checkpoints[0].last_checkpoint if checkpoints else None)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                          save_interval=cfg.save_interval, best_by=best_by,
                                          best_event=best_event))
-    stop = interrupt.attach(trainer, checkpoints[0].save_now)
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
+                            stop_check=controls["stop_check"])
     attached = Attached(state, scheduler, checkpoints[0], stop)
     tags = [cfg.model, type(parts.criterion).__name__]
     tracker = clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=name,
@@ -158,19 +172,23 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
             attached.trackers.append(tb)
     for hook in hooks:
         hook(trainer, state)
-    stop_together(trainer)
+    control.attach_last(trainer, controls)
+    stop_together(trainer, every=agree_every)
     return attached
 
 
 def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_center",
              criterion_factory: CriterionFactory = LOSSES["center"],
-             result: dict | None = None, hooks: Sequence[Hook] = ()) -> dict:
+             result: dict | None = None, hooks: Sequence[Hook] = (),
+             handle_signals: bool = False) -> dict:
     """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
-    the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own."""
+    the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own.
+    ``handle_signals``: Ctrl-C/SIGTERM save a checkpoint and stop (command-line runs: :func:`main`);
+    off, a library call leaves the process's signal handlers alone."""
     with session(cfg, name, run_dir=run_folder(cfg, name)) as run:
         resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
         parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
-        attached = attach_handlers(parts, cfg, run, name, hooks)
+        attached = attach_handlers(parts, cfg, run, name, hooks, handle_signals)
         try:
             resume.restore(attached.state)
             parts.trainer.run(parts.data.train_loader, max_epochs=cfg.epochs)
@@ -185,16 +203,19 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
 @exits_on_error
 def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss: str = "center",
          criterion_factory: CriterionFactory | None = None, hooks: Sequence[Hook] = (),
-         description: str | None = None, **defaults: Any) -> dict:
+         description: str | None = None, handle_signals: bool = True,
+         **defaults: Any) -> dict:
     """Parse ``argv`` (with ``loss``'s defaults from ``LOSS_DEFAULTS``, then ``defaults``) and
     train in this process, in each process torchrun/srun started, or in ``--nproc_per_node``
     processes spawned here (Ignite's ``idist.Parallel``).  ``criterion_factory(cfg,
     num_classes)`` replaces ``LOSSES[loss]``.  Returns the final metrics; empty when the
-    processes were spawned here (their results are in ``run.log`` and the checkpoints)."""
+    processes were spawned here (their results are in ``run.log`` and the checkpoints).
+    ``handle_signals``: the command line's Ctrl-C/SIGTERM checkpoint (False: a library call that
+    leaves the process's signal handlers alone, e.g. under a test runner's timeout)."""
     cfg = parse_args(argv, description, **{**LOSS_DEFAULTS[loss], **defaults})
     verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
     factory = criterion_factory or LOSSES[loss]
     result: dict = {}
     with parallel(cfg) as launcher:
-        launcher.run(training, cfg, name, factory, result, tuple(hooks))
+        launcher.run(training, cfg, name, factory, result, tuple(hooks), handle_signals)
     return result

@@ -211,6 +211,40 @@ def signal_to_rank1_stops_both() -> dict:
     return {"stopped_at": None, "saved": saved, "exit_code": 0}
 
 
+def agreement_every_4() -> dict:
+    """The recipe's batched agreement (points every 4 iterations): rank 1's loss goes NaN at
+    iteration 2, rank 0 receives SIGTERM at iteration 6 (after the NaN run: a second trainer);
+    all reads happen at iterations 4 and 8 only."""
+    results = {}
+    for case in ("nan", "signal"):
+        def step(engine, _batch, case=case):
+            bad = case == "nan" and idist.get_rank() == 1 and engine.state.iteration == 2
+            return {"loss": torch.tensor(float("nan") if bad else 1.0)}
+
+        trainer = Engine(step)
+        controls = control.attach(trainer, every=(4,))
+        saved, nan_events = [], []
+        interrupt.attach(trainer, lambda e: saved.append(e.state.iteration) or "ckpt.pt",
+                         stop_check=controls["stop_check"])
+        control.attach_last(trainer, controls)
+        stop_together(trainer, every=(4,))
+        trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda e: nan_events.append(1))
+
+        @trainer.on(Events.ITERATION_COMPLETED(once=6))
+        def _signal(_, case=case) -> None:
+            if case == "signal" and idist.get_rank() == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        code = 0
+        try:
+            trainer.run(range(10), max_epochs=1)
+        except interrupt.TrainingInterrupted as exc:
+            code = exc.exit_code
+        results[case] = {"stopped_at": trainer.state.iteration, "nan": len(nan_events),
+                         "saved": saved, "exit_code": code}
+    return results
+
+
 def checks_worker(local_rank: int, pairs_dir: str, weights: str, out_dir: str) -> None:
     n = len(resolve_images(read_pairs(os.path.join(pairs_dir, "pairs.txt")), pairs_dir)[1])
     results = {
@@ -221,6 +255,7 @@ def checks_worker(local_rank: int, pairs_dir: str, weights: str, out_dir: str) -
         "images": evaluate_images(pairs_dir, weights),
         "nan": nan_in_rank1_stops_both(),
         "signal": signal_to_rank1_stops_both(),
+        "every_4": agreement_every_4(),
     }
     torch.save(results, os.path.join(out_dir, f"checks-rank{idist.get_rank()}.pt"))
 
@@ -263,6 +298,14 @@ def test_a_signal_to_one_process_stops_both_after_saving(two_process_checks):
     _, ranks = two_process_checks
     expected = {"stopped_at": 4, "saved": [4], "exit_code": 128 + signal.SIGTERM}
     assert [r["signal"] for r in ranks] == [expected] * 2
+
+
+def test_batched_agreement_stops_both_at_the_next_point(two_process_checks):
+    _, ranks = two_process_checks
+    expected = {"nan": {"stopped_at": 4, "nan": 1, "saved": [], "exit_code": 0},
+                "signal": {"stopped_at": 8, "nan": 0, "saved": [8],
+                           "exit_code": 128 + signal.SIGTERM}}
+    assert [r["every_4"] for r in ranks] == [expected] * 2
 
 
 def test_auto_backend_for_torchrun_srun_nproc_and_plain_runs(monkeypatch):
