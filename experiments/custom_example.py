@@ -11,6 +11,7 @@ ClearML/TensorBoard work as in the standard run (``handlers/standard.py``, which
 writes out step by step).
 """
 import os
+import signal
 import sys
 
 import ignite.distributed as idist
@@ -52,8 +53,19 @@ def training(local_rank: int, cfg, result: dict) -> None:
         trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
                                  cfg.channels_last, scaler=scaler, compile_model=cfg.compile)
 
-        # handlers, in this order: schedule, validations, progress, control, checkpoints,
-        # interrupt, trackers, stop agreement (see handlers.standard.attach_handlers)
+        # handlers, in this order (see handlers.standard.attach_handlers): control first (the
+        # agreement point: NaN read, --max_time, signals), schedule, validations, progress,
+        # checkpoints, interrupt, trackers, then the stop agreement of several processes
+        targets = verification.targets_for_run(cfg, data)  # --lfw (or built-in), --val_targets
+        best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+        best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+                      else events.ValidationEvents.HOLDOUT_COMPLETED)
+        agree_every = tuple(k for k in (cfg.log_interval, cfg.save_interval, cfg.val_interval)
+                            if k > 0) or (50,)  # one host read there, none between
+        controls = control.attach(trainer, max_time=cfg.max_time,
+                                  early_stopping=cfg.early_stopping, score_name=best_by,
+                                  score_event=best_event, every=agree_every,
+                                  last_checkpoint=lambda: saved.last_checkpoint)
         scheduler = lr_scheduler.attach(trainer, optimizers["model"], cfg.lr, cfg.epochs,
                                         len(data.train_loader),
                                         **lr_scheduler.schedule_options(cfg))
@@ -61,7 +73,6 @@ def training(local_rank: int, cfg, result: dict) -> None:
             holdout.attach(trainer, model, criterion, data.val_loader, run.device,
                            every_iterations=cfg.val_interval, amp=cfg.amp,
                            channels_last=cfg.channels_last)
-        targets = verification.targets_for_run(cfg, data)  # --lfw (or built-in), --val_targets
         if targets:
             verification.attach(trainer, model, [t.load() for t in targets], run.device,
                                 cfg.image_size, batch_size=cfg.lfw_batch_size,
@@ -71,18 +82,13 @@ def training(local_rank: int, cfg, result: dict) -> None:
                                 num_workers=cfg.num_workers, amp=cfg.amp,
                                 channels_last=cfg.channels_last)
         progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
-        best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
-        best_event = (events.ValidationEvents.LFW_COMPLETED if targets
-                      else events.ValidationEvents.HOLDOUT_COMPLETED)
-        control.attach(trainer, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
-                       score_name=best_by, score_event=best_event,
-                       last_checkpoint=lambda: saved.last_checkpoint)
         state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
                               scaler=scaler)
         saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                   save_interval=cfg.save_interval, best_by=best_by,
                                   best_event=best_event)
-        interrupt.attach(trainer, saved.save_now)
+        interrupt.attach(trainer, saved.save_now, signals=(signal.SIGINT, signal.SIGTERM),
+                         stop_check=controls["stop_check"])  # a command line: own the signals
         trackers = [clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=NAME,
                                    hparams=vars(cfg), log_interval=cfg.log_interval,
                                    optimizers=optimizers,
@@ -92,7 +98,8 @@ def training(local_rank: int, cfg, result: dict) -> None:
             trackers.append(tensorboard.attach(
                 trainer, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
                 log_interval=cfg.log_interval, optimizers=optimizers, hparams=vars(cfg)))
-        stop_together(trainer)
+        control.attach_last(trainer, controls)
+        stop_together(trainer, every=agree_every)
 
         try:
             resume.restore(state)
