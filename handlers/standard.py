@@ -88,7 +88,8 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
     scaler = make_grad_scaler(run.device, cfg.amp)
     trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
-                             cfg.channels_last, scaler=scaler, compile_model=cfg.compile)
+                             cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+                             image_size=cfg.image_size)
     return Parts(data, model, criterion, optimizers, scaler, trainer)
 
 
