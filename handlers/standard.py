@@ -25,10 +25,10 @@ from ignite.engine import Engine
 from torch import nn
 
 from faceignite.checkpoint import Resume, TrainingState
-from faceignite.cli import exits_on_error
+from faceignite.cli import EXIT_NAN, exits_on_error
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
-from faceignite.engine import create_trainer, stop_together
+from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory
 from faceignite.models import build_model
@@ -158,16 +158,24 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
              criterion_factory: CriterionFactory = LOSSES["center"],
              result: dict | None = None, hooks: Sequence[Hook] = ()) -> dict:
     """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
-    the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own."""
-    with session(cfg, name, run_dir=run_folder(cfg, name)) as run:
+    the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own.
+
+    A run stopped by a NaN loss ends with ``SystemExit(EXIT_NAN)`` (exit code 3), never as a
+    success; nothing is written to the run folder before the resume and data checks passed."""
+    with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True) as run:
         resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
         parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
         attached = attach_handlers(parts, cfg, run, name, hooks)
+        nan = []
+        parts.trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda _: nan.append(1))
         try:
             resume.restore(attached.state)
+            run.commit()  # every check passed: now config.json and run.log are written
             parts.trainer.run(parts.data.train_loader, max_epochs=cfg.epochs)
         finally:  # a NaN stop, an interrupt or an error skips COMPLETED: close them here
             attached.close_trackers()
+        if nan:  # the NaN guard logged where and which checkpoint to resume from
+            raise SystemExit(EXIT_NAN)
         metrics = dict(parts.trainer.state.metrics)
         if result is not None:
             result.update(metrics)

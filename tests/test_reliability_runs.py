@@ -23,6 +23,7 @@ from faceignite.data.transforms import eval_transform, train_transform
 from faceignite.engine import create_evaluator, create_trainer
 from faceignite.losses import SoftmaxCenterLoss
 from faceignite.models import EmbeddingNet
+from faceignite.run import setup_logging
 from handlers.standard import main
 
 SIZE = 32
@@ -121,3 +122,187 @@ def test_a_held_out_batch_with_no_decodable_image_is_left_out_of_the_metrics(tmp
     with_empty = evaluate(samples)
     only_good = evaluate(samples[2:])
     assert with_empty == pytest.approx(only_good) and 0 <= with_empty["accuracy"] <= 1
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.name.startswith("resnet34_center-"))
+
+
+def start(script: str, *argv: str) -> subprocess.Popen:
+    """A real training process (this checkout's code), its output kept."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_OFFLINE_MODE": "1"}
+    return subprocess.Popen([PYTHON, "-c", script, *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# ------------------------------------------------------------ item 3: two runs at once
+AT_ONCE = """
+import sys, time
+from handlers.standard import main
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # both imported: start together
+main(sys.argv[2:])
+"""
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    import time
+
+    root = faces(tmp_path / "data", 2, 2)
+    out = tmp_path / "runs"
+    now = int(time.time())
+    # the folders a third run made in each second of the next two minutes: never to be reused
+    taken = [out / f"resnet34_center-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t))}"
+             for t in range(now, now + 120)]
+    for folder in taken:
+        folder.mkdir(parents=True)
+        (folder / "mine.txt").write_text("the other run's")
+    at = str(now + 12 + 0.05)  # the start of one second, both processes imported
+    procs = [start(AT_ONCE, at, *args(root, out, "--batch_size", "2", "--seed", str(seed),
+                                      "--index_cache", str(tmp_path / f"index{seed}.json")))
+             for seed in (1, 2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    for folder in taken:
+        assert os.listdir(folder) == ["mine.txt"]  # untouched
+    made = sorted(set(run_dirs(out)) - set(taken))
+    assert len(made) == 2 and all(p.name[-2:] in ("-2", "-3") for p in made)
+    for seed, log in zip((1, 2), logs):
+        run_dir = next(p for p in made if f"output in {p}," in log)  # this process's folder
+        assert '"seed": %d' % seed in (run_dir / "config.json").read_text()
+        assert (run_dir / "run.log").read_text().count("output in ") == 1
+        (ckpt,) = run_dir.glob("training_checkpoint_*.pt")
+        assert torch.load(ckpt, weights_only=True)["config"]["seed"] == seed
+    assert len({next(p for p in made if f"output in {p}," in log) for log in logs}) == 2
+
+
+# ------------------------------------------------------------ item 5: a NaN stop's exit code
+GOES_NAN = """
+import sys
+from faceignite.losses import SoftmaxCenterLoss
+from handlers.standard import main
+
+class NanAfter(SoftmaxCenterLoss):  # the real criterion, NaN from its 4th call on (epoch 2)
+    calls = 0
+    def forward(self, embeddings, labels):
+        out = super().forward(embeddings, labels)
+        NanAfter.calls += 1
+        if NanAfter.calls >= 4:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+main(sys.argv[1:], criterion_factory=lambda cfg, n: NanAfter(n, cfg.embedding_dim, 0.01))
+"""
+
+
+def test_a_run_stopped_by_a_nan_loss_exits_3_keeping_the_last_good_checkpoint(tmp_path):
+    root = faces(tmp_path / "data", 2, 3)  # 6 images, batch 2: 3 steps an epoch
+    out = tmp_path / "runs"
+    proc = start(GOES_NAN, *args(root, out, "--batch_size", "2", "--epochs", "3"))
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 3, log
+    assert "Traceback" not in log
+    (run_dir,) = run_dirs(out)
+    nan_line = next(line for line in log.splitlines() if "loss went NaN" in line)
+    assert "iteration 4" in nan_line and f"resume from {run_dir / 'training_checkpoint_3.pt'}" \
+        in nan_line
+    assert [p.name for p in run_dir.glob("training_checkpoint_*.pt")] == \
+        ["training_checkpoint_3.pt"]
+    ckpt = torch.load(run_dir / "training_checkpoint_3.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values()
+               if v.is_floating_point())
+
+
+# ------------------------------------------------------------ item 6: a refused resume
+def test_a_refused_resume_leaves_the_runs_config_and_log_byte_identical(tmp_path, caplog):
+    root = faces(tmp_path / "data", 2, 3)
+    out = tmp_path / "runs"
+    main(args(root, out, "--batch_size", "2"))
+    (run_dir,) = run_dirs(out)
+    ckpt = run_dir / "training_checkpoint_3.pt"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    added = root / sorted(os.listdir(root))[0] / "zz_added.jpg"
+    refusals = [(["--epochs", "1"], "has already trained 1 epochs", None),
+                (["--epochs", "2"], "the training folder changed since it was saved", added)]
+    for extra, expected, new_file in refusals:
+        if new_file is not None:
+            shutil.copy(next(root.rglob("*.jpg")), new_file)
+        caplog.clear()
+        with pytest.raises(SystemExit) as exc:
+            main(args(root, out, "--batch_size", "2", "--resume_path", str(ckpt), *extra))
+        assert exc.value.code == 2 and expected in one_error(caplog)
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert run_dirs(out) == [run_dir]
+
+
+# ------------------------------------------------------------ item 11: output folders
+def _mount_tmpfs(path: Path, size: str, *options: str) -> None:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}",) + options),
+                           "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root with CAP_SYS_ADMIN needed): "
+                    f"{done.stderr.strip()}")
+
+
+def test_impossible_output_dirs_are_one_line_before_training(tmp_path, caplog):
+    root = faces(tmp_path / "data", 2, 2)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("in the way")
+    readonly = tmp_path / "readonly"
+    _mount_tmpfs(readonly, "64k", "ro")
+    try:
+        cases = [(a_file, f"--output_dir {a_file}: cannot make the folder, a file is in the way"),
+                 (a_file / "runs", "a file is in the way at or above it"),
+                 (Path("/proc/faceignite"), "--output_dir /proc/faceignite: cannot make the "
+                                            "folder: No such file or directory"),
+                 (readonly, f"cannot write {readonly}/resnet34_center-")]
+        for out, expected in cases:
+            caplog.clear()
+            with pytest.raises(SystemExit) as exc:
+                main(args(root, out, "--index_cache", str(tmp_path / "index.json")))
+            line = one_error(caplog)
+            assert exc.value.code == 2 and expected in line, line
+        assert "(--output_dir): read-only file system" in line
+        assert os.listdir(readonly) == [] and a_file.read_text() == "in the way"
+    finally:
+        setup_logging()
+        subprocess.run(["umount", str(readonly)], check=True)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_earlier_ones_intact(tmp_path,
+                                                                              caplog):
+    root = faces(tmp_path / "data", 2, 2)
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "400m")
+
+    def fill_after_first_epoch(trainer, state) -> None:  # after the epoch's checkpoint
+        @trainer.on(Events.EPOCH_COMPLETED(once=1))
+        def _fill(_) -> None:
+            with open(disk / "filler", "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                except OSError:
+                    pass
+                try:
+                    while True:
+                        f.write(b"\0" * 1024)
+                except OSError:
+                    pass
+
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(args(root, disk, "--batch_size", "2", "--epochs", "2", "--index_cache",
+                      str(tmp_path / "index.json")), hooks=[fill_after_first_epoch])
+        (run_dir,) = run_dirs(disk)
+        line = one_error(caplog)
+        assert exc.value.code == 2
+        assert line == (f"error: no space left on device writing "
+                        f"{run_dir / 'training_checkpoint_4.pt'} (--output_dir); the earlier "
+                        f"checkpoints in {run_dir} are intact")
+        assert sorted(p.name for p in run_dir.glob("*.pt*")) == ["training_checkpoint_2.pt"]
+        ckpt = torch.load(run_dir / "training_checkpoint_2.pt", weights_only=True)
+        assert ckpt["iteration"] == 2
+    finally:
+        setup_logging()  # closes run.log on that disk
+        subprocess.run(["umount", str(disk)], check=True)
