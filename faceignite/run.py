@@ -262,6 +262,10 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
     rank, world_size = idist.get_rank(), idist.get_world_size()
     try:
         device = resolve_device(cfg.device)  # before anything is written
+        if getattr(cfg, "amp", "off") == "fp16" and device.type != "cuda":
+            raise FaceIgniteError(f"--amp fp16 needs a CUDA GPU (--device {cfg.device} is "
+                                  f"{device}, where fp16 has no gradient scaler): use --amp "
+                                  f"bf16 or off")
     except FaceIgniteError as exc:
         setup_logging(rank=rank)
         fail(exc)

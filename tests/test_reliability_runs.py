@@ -306,3 +306,25 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_earlier_ones_intact(t
     finally:
         setup_logging()  # closes run.log on that disk
         subprocess.run(["umount", str(disk)], check=True)
+
+
+# ------------------------------------------------------------ item 7: refused before training
+def test_one_identity_epochs_0_and_fp16_on_the_cpu_are_refused_writing_nothing(tmp_path,
+                                                                              caplog):
+    one = faces(tmp_path / "one", 1, 3)
+    two = faces(tmp_path / "two", 2, 2)
+    out = tmp_path / "runs"
+    cases = [(args(one, out), f"error: {one} holds one identity ({os.listdir(one)[0]}): a model "
+              "trained to tell one person from nobody learns nothing; give --dataroot a folder "
+              "of two or more identity folders"),
+             (args(two, out, "--epochs", "0"),
+              "error: --epochs 0: must be at least 1 (0 would save an untrained model)"),
+             (args(two, out, "--amp", "fp16"),
+              "error: --amp fp16 needs a CUDA GPU (--device cpu is cpu, where fp16 has no "
+              "gradient scaler): use --amp bf16 or off")]
+    for argv, expected in cases:
+        caplog.clear()
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--index_cache", str(tmp_path / "index.json")])
+        assert exc.value.code == 2 and one_error(caplog) == expected
+        assert not out.exists() or run_dirs(out) == []  # no run folder, no untrained model

@@ -140,6 +140,11 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
             f"{'the built-in data' if builtin else root} leaves {len(train_idx)} training "
             f"image(s) after the held-out split (--valid_split {cfg.valid_split}): BatchNorm "
             f"needs at least 2; add images or lower --valid_split")
+    if len(index.classes) < 2:
+        raise FaceIgniteError(
+            f"{'the built-in data' if builtin else root} holds one identity "
+            f"({index.classes[0]}): a model trained to tell one person from nobody learns "
+            f"nothing; give --dataroot a folder of two or more identity folders")
     samples = index.samples()
     read = {"read": index.image_reader()} if isinstance(index, RecordIndex) else {}
     pin = torch.cuda.is_available() and cfg.device != "cpu"
