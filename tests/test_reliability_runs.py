@@ -328,3 +328,40 @@ def test_one_identity_epochs_0_and_fp16_on_the_cpu_are_refused_writing_nothing(t
             main(argv + ["--index_cache", str(tmp_path / "index.json")])
         assert exc.value.code == 2 and one_error(caplog) == expected
         assert not out.exists() or run_dirs(out) == []  # no run folder, no untrained model
+
+
+# ------------------------------------------------------------ item 1, distributed
+def record_steps(trainer, state) -> None:
+    """A hook (each process): its step outputs and final weights, written at the end."""
+    import ignite.distributed as idist
+    from faceignite.runtime import unwrap
+
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(
+        (int(e.state.output["batch_size"]), int(e.state.output["skipped"]))))
+
+    @trainer.on(Events.COMPLETED)
+    def _save(engine) -> None:
+        torch.save({"outputs": outputs, "model": unwrap(state.model).state_dict(),
+                    "metrics": dict(engine.state.metrics)},
+                   Path(state.config["output_dir"]) / f"rank{idist.get_rank()}.pt")
+
+
+def test_two_processes_with_batches_of_one_and_none_step_together_without_hanging(tmp_path):
+    root = faces(tmp_path / "data", 2, 4)  # 8 images, batch 4 in all: 2 steps of 2 a process
+    files = sorted(root.rglob("*.jpg"))
+    for f in files[1:]:
+        spoil(f)  # one image decodes: each step, one process has 1 image or none, the other none
+    out = tmp_path / "runs"
+    assert main(args(root, out, "--nproc_per_node", "2", "--backend", "gloo", "--n_saved", "1"),
+                hooks=[record_steps]) == {}
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    steps = [r["outputs"] for r in ranks]
+    assert len(steps[0]) == len(steps[1]) == 2  # every process took part in every step
+    assert all(n == 0 for s in steps for n, _ in s)  # nothing trained on a batch under two
+    assert sum(k for s in steps for _, k in s) == 8  # every image counted as skipped
+    assert ranks[0]["metrics"]["skipped_images"] == ranks[1]["metrics"]["skipped_images"] == 8
+    for k, v in ranks[0]["model"].items():  # the replicas stayed identical
+        assert torch.equal(v, ranks[1]["model"][k]), k
+    (run_dir,) = run_dirs(out)
+    assert (run_dir / "training_checkpoint_2.pt").is_file()
