@@ -17,10 +17,10 @@ import sys
 import ignite.distributed as idist
 
 from faceignite.checkpoint import Resume, TrainingState
-from faceignite.cli import exits_on_error
+from faceignite.cli import EXIT_NAN, exits_on_error
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
-from faceignite.engine import create_trainer, stop_together
+from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import center_loss
 from faceignite.models import build_model
@@ -36,7 +36,7 @@ DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experi
 
 def training(local_rank: int, cfg, result: dict) -> None:
     """One process of the run (every process runs all of it; rank 0 writes the files)."""
-    with session(cfg, NAME, run_dir=run_folder(cfg, NAME)) as run:
+    with session(cfg, NAME, run_dir=run_folder(cfg, NAME), deferred=True) as run:
         resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
         data = build_face_data(cfg, val_indices=resume.val_indices,
                                num_replicas=run.world_size, rank=run.rank)
@@ -51,7 +51,8 @@ def training(local_rank: int, cfg, result: dict) -> None:
         ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
         scaler = make_grad_scaler(run.device, cfg.amp)
         trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
-                                 cfg.channels_last, scaler=scaler, compile_model=cfg.compile)
+                                 cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+                                 image_size=cfg.image_size)
 
         # handlers, in this order (see handlers.standard.attach_handlers): control first (the
         # agreement point: NaN read, --max_time, signals), schedule, validations, progress,
@@ -101,13 +102,18 @@ def training(local_rank: int, cfg, result: dict) -> None:
         control.attach_last(trainer, controls)
         stop_together(trainer, every=agree_every)
 
+        nan = []  # a NaN stop must not end as a success
+        trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda _: nan.append(1))
         try:
             resume.restore(state)
+            run.commit()  # the checks passed: config.json and run.log are written from now on
             trainer.run(data.train_loader, max_epochs=cfg.epochs)
         finally:  # also after a NaN stop or an interrupt, which skip COMPLETED
             for tracker in trackers:
                 if tracker is not None and not getattr(tracker, "closed", False):
                     tracker.close()
+        if nan:
+            raise SystemExit(EXIT_NAN)  # exit code 3: the NaN guard said where to resume from
         result.update(trainer.state.metrics)
         if run.rank == 0:
             print("best checkpoint:", saved.best_checkpoint)

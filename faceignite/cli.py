@@ -8,6 +8,11 @@ from typing import Callable, NoReturn, TypeVar
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite")
+# exit codes of the commands: 0 done; 2 a one-line error (an option, a file); 3 a training run
+# stopped on a NaN loss (no checkpoint of the poisoned weights; resume from the last one);
+# 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM) after saving a checkpoint
+EXIT_ERROR = 2
+EXIT_NAN = 3
 F = TypeVar("F", bound=Callable)
 
 
@@ -16,7 +21,7 @@ def fail(exc: FaceIgniteError) -> NoReturn:
     if not logging.getLogger().handlers and not logger.handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.error("error: %s", exc)
-    raise SystemExit(2) from None
+    raise SystemExit(EXIT_ERROR) from None
 
 
 def exits_on_error(main: F) -> F:

@@ -169,7 +169,7 @@ OPTIONS: tuple[Option, ...] = (
            why="a local weights file or `download`: no hidden network access"),
     # optimisation
     Option(("--epochs",), "optim", "Training epochs", 30, builtin=8, type=int,
-           original="275", why="30 VGGFace2 epochs ≈ 1.5 M iterations at batch 64, past where "
+           check=at_least(1, " (0 would save an untrained model)"), original="275", why="30 VGGFace2 epochs ≈ 1.5 M iterations at batch 64, past where "
            "the schedule has converged"),
     Option(("--optimizer",), "optim", "Optimizer of the model", "sgd", type=str,
            choices=("sgd", "adam", "adagrad"), original="adam (implicit)",

@@ -7,12 +7,17 @@ from typing import Iterable, Mapping
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, EventEnum, Events
+from ignite.metrics.metric import MetricUsage
 from torch import nn
 
+from faceignite.errors import FaceIgniteError
 from faceignite.losses.protocol import AdjustsGradients, Classifying
 from faceignite.runtime import (AMP_DTYPES, auto_modules, autocast_context,  # noqa: F401
                                 broadcast_buffers, make_grad_scaler, prepare_images,
                                 resolve_device, to_channels_last, unwrap)
+
+
+MIN_TRAIN_BATCH = 2  # BatchNorm in training mode needs two images (per process)
 
 
 class TrainerEvents(EventEnum):
@@ -36,7 +41,7 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
                    optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device,
                    amp: str = "off", channels_last: bool = False,
                    scaler: torch.amp.GradScaler | None = None,
-                   compile_model: bool = False) -> Engine:
+                   compile_model: bool = False, image_size: int | None = None) -> Engine:
     """An Ignite trainer whose step computes ``criterion(model(x), y)`` and steps every optimizer.
 
     ``criterion`` follows :class:`faceignite.losses.Criterion`: a dict with ``loss`` (and e.g.
@@ -53,6 +58,11 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     weights once before (:func:`~faceignite.runtime.to_channels_last`, before DDP wrapping).
     ``compile_model`` runs the model's forward through ``torch.compile`` (``model`` itself, its
     ``state_dict`` and the evaluators stay uncompiled).
+
+    A batch of fewer than two decodable images (a last batch of one, images that failed to
+    decode) is skipped and its images counted in ``skipped`` (see ``skipped_step`` inside for
+    what a distributed process does instead); ``image_size`` (pixels) shapes the stand-in image
+    of a distributed process whose very first batch decoded nothing.
     """
     scaler = scaler if scaler is not None else make_grad_scaler(device, amp)
     forward = torch.compile(model) if compile_model else model
@@ -60,22 +70,61 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     adjust = plain_criterion if isinstance(plain_criterion, AdjustsGradients) else None
     distributed = idist.get_world_size() > 1
     # Partial FC: every process calls the criterion every step (it all-gathers), rows or not
-    collective = bool(getattr(plain_criterion, "collective", False))
+
+    shape = {"image": None if image_size is None else (3, image_size, image_size)}
+
+    def skipped_step(images: torch.Tensor, labels: torch.Tensor, skipped: int) -> dict:
+        """A batch of fewer than :data:`MIN_TRAIN_BATCH` images: its images are counted as
+        skipped.  One process: nothing runs.  Several: this process still takes part in the
+        step, or the others would wait for it in DDP's all-reduce forever; it forwards its one
+        image (or one black image when none decoded) with BatchNorm in eval mode (running
+        statistics, none updated) and a loss multiplied by 0, so its gradients are zero: it
+        contributes nothing (the all-reduce averages over every process, so this step's
+        gradient is the others' mean scaled by (world size - 1) / world size), and every
+        process still steps its optimizers, keeping the replicas identical."""
+        skipped += labels.numel()
+        if distributed:
+            if labels.numel() == 0:
+                if shape["image"] is None:
+                    raise FaceIgniteError("a training batch with no decodable image came first "
+                                          "in a distributed run: pass image_size to "
+                                          "create_trainer")
+                images = torch.zeros((1, *shape["image"]))
+                labels = torch.zeros(1, dtype=torch.long)
+            model.eval()
+            criterion.eval()
+            images = prepare_images(images, device, channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with autocast_context(device, amp):
+                embeddings = forward(images)
+                out = criterion(embeddings, labels)
+                # 0 * loss, and the embeddings in the graph: every DDP parameter gets its
+                # (zero) gradient even from a loss that has none (a triplet loss of one image)
+                nothing = torch.nan_to_num(out["loss"].float()) * 0 + embeddings.sum() * 0
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            scaler.scale(nothing).backward()
+            if adjust is not None:
+                adjust.before_optimizer_step()
+            for opt in optimizers.values():
+                scaler.step(opt)
+            scaler.update()
+            broadcast_buffers(model)
+            broadcast_buffers(criterion)
+        return {"loss": torch.zeros((), device=device), "batch_size": 0, "skipped": skipped}
 
     def step(engine: Engine, batch) -> dict[str, torch.Tensor]:
         images, labels, skipped = batch
-        if labels.numel() == 0 and not collective:  # every image of the batch failed to decode
-            return {"loss": torch.zeros((), device=device), "batch_size": 0, "skipped": skipped}
+        if labels.numel() < MIN_TRAIN_BATCH:  # empty or one image: BatchNorm cannot train
+            # (several processes, Partial FC too: the skipped step still takes part in every
+            # collective, the model's and the criterion's, with a zero contribution)
+            return skipped_step(images, labels, skipped)
+        shape["image"] = tuple(images.shape[1:])
         model.train()
         criterion.train()
         labels = labels.to(device, non_blocking=True)
         with autocast_context(device, amp):
-            if labels.numel() == 0:  # collective: take part with no rows (zero contribution)
-                embeddings = _no_rows(model, device)
-                labels = labels.long()
-            else:
-                embeddings = forward(prepare_images(images, device, channels_last))
-            out = criterion(embeddings, labels)
+            out = criterion(forward(prepare_images(images, device, channels_last)), labels)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()
@@ -147,13 +196,16 @@ def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.dev
                      metrics: Mapping | None = None, amp: str = "off",
                      channels_last: bool = False) -> Engine:
     """An evaluator whose output is ``(logits, labels)`` for Ignite's Accuracy and Loss metrics;
-    ``criterion`` must be :class:`~faceignite.losses.Classifying`."""
+    ``criterion`` must be :class:`~faceignite.losses.Classifying`.  A batch in which no image
+    decoded gives ``None`` and the metrics leave it out."""
     if not isinstance(criterion, Classifying):
         raise TypeError(f"{type(criterion).__name__} has no logits(): no held-out accuracy")
 
     @torch.no_grad()
     def step(engine: Engine, batch):
         images, labels, _ = batch
+        if labels.numel() == 0:  # no image of the batch decoded: the metrics skip it
+            return None
         model.eval()
         criterion.eval()
         images = prepare_images(images, device, channels_last)
@@ -162,8 +214,12 @@ def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.dev
         return logits.float(), labels.to(device)
 
     evaluator = Engine(step)
+    # the metrics update on batches that held an image only (an empty one returns None)
+    usage = MetricUsage(Events.EPOCH_STARTED, Events.EPOCH_COMPLETED,
+                        Events.ITERATION_COMPLETED(
+                            event_filter=lambda engine, _: engine.state.output is not None))
     for name, metric in (metrics or {}).items():
-        metric.attach(evaluator, name)
+        metric.attach(evaluator, name, usage=usage)
     return evaluator
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 from faceignite.errors import FaceIgniteError
 
 
-def _reason(exc: OSError, path: str, option: str) -> str:
+def write_error(exc: OSError, path: str, option: str) -> str:
     """One line for a failed write of ``path`` (given as ``option``)."""
     if exc.errno == errno.ENOSPC:
         return f"no space left on device writing {path} ({option})"
@@ -45,7 +45,7 @@ def prepare_output_file(path: str, option: str) -> str:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise FaceIgniteError(_reason(exc, path, option)) from None
+        raise FaceIgniteError(write_error(exc, path, option)) from None
     return path
 
 
@@ -61,7 +61,7 @@ def write_atomic(path: str, write: Callable[[str], None], option: str) -> None:
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise FaceIgniteError(_reason(exc, path, option)) from None
+        raise FaceIgniteError(write_error(exc, path, option)) from None
     finally:
         if os.path.exists(tmp):
             try:

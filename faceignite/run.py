@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import json
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import socket
@@ -21,6 +22,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
+from faceignite.output_files import write_error
 from faceignite.runtime import resolve_device
 
 logger = logging.getLogger("faceignite")
@@ -36,6 +38,13 @@ class Run:
     cfg: argparse.Namespace
     rank: int = 0
     world_size: int = 1
+    files: DeferredRunFiles | None = None  # rank 0 of a session(deferred=True)
+
+    def commit(self) -> None:
+        """The run's checks passed: write ``config.json`` and ``run.log`` (with the lines so
+        far).  Only for ``session(..., deferred=True)``; a no-op elsewhere and off rank 0."""
+        if self.files is not None:
+            self.files.write()
 
 
 def setup_logging(log_file: str | None = None, rank: int = 0) -> None:
@@ -51,10 +60,14 @@ def setup_logging(log_file: str | None = None, rank: int = 0) -> None:
     for h in list(root.handlers):
         if getattr(h, "_faceignite", False):
             root.removeHandler(h)
+            h.close()  # an earlier run's run.log
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     logging.getLogger("ignite").setLevel(logging.WARNING)  # our handlers log the epoch lines
+    # an Engine logs the message of every exception it re-raises: it is said once, by fail()
+    # (one line) or by the traceback
+    logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
     for h in handlers:
         h.setFormatter(fmt)
         h._faceignite = True  # type: ignore[attr-defined]
@@ -62,17 +75,90 @@ def setup_logging(log_file: str | None = None, rank: int = 0) -> None:
 
 
 def new_run_dir(output_dir: str, name: str) -> str:
-    """``output_dir/<name>-<time>``."""
+    """``output_dir/<name>-<time>`` (the name only: :func:`make_run_dir` creates it)."""
     return os.path.join(output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def run_folder(cfg: argparse.Namespace, name: str) -> str:
+def make_run_dir(output_dir: str, name: str, option: str = "--output_dir") -> str:
+    """Create a new run folder ``output_dir/<name>-<time>`` and return its absolute path.
+
+    The folder is made with ``os.mkdir`` (no ``exist_ok``): when another run made that name
+    first (two runs started in the same second, a job array), this one takes
+    ``<name>-<time>-2``, ``-3``, ...; never a folder another run made.  A file in the way, a
+    read-only or virtual file system, or a full disk is one :class:`FaceIgniteError` line
+    naming ``option`` and the path."""
+    output_dir = os.path.abspath(os.path.expanduser(output_dir))
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FaceIgniteError(f"{option} {output_dir}: cannot make the folder, a file is in the "
+                              f"way at or above it") from None
+    except OSError as exc:
+        raise FaceIgniteError(f"{option} {output_dir}: cannot make the folder: "
+                              f"{exc.strerror or exc}") from None
+    base = new_run_dir(output_dir, name)
+    for attempt in range(1, 10_000):
+        path = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue  # another run's: never shared
+        except OSError as exc:
+            raise FaceIgniteError(write_error(exc, path, option)) from None
+    raise FaceIgniteError(f"{option} {output_dir}: {base} and 9,998 numbered folders after it "
+                          f"exist")
+
+
+def run_folder(cfg: argparse.Namespace, name: str) -> str | None:
     """The folder of a training run: the resumed checkpoint's folder with ``--resume_path``
-    (not ``--finetune``: that is a new run), else a new ``--output_dir/<name>-<time>``."""
+    (not ``--finetune``: that is a new run); ``None`` for a new run, whose folder
+    :func:`session` creates (:func:`make_run_dir`)."""
     if cfg.resume_path and not cfg.finetune:
         path = os.path.abspath(os.path.expanduser(cfg.resume_path))
         return path if os.path.isdir(path) else os.path.dirname(path)
-    return new_run_dir(cfg.output_dir, name)
+    return None
+
+
+class DeferredRunFiles:
+    """``run.log`` and ``config.json`` of a run, written only once its checks passed
+    (:meth:`Run.commit`): a refused resume leaves the original run's files as they were.
+    Until then the log lines go to stderr and are kept here, then written to ``run.log``
+    first."""
+
+    def __init__(self, run_dir: str, cfg: argparse.Namespace):
+        self.run_dir, self.cfg = run_dir, cfg
+        self.buffer = logging.handlers.MemoryHandler(capacity=1 << 30,
+                                                     flushLevel=logging.CRITICAL + 1)
+        self.buffer._faceignite = True  # type: ignore[attr-defined]
+        logging.getLogger().addHandler(self.buffer)
+        self.done = False
+
+    def write(self) -> None:
+        """Write ``config.json``, open ``run.log`` (appending) with the lines kept so far."""
+        if self.done:
+            return
+        self.done = True
+        root = logging.getLogger()
+        try:
+            with open(os.path.join(self.run_dir, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(vars(self.cfg), f, indent=2, default=str)
+            log = logging.FileHandler(os.path.join(self.run_dir, "run.log"), encoding="utf-8")
+        except OSError as exc:
+            self.discard()
+            raise FaceIgniteError(write_error(exc, self.run_dir, "--output_dir")) from None
+        log.setFormatter(next((h.formatter for h in root.handlers if h is not self.buffer
+                               and getattr(h, "_faceignite", False)), None))
+        log._faceignite = True  # type: ignore[attr-defined]
+        self.buffer.setTarget(log)
+        self.buffer.flush()
+        self.discard()
+        root.addHandler(log)
+
+    def discard(self) -> None:
+        logging.getLogger().removeHandler(self.buffer)
+        self.buffer.buffer.clear()
+        self.buffer.setTarget(None)
 
 
 # --------------------------------------------------------------------------- launching
@@ -159,26 +245,57 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
 
 @contextlib.contextmanager
 def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
-            seed: int = 0) -> Iterator[Run]:
-    """Create the run folder (``run_dir``; default a new ``cfg.output_dir/<name>-<time>``), log
-    to ``run.log`` there, seed everything (``cfg.seed`` when the options have one, else
-    ``seed``), pick ``cfg.device``.
+            seed: int = 0, deferred: bool = False) -> Iterator[Run]:
+    """Create the run folder (``run_dir``, an existing one; default a new
+    ``cfg.output_dir/<name>-<time>``, made by :func:`make_run_dir`), log to ``run.log`` there,
+    seed everything (``cfg.seed`` when the options have one, else ``seed``), pick
+    ``cfg.device``.
 
-    A :class:`FaceIgniteError` inside ends the program with its one-line message (exit code 2).
-    In a distributed run every process calls it: they share rank 0's run folder; only rank 0
-    writes ``run.log`` and ``config.json``; each process trains on ``idist.device()``.
+    ``deferred``: ``run.log`` and ``config.json`` are written only at ``run.commit()``, after
+    the caller's checks (a resume's checkpoint and data): a refused resume rewrites nothing.
+
+    A :class:`FaceIgniteError` inside ends the program with its one-line message (exit code 2);
+    a new run folder still empty then is removed.  In a distributed run every process calls it:
+    they share rank 0's run folder; only rank 0 writes ``run.log`` and ``config.json``; each
+    process trains on ``idist.device()``.
     """
     rank, world_size = idist.get_rank(), idist.get_world_size()
     try:
         device = resolve_device(cfg.device)  # before anything is written
+        if getattr(cfg, "amp", "off") == "fp16" and device.type != "cuda":
+            raise FaceIgniteError(f"--amp fp16 needs a CUDA GPU (--device {cfg.device} is "
+                                  f"{device}, where fp16 has no gradient scaler): use --amp "
+                                  f"bf16 or off")
     except FaceIgniteError as exc:
         setup_logging(rank=rank)
         fail(exc)
-    run_dir = run_dir or new_run_dir(cfg.output_dir, name)
-    if world_size > 1:  # the folder's time stamp is rank 0's
-        run_dir = str(idist.broadcast(run_dir, src=0))
-    os.makedirs(run_dir, exist_ok=True)
-    setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
+    new = run_dir is None
+    if new:  # rank 0 makes it and tells the others (or the one line of why it could not)
+        made = ""
+        if rank == 0:
+            try:
+                made = "ok:" + make_run_dir(cfg.output_dir, name)
+            except FaceIgniteError as exc:
+                made = f"error:{exc}"
+        if world_size > 1:
+            made = str(idist.broadcast(made, src=0))
+        kind, _, run_dir = made.partition(":")
+        if kind == "error":
+            setup_logging(rank=rank)
+            fail(FaceIgniteError(run_dir))
+    else:
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as exc:
+            setup_logging(rank=rank)
+            fail(FaceIgniteError(write_error(exc, run_dir, "--resume_path")))
+    files = None
+    if deferred:
+        setup_logging(None, rank)
+        if rank == 0:
+            files = DeferredRunFiles(run_dir, cfg)
+    else:
+        setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
     manual_seed(vars(cfg).get("seed", seed))
     if world_size > 1 and device.type == "cuda":
         if device != idist.device() and device.index is not None:
@@ -189,15 +306,20 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         torch.backends.cudnn.benchmark = True
     elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
-    if rank == 0:
+    if rank == 0 and not deferred:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(vars(cfg), f, indent=2, default=str)
     where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
              if world_size > 1 else "")
     logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
     try:
-        yield Run(name, run_dir, device, cfg, rank, world_size)
+        yield Run(name, run_dir, device, cfg, rank, world_size, files)
     except FaceIgniteError as exc:
+        if files is not None and not files.done:
+            files.discard()
+            if new:  # refused before anything was written: leave no empty run folder
+                with contextlib.suppress(OSError):
+                    os.rmdir(run_dir)
         fail(exc)
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
         logger.warning("%s", exc or "interrupted")

@@ -20,6 +20,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from faceignite.checkpoint import BEST_PREFIX, BEST_RE, LATEST_PREFIX, LATEST_RE, NAME
 from faceignite.engine import TrainerEvents, register_trainer_events
 from faceignite.errors import FaceIgniteError
+from faceignite.output_files import write_error
 from handlers import events
 
 logger = logging.getLogger("faceignite")
@@ -61,6 +62,10 @@ class SafeDiskSaver(DiskSaver):
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(exc, OSError):  # e.g. "no space left on device writing PATH"
+                raise FaceIgniteError(f"{write_error(exc, str(path), '--output_dir')}; the "
+                                      f"earlier checkpoints in {self.dirname} are intact"
+                                      ) from None
             if isinstance(exc, Exception):
                 raise FaceIgniteError(f"could not write checkpoint {path} "
                                       f"({exc.__class__.__name__}: {exc}); the earlier "

@@ -26,10 +26,10 @@ from ignite.engine import Engine
 from torch import nn
 
 from faceignite.checkpoint import Resume, TrainingState
-from faceignite.cli import exits_on_error
+from faceignite.cli import EXIT_NAN, exits_on_error
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
-from faceignite.engine import create_trainer, stop_together
+from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory
 from faceignite.models import build_model
@@ -91,7 +91,8 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
     scaler = make_grad_scaler(run.device, cfg.amp)
     trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
-                             cfg.channels_last, scaler=scaler, compile_model=cfg.compile)
+                             cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+                             image_size=cfg.image_size)
     return Parts(data, model, criterion, optimizers, scaler, trainer)
 
 
@@ -184,16 +185,24 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
     """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
     the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own.
     ``handle_signals``: Ctrl-C/SIGTERM save a checkpoint and stop (command-line runs: :func:`main`);
-    off, a library call leaves the process's signal handlers alone."""
-    with session(cfg, name, run_dir=run_folder(cfg, name)) as run:
+    off, a library call leaves the process's signal handlers alone.
+
+    A run stopped by a NaN loss ends with ``SystemExit(EXIT_NAN)`` (exit code 3), never as a
+    success; nothing is written to the run folder before the resume and data checks passed."""
+    with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True) as run:
         resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
         parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
         attached = attach_handlers(parts, cfg, run, name, hooks, handle_signals)
+        nan = []
+        parts.trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda _: nan.append(1))
         try:
             resume.restore(attached.state)
+            run.commit()  # every check passed: now config.json and run.log are written
             parts.trainer.run(parts.data.train_loader, max_epochs=cfg.epochs)
         finally:  # a NaN stop, an interrupt or an error skips COMPLETED: close them here
             attached.close_trackers()
+        if nan:  # the NaN guard logged where and which checkpoint to resume from
+            raise SystemExit(EXIT_NAN)
         metrics = dict(parts.trainer.state.metrics)
         if result is not None:
             result.update(metrics)

@@ -1,6 +1,8 @@
 """Long runs: iteration-interval validation, --max_time, early stopping, NaN guard."""
 import re
 
+import pytest
+
 import torch
 from ignite.engine import Engine, Events
 
@@ -71,7 +73,9 @@ class NanAfter(SoftmaxCenterLoss):
 def test_nan_loss_stops_with_message_and_no_corrupt_checkpoint(train_args, tmp_path, caplog):
     NanAfter.calls = 0
     factory = lambda cfg, n: NanAfter(n, cfg.embedding_dim, cfg.center_loss_weight)  # noqa: E731
-    main(train_args + ["--epochs", "3"], criterion_factory=factory)
+    with pytest.raises(SystemExit) as exc:  # a NaN stop is no success: exit code 3
+        main(train_args + ["--epochs", "3"], criterion_factory=factory)
+    assert exc.value.code == 3
     log = _run_log(tmp_path)
     line = next(line for line in log.splitlines() if "loss went NaN" in line)
     # went NaN at iteration 25; read at the next agreement point (log interval 50: the end of

@@ -20,6 +20,7 @@ from faceignite import __version__
 from faceignite.checkpoint.files import FORMAT, FORMAT_VERSION, RESUME_KEYS, check_compatible
 from faceignite.config import plain_config
 from faceignite.errors import FaceIgniteError
+from faceignite.runtime import unwrap
 
 logger = logging.getLogger("faceignite")
 
@@ -54,17 +55,6 @@ class RNGState:
             logger.warning("checkpoint has CUDA random states of %d devices, this machine has %d: "
                            "not restored", len(cuda), torch.cuda.device_count() if
                            torch.cuda.is_available() else 0)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside ``torch.compile`` / DataParallel / DDP wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def is_sharded(criterion: nn.Module) -> bool:

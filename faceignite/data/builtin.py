@@ -13,7 +13,7 @@ import os
 import cv2
 import numpy as np
 
-from faceignite.lfw.make_pairs import write_pairs
+from faceignite.pairs_file import write_pairs
 
 logger = logging.getLogger(__name__)
 BUILTIN_VERSION = 2  # 2: pairs.txt drawn without replacement (v1 repeated 80 of 600 pairs)

@@ -59,6 +59,15 @@ def make_loader(dataset: FaceImageDataset, batch_size: int, num_workers: int,
     )
 
 
+def drop_last(num_images: int, batch_size: int, remainder: int) -> bool:
+    """Whether the training loader drops its last, partial batch: when the set holds two full
+    batches (``batch_size`` of all processes together; an epoch then loses less than half a
+    batch), and always when that batch would hold one image (``remainder``: images in a
+    process's last batch), which BatchNorm cannot train on.  A smaller partial batch is kept
+    on a small set, where dropping it would drop much of the data."""
+    return num_images >= batch_size * 2 or remainder == 1
+
+
 @contextlib.contextmanager
 def rank_zero_first(num_replicas: int, rank: int) -> Iterator[None]:
     """Rank 0 runs the block first (generating data, writing the index cache), the other
@@ -126,6 +135,16 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
                 f"on the same data, or --finetune to start a new run from its weights")
         held = set(val_idx)
         train_idx = [i for i in range(len(labels)) if i not in held]
+    if len(train_idx) < 2:
+        raise FaceIgniteError(
+            f"{'the built-in data' if builtin else root} leaves {len(train_idx)} training "
+            f"image(s) after the held-out split (--valid_split {cfg.valid_split}): BatchNorm "
+            f"needs at least 2; add images or lower --valid_split")
+    if len(index.classes) < 2:
+        raise FaceIgniteError(
+            f"{'the built-in data' if builtin else root} holds one identity "
+            f"({index.classes[0]}): a model trained to tell one person from nobody learns "
+            f"nothing; give --dataroot a folder of two or more identity folders")
     samples = index.samples()
     read = {"read": index.image_reader()} if isinstance(index, RecordIndex) else {}
     pin = torch.cuda.is_available() and cfg.device != "cpu"
@@ -139,9 +158,10 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
                                    drop_last=False, pin_memory=pin)
     else:
         batch_size = per_process_batch_size(cfg.batch_size, num_replicas)
-        train_loader = make_loader(train_set, batch_size, cfg.num_workers,
-                                   EpochSampler(len(train_set), cfg.seed, True, num_replicas, rank),
-                                   drop_last=len(train_set) >= cfg.batch_size * 2,
+        sampler = EpochSampler(len(train_set), cfg.seed, True, num_replicas, rank)
+        train_loader = make_loader(train_set, batch_size, cfg.num_workers, sampler,
+                                   drop_last=drop_last(len(train_set), cfg.batch_size,
+                                                       len(sampler) % batch_size),
                                    pin_memory=pin)
     val_loader = None
     if val_idx:
