@@ -69,7 +69,6 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     plain_criterion = unwrap(criterion)  # DDP hides the criterion's own methods
     adjust = plain_criterion if isinstance(plain_criterion, AdjustsGradients) else None
     distributed = idist.get_world_size() > 1
-    # Partial FC: every process calls the criterion every step (it all-gathers), rows or not
 
     shape = {"image": None if image_size is None else (3, image_size, image_size)}
 

@@ -167,16 +167,19 @@ def test_lfw_batch_with_no_decodable_image_is_skipped_not_a_crash(tmp_path, capl
 
 
 # ----------------------------------------------------------------- item 8: make_pairs
-def test_make_pairs_refuses_to_overwrite_pairs_txt_unless_forced(tmp_path, capsys):
+def test_make_pairs_refuses_to_overwrite_pairs_txt_unless_forced(tmp_path, caplog):
     source = copy_subset(shared_path("celeba_subset", "aligned-160"), tmp_path / "src", 4, 3)
     dest = tmp_path / "set"
     args = [str(source), str(dest), "--folds", "2", "--per_fold", "2"]
     assert make_pairs_main(args) == 0
     before = (dest / "pairs.txt").read_bytes()
-    capsys.readouterr()
-    assert make_pairs_main(args + ["--seed", "1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"error: {dest / 'pairs.txt'} exists: pass --force to replace it, or choose another dest"
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_:
+        make_pairs_main(args + ["--seed", "1"])
+    assert exit_.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"error: {dest / 'pairs.txt'} exists: pass --force to replace it, "
+                      f"or choose another dest"]
     assert (dest / "pairs.txt").read_bytes() == before
     assert make_pairs_main(args + ["--seed", "1", "--force"]) == 0
     assert len(read_pairs(str(dest / "pairs.txt"))) == 8
