@@ -149,12 +149,3 @@ def load_or_build_index(root: str, cache_path: str | None = None) -> ImageIndex:
                        "classes": index.classes, "files": index.files}, f)
         os.replace(tmp, cache_path)
     return index
-
-
-def index_digest(classes: list[str], files: list[list[str]]) -> str:
-    """A fingerprint of an image index: identity and file names, in order (SHA-1, hex)."""
-    h = hashlib.sha1()
-    for name, names in zip(classes, files):
-        h.update(name.encode())
-        h.update(b"\0" + "\0".join(names).encode() + b"\n")
-    return h.hexdigest()
