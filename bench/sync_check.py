@@ -14,9 +14,7 @@ import argparse
 import sys
 import tempfile
 import traceback
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402

@@ -179,6 +179,7 @@ def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
                      "--epochs", str(EPOCHS), "--seed", str(SEED), "--optimizer", "adam",
                      "--lr", "0.001", "--lr_scheduler", "cosine", "--warmup_epochs", "0",
                      "--batch_size", "16", "--valid_split", "0", "--weight_decay", "0",
+                     "--center_loss_weight", "0.01",  # the weight this test was set up with
                      "--lfw_validation_epoch_interval", str(EPOCHS), "--num_workers", "0",
                      "--device", "cpu", "--clearml", "off", "--output_dir", str(tmp_path / "runs")],
                     name="celeba_mobilefacenet")

@@ -111,9 +111,10 @@ def test_nan_between_points_stops_at_the_next_with_nothing_newer_saved(tiny_root
     NanFrom.calls = 0
     counter = ReadCounter()
     factory = lambda cfg, n: NanFrom(n, cfg.embedding_dim, cfg.center_loss_weight)  # noqa: E731
-    with counter:  # agreement points: multiples of 2 (--save_interval) and 3 (--log_interval)
+    with counter, pytest.raises(SystemExit) as stopped:  # agreement points: multiples of 2
         main(args(tiny_root, tmp_path / "runs", "--save_interval", "2", "--n_saved", "9"),
-             criterion_factory=factory, hooks=[counter.hook])
+             criterion_factory=factory, hooks=[counter.hook])  # (--save_interval), 3 (--log_)
+    assert stopped.value.code == 3  # a NaN stop is never a success
     assert counter.trainer.state.iteration == 6  # NaN at 5, read at 6
     assert set(counter.reads) <= {2, 3, 4, 6}, dict(counter.reads)
     run_dir = next((tmp_path / "runs").glob("resnet34_center-*"))

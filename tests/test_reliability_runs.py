@@ -203,7 +203,8 @@ def test_a_run_stopped_by_a_nan_loss_exits_3_keeping_the_last_good_checkpoint(tm
     assert "Traceback" not in log
     (run_dir,) = run_dirs(out)
     nan_line = next(line for line in log.splitlines() if "loss went NaN" in line)
-    assert "iteration 4" in nan_line and f"resume from {run_dir / 'training_checkpoint_3.pt'}" \
+    # NaN from iteration 4, read at the next agreement point (the epoch end, 6)
+    assert "at or before epoch 2 iteration 6 (after iteration 3" in nan_line and f"resume from {run_dir / 'training_checkpoint_3.pt'}" \
         in nan_line
     assert [p.name for p in run_dir.glob("training_checkpoint_*.pt")] == \
         ["training_checkpoint_3.pt"]
