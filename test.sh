@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the environment and run the test suite (CPU only, a few minutes on 2 cores).
+# Set up the environment and run the test suite (CPU only, about 10 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 python="$(bash scripts/setup_env.sh)"
