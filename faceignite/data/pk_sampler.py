@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from faceignite.data.dataset import sample_seed
+from faceignite.data.sampler import ResumableSampler
 from faceignite.errors import FaceIgniteError
 
 
@@ -30,7 +30,7 @@ class _Cycle:
         return out
 
 
-class PKSampler(Sampler):
+class PKSampler(ResumableSampler):
     """Yields ``(index, augmentation seed)`` keys, ``P x K`` consecutive keys forming one batch.
 
     Each batch holds ``P`` distinct identities with ``K`` images each (drawn with repeats, each
@@ -82,15 +82,6 @@ class PKSampler(Sampler):
     def advance(self, samples: int) -> None:
         """The trainer took ``samples`` more samples of this rank's batches."""
         self.position = min(self.position + samples, self.batches_per_replica * self.batch_size)
-
-    def state_dict(self) -> dict:
-        """``seed``, ``epoch`` and ``position`` (samples taken by all processes together)."""
-        return {"seed": self.seed, "epoch": self.epoch,
-                "position": self.position * self.num_replicas}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(int(state["epoch"]), int(state["position"]) // self.num_replicas)
 
     def __len__(self) -> int:
         return self.batches_per_replica * self.batch_size - self.skip

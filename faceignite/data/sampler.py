@@ -13,7 +13,26 @@ from torch.utils.data import Sampler
 from faceignite.data.dataset import sample_seed
 
 
-class EpochSampler(Sampler):
+class ResumableSampler(Sampler):
+    """What a checkpoint saves of a sampler: ``seed``, ``epoch`` and ``position`` (samples taken
+    by all processes together, so a run resumes with another number of processes).  Subclasses
+    keep ``seed``, ``epoch``, ``position`` (this process's samples) and ``num_replicas``, and
+    position themselves in :meth:`set_epoch`."""
+
+    def state_dict(self) -> dict:
+        """``seed``, ``epoch`` and ``position`` (samples taken by all processes together)."""
+        return {"seed": self.seed, "epoch": self.epoch,
+                "position": self.position * self.num_replicas}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]), int(state["position"]) // self.num_replicas)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        raise NotImplementedError
+
+
+class EpochSampler(ResumableSampler):
     """Yields ``(index, augmentation seed)``; the order depends only on (seed, epoch).
 
     State: ``seed``, ``epoch`` and ``position`` (samples of this process's share the trainer has
@@ -45,15 +64,6 @@ class EpochSampler(Sampler):
     def advance(self, samples: int) -> None:
         """The trainer took ``samples`` more samples of this rank's share."""
         self.position = min(self.position + samples, self.per_replica)
-
-    def state_dict(self) -> dict:
-        """``seed``, ``epoch`` and ``position`` (samples taken by all processes together)."""
-        return {"seed": self.seed, "epoch": self.epoch,
-                "position": self.position * self.num_replicas}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(int(state["epoch"]), int(state["position"]) // self.num_replicas)
 
     def __len__(self) -> int:
         return self.per_replica - self.skip
