@@ -69,10 +69,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_embeddings(embeddings: str, names: str) -> tuple[np.ndarray, list[str]]:
-    """A 2-D float array (no pickles) and its row names, checked against each other."""
+def load_embeddings(embeddings: str, names: str, mmap_mode: str | None = None
+                    ) -> tuple[np.ndarray, list[str]]:
+    """A 2-D float array (no pickles; ``mmap_mode="r"``: memory-mapped) and its row names,
+    checked against each other."""
     try:
-        array = np.load(embeddings, allow_pickle=False)
+        array = np.load(embeddings, mmap_mode=mmap_mode, allow_pickle=False)
     except FileNotFoundError:
         raise FaceIgniteError(f"--embeddings file not found: {embeddings}") from None
     except EOFError:  # numpy's "No data left in file": a zero-byte or cut file

@@ -22,6 +22,7 @@ import numpy as np
 
 from faceignite.config import default_num_workers
 from faceignite.errors import FaceIgniteError
+from faceignite.evaluate import load_embeddings
 from faceignite.ijb.meta import (TARGETS, Landmarks, MetaFiles, TemplateMedia, TemplatePairs,
                                  meta_files, read_landmarks, read_template_media,
                                  read_template_pairs)
@@ -92,23 +93,9 @@ def crops_to_embed(tm: TemplateMedia, landmarks: Landmarks, crops: str, skip_mis
 
 
 def load_features(embeddings: str, names: str) -> tuple[np.ndarray, list[str]]:
-    """The feature array, memory-mapped (no pickles), and its row names, checked together."""
-    try:
-        array = np.load(embeddings, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise FaceIgniteError(f"cannot read --embeddings {embeddings}: {exc}") from exc
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D numeric array "
-                              f"(images x dimensions), got {array.dtype} {array.shape}")
-    try:
-        with open(names, encoding="utf-8") as f:
-            rows = [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FaceIgniteError(f"cannot read --names {names}: {exc}") from exc
-    if len(rows) != len(array):
-        raise FaceIgniteError(f"--names {names} has {len(rows)} names but --embeddings "
-                              f"{embeddings} has {len(array)} rows: one name per row")
-    return array, rows
+    """The feature array, memory-mapped (no pickles), and its row names, checked together
+    (``faceignite.evaluate``'s reading: the same one-line errors)."""
+    return load_embeddings(embeddings, names, mmap_mode="r")
 
 
 def face_rows(tm: TemplateMedia, feature_names: Sequence[str], names_file: str,
