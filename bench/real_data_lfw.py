@@ -90,7 +90,9 @@ def lfw_images(pairs_file: Path) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--budget", type=float, default=None,
-                   help="cap on training seconds per variant (default: none, run all epochs)")
+                   help="cap on training seconds per variant (default: none, run all epochs); in "
+                        "the ablation: train for this many wall-clock seconds, the LR annealed by a "
+                        "cosine in time (the same CPU budget for every backbone)")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=6, help="epochs per variant (cosine schedule)")
     p.add_argument("--batch_size", type=int, default=64)
@@ -154,7 +156,7 @@ def main() -> None:
 VARIANTS: dict[str, dict] = {
     # name: center_loss_weight λ, embedding BatchNorm affine, λ ramp epochs, centre lr α
     "softmax": dict(weight=0.0),
-    "center": dict(weight=0.01),                       # the recipe's default
+    "center": dict(weight=0.01),                       # the recipe's default until issue 16
     "center_noaffine": dict(weight=0.01, affine=False),
     "softmax_noaffine": dict(weight=0.0, affine=False),
     "center_ramp": dict(weight=0.01, ramp_epochs=2),
@@ -162,7 +164,8 @@ VARIANTS: dict[str, dict] = {
     # ours moves a centre by α·2·n_j/B of its gap per step (mean over the batch), Wen et al.'s
     # by α·n_j/(1+n_j): at B = 32 and n_j ≈ 1, α = 4 is about Wen's α = 0.5
     "center_alpha4": dict(weight=0.01, center_lr=4.0),
-    "center_w0.003": dict(weight=0.003),
+    "center_w0.001": dict(weight=0.001),
+    "center_w0.003": dict(weight=0.003),               # the recipe's default since issue 16
     "center_w0.03": dict(weight=0.03),
 }
 ABLATION_KEYS = [  # (column, result key, scale, decimals)
@@ -172,7 +175,9 @@ ABLATION_KEYS = [  # (column, result key, scale, decimals)
     ("CelebA held-out intra/inter", "celeba_ratio", 1, 3),
     ("CelebA held-out acc %", "celeba_accuracy", 100, 1), ("raw intra/inter", "ratio_raw", 1, 3),
     ("|f| raw", "feature_norm", 1, 2), ("mean |γ|", "bn_gamma_abs", 1, 3), ("|c|", "center_norm", 1, 2),
-    ("train acc %", "train_accuracy", 100, 1), ("wall s", "wall_s", 1, 0)]
+    ("train acc %", "train_accuracy", 100, 1), ("epochs", "epochs", 1, 2),
+    ("train img/s", "train_images_per_s", 1, 1), ("LFW img/s", "lfw_images_per_s", 1, 0),
+    ("wall s", "wall_s", 1, 0)]
 MAX_PER_IDENTITY = 10  # images per LFW identity in the compactness (George W Bush has 500+)
 
 
@@ -185,7 +190,10 @@ def add_ablation_args(p: argparse.ArgumentParser) -> None:
                    help="JSON-lines file of ablation results (appended; runs already in it are "
                         "skipped); default OUT/ablation.jsonl")
     g.add_argument("--report", type=str, default=None,
-                   help="print the mean ± std table of this JSON-lines results file and exit")
+                   help="print the mean ± std table of these JSON-lines results files "
+                        "(comma-separated) and exit")
+    g.add_argument("--columns", type=str, default=None,
+                   help="comma-separated result keys to tabulate (default: all ABLATION_KEYS)")
     g.add_argument("--ablation_lr", type=float, default=1e-3, help="Adam lr of the ablation runs")
     g.add_argument("--ablation_ids", type=int, default=0,
                    help="train on this many CelebA identities (those with >= --ablation_min_images "
@@ -210,14 +218,14 @@ def shuffled_identities(min_images: int) -> list[str]:
     return ids
 
 
-def identity_subset(count: int, held_out: int, min_images: int, dest: Path) -> Path:
-    """A training root of ``count`` CelebA identities after the first ``held_out`` of
-    :func:`shuffled_identities`: per-image symbolic links under ``dest`` (never copied)."""
-    celeba = DATA / "celeba_subset" / "aligned-160"
+def identity_subset(count: int, held_out: int, min_images: int, dest: Path, celeba: Path) -> Path:
+    """A training root of ``count`` identities of the CelebA folder ``celeba`` (any alignment of
+    the subset) after the first ``held_out`` of :func:`shuffled_identities`: per-image symbolic
+    links under ``dest`` (never copied)."""
     ids = shuffled_identities(min_images)
     if len(ids) < held_out + count:
         sys.exit(f"--ablation_ids {count}: only {len(ids)} identities have >= {min_images} images")
-    root = dest / f"celeba_{count}ids_after{held_out}_min{min_images}"
+    root = dest / f"{celeba.name}_{count}ids_after{held_out}_min{min_images}"
     for ident in ids[held_out:held_out + count]:
         (root / ident).mkdir(parents=True, exist_ok=True)
         for f in os.listdir(celeba / ident):
@@ -227,16 +235,15 @@ def identity_subset(count: int, held_out: int, min_images: int, dest: Path) -> P
 
 
 @torch.no_grad()
-def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pairs_dir: Path
-                    ) -> dict:
-    """On CelebA identities not trained on: compactness of every image's L2-normalised embedding
-    and the accuracy on 600 pairs of them (2 folds, no flip), as tests/test_center_compactness.py
-    measures them."""
+def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pairs_dir: Path,
+                    celeba: Path) -> dict:
+    """On CelebA identities (of the folder ``celeba``) not trained on: compactness of every
+    image's L2-normalised embedding and the accuracy on 600 pairs of them (2 folds, no flip), as
+    tests/test_center_compactness.py measures them."""
     from faceignite.compactness import compactness
     from faceignite.lfw import create_pairs_evaluator
     from faceignite.lfw.evaluator import image_loader
     from faceignite.lfw.make_pairs import make_pairs_set
-    celeba = DATA / "celeba_subset" / "aligned-160"
     if not (pairs_dir / "pairs.txt").exists():
         make_pairs_set(str(celeba), str(pairs_dir), identities, folds=2, per_fold=150, seed=0)
     paths = [str(celeba / i / f) for i in identities for f in sorted(os.listdir(celeba / i))]
@@ -251,19 +258,43 @@ def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pa
 
 
 class RunProbe:
-    """Trainer hooks of one ablation run: swaps the embedding BatchNorm, ramps λ, keeps the
-    model and criterion to evaluate them after training."""
+    """Trainer hooks of one ablation run: swaps the embedding BatchNorm, ramps λ, anneals the LR
+    over a wall-clock budget, times the training steps, keeps the model and criterion to evaluate
+    them after training."""
 
-    def __init__(self, affine: bool = True, ramp_epochs: int = 0):
-        self.affine, self.ramp_epochs = affine, ramp_epochs
+    def __init__(self, affine: bool = True, ramp_epochs: int = 0, budget_s: float = 0.0,
+                 clock=time.perf_counter):
+        self.affine, self.ramp_epochs, self.budget_s, self.clock = affine, ramp_epochs, budget_s, clock
         self.model: nn.Module | None = None
         self.criterion: nn.Module | None = None
+        self.started = self.ended = 0.0
+        self.iterations = self.epochs = 0
 
     def __call__(self, trainer, state) -> None:
         self.model, self.criterion = state.model, state.criterion
         if not self.affine:  # FaceNet-style bottleneck: BatchNorm without learnable scale/shift
-            old = self.model.embedding[1]
-            self.model.embedding[1] = nn.BatchNorm1d(old.num_features, affine=False)
+            old = self.model.embedding[-1]
+            self.model.embedding[-1] = nn.BatchNorm1d(old.num_features, affine=False)
+
+        @trainer.on(Events.STARTED)
+        def start_clock(engine) -> None:
+            self.started = self.clock()
+
+        @trainer.on(Events.COMPLETED)
+        def stop_clock(engine) -> None:
+            self.ended = self.clock()
+            self.iterations = engine.state.iteration
+            self.epochs = engine.state.iteration / engine.state.epoch_length
+
+        if self.budget_s:  # cosine in seconds: every backbone ends its budget at LR ≈ 0
+            optimizer = state.optimizers["model"]
+            base = [g["lr"] for g in optimizer.param_groups]
+
+            @trainer.on(Events.ITERATION_STARTED)
+            def anneal(engine) -> None:
+                progress = min(1.0, (self.clock() - self.started) / self.budget_s)
+                for group, lr in zip(optimizer.param_groups, base):
+                    group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * progress))
         if self.ramp_epochs:
             target = self.criterion.center_loss_weight
 
@@ -293,17 +324,20 @@ def embed_pairs_images(model: nn.Module, paths: list[str], image_size: int, flip
     return raw, norm
 
 
-def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: bool = True
-                 ) -> dict:
-    """Verification (raw and normalised) and compactness on the real LFW pairs' images, and the
-    scales the hypotheses are about: feature norm, BatchNorm |γ|, centre norm."""
+def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: bool = True,
+                 lfw_dir: Path = DATA / "lfw" / "lfw-mtcnn-160",
+                 lfw_pairs: Path = DATA / "lfw" / "pairs.txt") -> dict:
+    """Verification (raw and normalised) and compactness on the real LFW pairs' images, the
+    embedding rate (images/s, one forward per image, two with ``flip``), and the scales the
+    hypotheses are about: feature norm, BatchNorm |γ|, centre norm."""
     from faceignite.compactness import compactness
     from faceignite.lfw.metrics import evaluate_distances, evaluate_embeddings
     from faceignite.lfw.pairs import read_pairs, resolve_images
-    pairs, paths = resolve_images(read_pairs(str(DATA / "lfw" / "pairs.txt")),
-                                  str(DATA / "lfw" / "lfw-mtcnn-160"))
+    pairs, paths = resolve_images(read_pairs(str(lfw_pairs)), str(lfw_dir))
+    started = time.perf_counter()
     raw, norm = embed_pairs_images(model, paths, image_size, flip)
-    out: dict = {}
+    out: dict = {"lfw_images": len(paths),
+                 "lfw_images_per_s": len(paths) * (2 if flip else 1) / (time.perf_counter() - started)}
     # the library's L2 always normalises first; the raw-embedding L2 is computed here
     out.update(evaluate_embeddings(norm, pairs, "l2").metrics(prefix="norm"))
     d_raw = np.linalg.norm(raw[pairs.left] - raw[pairs.right], axis=1)
@@ -317,7 +351,7 @@ def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: 
         out.update({f"intra_{kind}": c.intra, f"inter_{kind}": c.inter, f"ratio_{kind}": c.ratio})
     out["compactness_ids"], out["compactness_images"] = c.num_classes, c.num_images
     out["feature_norm"] = float(np.linalg.norm(raw, axis=1).mean())
-    bn = model.embedding[1]
+    bn = model.embedding[-1]
     out["bn_gamma_abs"] = float(bn.weight.detach().abs().mean()) if bn.affine else 1.0
     out["bn_beta_abs"] = float(bn.bias.detach().abs().mean()) if bn.affine else 0.0
     if hasattr(criterion, "center_loss"):
@@ -326,17 +360,29 @@ def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: 
     return out
 
 
+def run_key(r: dict) -> tuple:
+    """What makes two ablation runs the same experiment (older result lines lack the
+    backbone fields: they were ResNet-34 on the box crops)."""
+    return (r.get("model", "resnet34"), r.get("train_set", "aligned-160"), r["train_ids"],
+            r["image_size"], r["variant"], r["seed"])
+
+
 def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
-    """Train one variant at one seed (Adam, cosine, no warm-up) and evaluate it."""
+    """Train one variant at one seed (Adam, no warm-up; cosine over ``--epochs``, or over
+    ``--budget`` seconds of wall time) and evaluate it."""
     v = VARIANTS[variant]
-    probe = RunProbe(affine=v.get("affine", True), ramp_epochs=v.get("ramp_epochs", 0))
-    name = f"{variant}_s{seed}"
+    probe = RunProbe(affine=v.get("affine", True), ramp_epochs=v.get("ramp_epochs", 0),
+                     budget_s=args.budget or 0.0)
+    name = f"{args.model}_{args.train_dir.name}_{variant}_s{seed}"
     root = (identity_subset(args.ablation_ids, args.ablation_held_out, args.ablation_min_images,
-                            out) if args.ablation_ids else DATA / "celeba_subset" / "aligned-160")
-    argv = ["--dataroot", str(root),
-            "--image_size", str(args.image_size), "--epochs", str(args.epochs),
+                            out, args.train_dir) if args.ablation_ids else args.train_dir)
+    schedule = (["--epochs", "1000", "--max_time", str(args.budget), "--lr_scheduler", "none"]
+                if args.budget else ["--epochs", str(args.epochs), "--lr_scheduler", "cosine"])
+    argv = ["--dataroot", str(root), "--model", args.model,
+            "--embedding_dim", str(args.embedding_dim), *schedule,
+            "--image_size", str(args.image_size),
             "--batch_size", str(args.batch_size), "--seed", str(seed),
-            "--optimizer", "adam", "--lr", str(args.ablation_lr), "--lr_scheduler", "cosine",
+            "--optimizer", "adam", "--lr", str(args.ablation_lr),
             "--warmup_epochs", "0", "--valid_split", "0", "--num_workers", "0",
             "--device", "cpu", "--n_saved", "1", "--log_interval", "1000",
             "--center_loss_weight", str(v["weight"]),
@@ -345,31 +391,57 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
     started = time.perf_counter()
     metrics = train(argv, name=f"celeba_{name}", hooks=[probe])
     trained = time.perf_counter() - started
-    result = {"variant": variant, "seed": seed, **v, "image_size": args.image_size,
+    steps_s = probe.ended - probe.started
+    result = {"variant": variant, "seed": seed, **v, "model": args.model,
+              "embedding_dim": args.embedding_dim, "train_set": args.train_dir.name,
+              "lfw_set": args.lfw_dir.name, "image_size": args.image_size,
               "train_ids": args.ablation_ids or 299, "flip": not args.no_flip,
-              "epochs": args.epochs, "batch_size": args.batch_size, "train_s": trained,
+              "epochs": round(probe.epochs, 2), "budget_s": args.budget,
+              "iterations": probe.iterations, "batch_size": args.batch_size, "train_s": trained,
+              "train_images_per_s": probe.iterations * args.batch_size / steps_s,
               "train_accuracy": metrics.get("train_accuracy")}
-    result.update(evaluate_run(probe.model, probe.criterion, args.image_size, not args.no_flip))
+    result.update(evaluate_run(probe.model, probe.criterion, args.image_size, not args.no_flip,
+                               args.lfw_dir, args.lfw_pairs))
     if args.ablation_ids:  # held-out CelebA identities (the real-face test's measurements)
         held = shuffled_identities(args.ablation_min_images)[:args.ablation_held_out]
-        result.update(celeba_held_out(probe.model, held, args.image_size, out / "celeba_pairs"))
+        result.update(celeba_held_out(probe.model, held, args.image_size,
+                                      out / f"celeba_pairs_{args.train_dir.name}", args.train_dir))
     result["wall_s"] = time.perf_counter() - started
     return result
 
 
-def summarize(rows: list[dict]) -> str:
-    """Markdown table: per variant, mean ± std across seeds of each ABLATION_KEYS column."""
-    order = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-    head = "| variant | seeds | " + " | ".join(c for c, *_ in ABLATION_KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(ABLATION_KEYS) + 2)]
-    for v in order:
-        rs = [r for r in rows if r["variant"] == v]
+def group_label(r: dict, varying: set[str]) -> str:
+    """A run's table label: its variant, preceded by whichever of backbone, training set and
+    identity count differ between the runs of the table."""
+    model, train_set, ids, size, variant, _ = run_key(r)
+    parts = [p for k, p in (("model", model), ("train_set", train_set), ("ids", f"{ids} ids"),
+                            ("size", f"{size} px")) if k in varying]
+    return " · ".join(parts + [variant])
+
+
+def varying_fields(rows: list[dict]) -> set[str]:
+    keys = [run_key(r) for r in rows]
+    return {name for i, name in enumerate(("model", "train_set", "ids", "size"))
+            if len({k[i] for k in keys}) > 1}
+
+
+def summarize(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Markdown table: per (backbone, training set, identities, variant), mean ± std across
+    seeds of each ABLATION_KEYS column (or of ``columns``, result keys)."""
+    keys = [k for k in ABLATION_KEYS if columns is None or k[1] in columns]
+    varying = varying_fields(rows)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_label(r, varying), []).append(r)
+    head = "| run | seeds | " + " | ".join(c for c, *_ in keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    for label, rs in groups.items():
         cells = []
-        for _, key, scale, d in ABLATION_KEYS:
+        for _, key, scale, d in keys:
             x = np.array([r[key] for r in rs if r.get(key) is not None], float) * scale
             sd = x.std(ddof=1) if len(x) > 1 else 0.0
             cells.append(f"{x.mean():.{d}f} ± {sd:.{d}f}" if len(x) else "–")
-        lines.append(f"| {v} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -377,19 +449,28 @@ def paired_differences(rows: list[dict], base: str = "softmax",
                        keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm",
                              "celeba_ratio", "celeba_accuracy")
                        ) -> str:
-    """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed."""
-    by = {(r["variant"], r["seed"]): r for r in rows}
+    """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed, backbone,
+    training set and identity count."""
+    by = {run_key(r): r for r in rows}
+    varying = varying_fields(rows)
     lines = []
-    for v in VARIANTS:
-        seeds = [s for (w, s) in by if w == v and (base, s) in by]
-        if v == base or not seeds:
+    for key, r in by.items():
+        context, variant, seed = key[:4], key[4], key[5]
+        if variant == base or any(k[:5] == (*context, variant) and k[5] < seed for k in by):
+            continue  # one line per (context, variant), written at its first seed
+        pairs = [(by[k], by[(*context, base, k[5])]) for k in sorted(by)
+                 if k[:5] == (*context, variant) and (*context, base, k[5]) in by]
+        if not pairs:
             continue
         parts = []
         for k in keys:
-            d = np.array([by[(v, s)][k] - by[(base, s)][k] for s in seeds])
+            d = np.array([a[k] - b[k] for a, b in pairs if a.get(k) is not None and b.get(k) is not None])
+            if not len(d):
+                continue
             scale = 1 if "ratio" in k else 100
             parts.append(f"{k} {scale * d.mean():+.3g} ± {scale * (d.std(ddof=1) if len(d) > 1 else 0):.2g}")
-        lines.append(f"{v} − {base} (seeds {','.join(map(str, sorted(seeds)))}): " + "; ".join(parts))
+        seeds = ",".join(str(a["seed"]) for a, _ in pairs)
+        lines.append(f"{group_label(r, varying)} − {base} (seeds {seeds}): " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -431,18 +512,22 @@ def ablation_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.centre_lag:  # post-hoc, from the runs' last checkpoints under --out
         out = Path(args.out)
-        root = next(out.glob("celeba_*ids_after*"))
+        root = next(out.glob("*ids_after*"))
         for run in sorted(out.glob("*_s*/celeba_*")):
             print(run.parent.name, json.dumps(centre_lag(run, root, args.image_size)), flush=True)
         return
+    columns = args.columns.split(",") if args.columns else None
     if args.report:
-        rows = [json.loads(line) for line in open(args.report) if line.strip()]
-        print(summarize(rows) + "\n\n" + paired_differences(rows))
+        rows = [json.loads(line) for f in args.report.split(",") for line in open(f) if line.strip()]
+        print(summarize(rows, columns) + "\n\n" + paired_differences(rows))
         return
     out = Path(args.out or tempfile.mkdtemp(prefix="faceignite-ablation-"))
     results = Path(args.results or out / "ablation.jsonl")
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["variant"], r["seed"]) for r in
+    args.embedding_dim = args.embedding_dim or SPECS[args.model].embedding_dim
+    this = {"model": args.model, "train_set": args.train_dir.name,
+            "train_ids": args.ablation_ids or 299, "image_size": args.image_size}
+    done = {run_key(r) for r in
             (json.loads(line) for line in (results.read_text().splitlines() if results.exists() else [])
              if line.strip())}
     variants = args.ablation.split(",")
@@ -451,7 +536,7 @@ def ablation_main(args: argparse.Namespace) -> None:
         sys.exit(f"--ablation: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: every variant per seed
         for variant in variants:
-            if (variant, seed) in done:
+            if run_key({**this, "variant": variant, "seed": seed}) in done:
                 continue
             r = ablation_run(variant, seed, args, out)
             with open(results, "a") as f:
@@ -460,7 +545,7 @@ def ablation_main(args: argparse.Namespace) -> None:
                   f"TAR@1e-3 {r['norm_val_far1e-3']:.4f} ratio {r['ratio_norm']:.3f} "
                   f"|γ| {r['bn_gamma_abs']:.3f} wall {r['wall_s']:.0f} s", flush=True)
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    print(summarize(rows) + "\n\n" + paired_differences(rows))
+    print(summarize(rows, columns) + "\n\n" + paired_differences(rows))
 
 if __name__ == "__main__":
     main()
