@@ -156,7 +156,10 @@ def main() -> None:
 VARIANTS: dict[str, dict] = {
     # name: center_loss_weight λ, embedding BatchNorm affine, λ ramp epochs, centre lr α
     "softmax": dict(weight=0.0),
+    "center_w0.001": dict(weight=0.001),
+    "center_w0.003": dict(weight=0.003),               # the recipe's default since issue 16
     "center": dict(weight=0.01),                       # the recipe's default until issue 16
+    "center_w0.03": dict(weight=0.03),
     "center_noaffine": dict(weight=0.01, affine=False),
     "softmax_noaffine": dict(weight=0.0, affine=False),
     "center_ramp": dict(weight=0.01, ramp_epochs=2),
@@ -164,9 +167,6 @@ VARIANTS: dict[str, dict] = {
     # ours moves a centre by α·2·n_j/B of its gap per step (mean over the batch), Wen et al.'s
     # by α·n_j/(1+n_j): at B = 32 and n_j ≈ 1, α = 4 is about Wen's α = 0.5
     "center_alpha4": dict(weight=0.01, center_lr=4.0),
-    "center_w0.001": dict(weight=0.001),
-    "center_w0.003": dict(weight=0.003),               # the recipe's default since issue 16
-    "center_w0.03": dict(weight=0.03),
 }
 ABLATION_KEYS = [  # (column, result key, scale, decimals)
     ("LFW acc %", "norm_accuracy", 100, 1), ("TAR@1e-3 %", "norm_val_far1e-3", 100, 2),
@@ -430,8 +430,11 @@ def summarize(rows: list[dict], columns: list[str] | None = None) -> str:
     seeds of each ABLATION_KEYS column (or of ``columns``, result keys)."""
     keys = [k for k in ABLATION_KEYS if columns is None or k[1] in columns]
     varying = varying_fields(rows)
+    contexts = list(dict.fromkeys(run_key(r)[:4] for r in rows))  # in order of appearance
+    order = {v: i for i, v in enumerate(VARIANTS)}
     groups: dict[str, list[dict]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (contexts.index(run_key(r)[:4]),
+                                         order.get(r["variant"], len(order)), r["seed"])):
         groups.setdefault(group_label(r, varying), []).append(r)
     head = "| run | seeds | " + " | ".join(c for c, *_ in keys) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 2)]

@@ -1,10 +1,12 @@
-"""Real faces: with the default head (Linear → BatchNorm1d) and the short real-face recipe, the
-center term (λ = 0.01) makes identities the network never saw more compact than softmax alone
+"""Real faces: with the default head (Linear → BatchNorm1d), the default λ and the short real-face
+recipe, the center term makes identities the network never saw more compact than softmax alone
 (λ = 0) at the same seed and budget, without costing verification accuracy on real LFW.
 
-The setup is the ablation's (``bench/real_data_lfw.py --ablation softmax,center --ablation_ids 60
---epochs 4 --image_size 32 --batch_size 32 --no_flip``), which measured it on seeds 0, 1, 2:
-BENCHMARKS.md, "Center-term ablation"."""
+The setup is the ablation's (``bench/real_data_lfw.py --ablation softmax,center_w0.003
+--ablation_ids 60 --epochs 4 --image_size 32 --batch_size 32 --no_flip``), measured by the
+ablation's own code (``evaluate_run``: all 6,000 LFW pairs, and the intra/inter ratio of the LFW
+identities, none of them in CelebA), which ran it on seeds 0, 1, 2: BENCHMARKS.md,
+"Center-term ablation"."""
 from __future__ import annotations
 
 import os
@@ -15,16 +17,20 @@ import torch
 
 from conftest import shared_path
 from faceignite.compactness import compactness
+from faceignite.config import get_args_parser
 from faceignite.lfw.evaluator import image_loader
 from handlers.standard import main as train
+from real_data_lfw import evaluate_run
 
 TRAIN_IDS, HELD_OUT_IDS, MIN_IMAGES = 60, 60, 19
 IMAGE_SIZE, EPOCHS, SEED = 32, 4, 1
-# Over seeds 0-2 the held-out intra/inter ratio fell by 0.0465 ± 0.0012 with the center term
-# (CelebA) and 0.043 ± 0.006 (LFW), while the LFW accuracy (6,000 pairs, no flip) changed by
-# -0.4 ± 0.9 points: -1.5, 0.0, +0.2.  Allowed drop: 3 points, about 3 standard deviations of
-# that per-seed difference (a real loss of accuracy is still caught).
-ACCURACY_TOLERANCE = 0.03
+# At the default λ = 0.003, over seeds 0-2, the LFW identities' intra/inter ratio fell by
+# 0.0114 ± 0.0066 (each seed: -0.004, -0.013, -0.017) and the 60 held-out CelebA identities' by
+# 0.0096 ± 0.0093 (seed 0: +0.0003, a tie), while the LFW accuracy (6,000 pairs, no flip) changed
+# by +0.5 ± 0.3 points.  The LFW ratio (4,950 images of 1,559 people) is the steadier measure and
+# is asserted; the CelebA one is printed.  Allowed accuracy drop: 1.5 points (per seed the
+# difference was +0.2, +0.4, +0.8; λ = 0.03 loses 3.2 ± 0.1: a real loss is still caught).
+ACCURACY_TOLERANCE = 0.015
 
 
 def split_identities(root) -> tuple[list[str], list[str]]:
@@ -51,31 +57,34 @@ def held_out_ratio(model: torch.nn.Module, root, identities: list[str]) -> float
 
 def test_center_term_compacts_unseen_identities_without_losing_accuracy(tmp_path):
     celeba = shared_path("celeba_subset", "aligned-160")
-    lfw = shared_path("lfw", "lfw-mtcnn-160")
-    pairs = shared_path("lfw", "pairs.txt")
+    shared_path("lfw", "lfw-mtcnn-160"), shared_path("lfw", "pairs.txt")  # skip when absent
     held_out, trained_on = split_identities(celeba)
     assert not set(held_out) & set(trained_on)
     train_root = tmp_path / "train"
     for ident in trained_on:
         shutil.copytree(celeba / ident, train_root / ident)
+    default_weight = get_args_parser().get_default("center_loss_weight")
+    assert 0 < default_weight <= 0.01  # the study's range; a new default needs a new measurement
 
     results = {}
-    for weight in (0.0, 0.01):
+    for weight in (0.0, default_weight):
         kept = {}
-        metrics = train(["--dataroot", str(train_root), "--lfw", str(lfw), "--lfw_pairs", str(pairs),
+        metrics = train(["--dataroot", str(train_root),
                          "--image_size", str(IMAGE_SIZE), "--epochs", str(EPOCHS),
-                         "--seed", str(SEED), "--center_loss_weight", str(weight),
+                         "--seed", str(SEED), *(["--center_loss_weight", "0"] if not weight else []),
                          "--optimizer", "adam", "--lr", "0.001", "--lr_scheduler", "cosine",
                          "--warmup_epochs", "0", "--batch_size", "32", "--valid_split", "0",
-                         "--lfw_validation_epoch_interval", str(EPOCHS), "--n_saved", "1",
-                         "--num_workers", "0", "--device", "cpu", "--clearml", "off",
-                         "--output_dir", str(tmp_path / f"runs_{weight}")],
-                        name=f"celeba_w{weight}", hooks=[lambda _, s: kept.update(model=s.model)])
-        ratio = held_out_ratio(kept["model"], celeba, held_out)
-        results[weight] = (ratio, metrics["lfw_accuracy"])
-        print(f"λ={weight}: held-out intra/inter {ratio:.4f}, LFW accuracy "
-              f"{metrics['lfw_accuracy']:.4f}, train accuracy {metrics['train_accuracy']:.3f}")
+                         "--n_saved", "1", "--num_workers", "0", "--device", "cpu",
+                         "--clearml", "off", "--output_dir", str(tmp_path / f"runs_{weight}")],
+                        name=f"celeba_w{weight}",
+                        hooks=[lambda _, s: kept.update(model=s.model, criterion=s.criterion)])
+        lfw = evaluate_run(kept["model"], kept["criterion"], IMAGE_SIZE, flip=False)
+        results[weight] = lfw
+        print(f"λ={weight}: LFW accuracy {lfw['norm_accuracy']:.4f}, LFW intra/inter "
+              f"{lfw['ratio_norm']:.4f}, held-out CelebA intra/inter "
+              f"{held_out_ratio(kept['model'], celeba, held_out):.4f}, train accuracy "
+              f"{metrics['train_accuracy']:.3f}")
 
-    (ratio_soft, acc_soft), (ratio_center, acc_center) = results[0.0], results[0.01]
-    assert ratio_center < ratio_soft
-    assert acc_center >= acc_soft - ACCURACY_TOLERANCE
+    softmax, center = results[0.0], results[default_weight]
+    assert center["ratio_norm"] < softmax["ratio_norm"]
+    assert center["norm_accuracy"] >= softmax["norm_accuracy"] - ACCURACY_TOLERANCE
