@@ -16,6 +16,15 @@ crops made by ``python -m faceignite.align ... --template arcface`` or ``five_po
 
     python bench/real_data_lfw.py --model mobilefacenet --image_size 112 --variants center \
         --train_dir /tmp/celeba-fp112 --lfw_dir /tmp/lfw-fp112 --epochs 2 --budget 600
+
+``--ablation`` (issue 16, and the backbone comparison of issue 15) runs variants × seeds, each
+evaluated on all 6,000 LFW pairs with the held-out compactness, one JSON line per run; with
+``--budget S`` every run trains S wall-clock seconds with the LR annealed by a cosine in time,
+so backbones of different speeds get the same CPU budget and all end it at LR ≈ 0:
+
+    python bench/real_data_lfw.py --ablation center_w0.003 --seeds 0,1,2 --model mobilefacenet \
+        --train_dir /tmp/celeba-fp112 --lfw_dir /tmp/lfw-fp112 --image_size 112 --budget 600 \
+        --no_flip --threads 1 --results /tmp/backbones.jsonl      # BENCHMARKS.md, "112×112"
 """
 from __future__ import annotations
 
@@ -111,7 +120,8 @@ def main() -> None:
     p.add_argument("--warmup_epochs", type=float, default=None,
                    help="LR warm-up in epochs (default: the recipe's)")
     p.add_argument("--variants", default="center,softmax",
-                   help="comma-separated, of: center (weight 0.01), softmax (weight 0)")
+                   help="comma-separated, of: center (weight 0.01, the default before issue 16), "
+                        "softmax (weight 0)")
     add_ablation_args(p)
     args = p.parse_args()
     if args.ablation or args.report or args.centre_lag:
