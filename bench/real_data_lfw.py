@@ -42,6 +42,7 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
+from ablation_table import paired_differences, run_key, summarize
 from common import SHARED_DATA as DATA
 
 from faceignite.models import ARCHITECTURES, SPECS
@@ -178,16 +179,6 @@ VARIANTS: dict[str, dict] = {
     # by α·n_j/(1+n_j): at B = 32 and n_j ≈ 1, α = 4 is about Wen's α = 0.5
     "center_alpha4": dict(weight=0.01, center_lr=4.0),
 }
-ABLATION_KEYS = [  # (column, result key, scale, decimals)
-    ("LFW acc %", "norm_accuracy", 100, 1), ("TAR@1e-3 %", "norm_val_far1e-3", 100, 2),
-    ("TAR@1e-2 %", "norm_val_far1e-2", 100, 2), ("AUC", "norm_auc", 1, 3),
-    ("raw-L2 acc %", "raw_accuracy", 100, 1), ("LFW intra/inter", "ratio_norm", 1, 3),
-    ("CelebA held-out intra/inter", "celeba_ratio", 1, 3),
-    ("CelebA held-out acc %", "celeba_accuracy", 100, 1), ("raw intra/inter", "ratio_raw", 1, 3),
-    ("|f| raw", "feature_norm", 1, 2), ("mean |γ|", "bn_gamma_abs", 1, 3), ("|c|", "center_norm", 1, 2),
-    ("train acc %", "train_accuracy", 100, 1), ("epochs", "epochs", 1, 2),
-    ("train img/s", "train_images_per_s", 1, 1), ("LFW img/s", "lfw_images_per_s", 1, 0),
-    ("wall s", "wall_s", 1, 0)]
 MAX_PER_IDENTITY = 10  # images per LFW identity in the compactness (George W Bush has 500+)
 
 
@@ -370,13 +361,6 @@ def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: 
     return out
 
 
-def run_key(r: dict) -> tuple:
-    """What makes two ablation runs the same experiment (older result lines lack the
-    backbone fields: they were ResNet-34 on the box crops)."""
-    return (r.get("model", "resnet34"), r.get("train_set", "aligned-160"), r["train_ids"],
-            r["image_size"], r["variant"], r["seed"])
-
-
 def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """Train one variant at one seed (Adam, no warm-up; cosine over ``--epochs``, or over
     ``--budget`` seconds of wall time) and evaluate it."""
@@ -418,73 +402,6 @@ def ablation_run(variant: str, seed: int, args: argparse.Namespace, out: Path) -
                                       out / f"celeba_pairs_{args.train_dir.name}", args.train_dir))
     result["wall_s"] = time.perf_counter() - started
     return result
-
-
-def group_label(r: dict, varying: set[str]) -> str:
-    """A run's table label: its variant, preceded by whichever of backbone, training set and
-    identity count differ between the runs of the table."""
-    model, train_set, ids, size, variant, _ = run_key(r)
-    parts = [p for k, p in (("model", model), ("train_set", train_set), ("ids", f"{ids} ids"),
-                            ("size", f"{size} px")) if k in varying]
-    return " · ".join(parts + [variant])
-
-
-def varying_fields(rows: list[dict]) -> set[str]:
-    keys = [run_key(r) for r in rows]
-    return {name for i, name in enumerate(("model", "train_set", "ids", "size"))
-            if len({k[i] for k in keys}) > 1}
-
-
-def summarize(rows: list[dict], columns: list[str] | None = None) -> str:
-    """Markdown table: per (backbone, training set, identities, variant), mean ± std across
-    seeds of each ABLATION_KEYS column (or of ``columns``, result keys)."""
-    keys = [k for k in ABLATION_KEYS if columns is None or k[1] in columns]
-    varying = varying_fields(rows)
-    contexts = list(dict.fromkeys(run_key(r)[:4] for r in rows))  # in order of appearance
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    groups: dict[str, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (contexts.index(run_key(r)[:4]),
-                                         order.get(r["variant"], len(order)), r["seed"])):
-        groups.setdefault(group_label(r, varying), []).append(r)
-    head = "| run | seeds | " + " | ".join(c for c, *_ in keys) + " |"
-    lines = [head, "|" + "---|" * (len(keys) + 2)]
-    for label, rs in groups.items():
-        cells = []
-        for _, key, scale, d in keys:
-            x = np.array([r[key] for r in rs if r.get(key) is not None], float) * scale
-            sd = x.std(ddof=1) if len(x) > 1 else 0.0
-            cells.append(f"{x.mean():.{d}f} ± {sd:.{d}f}" if len(x) else "–")
-        lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def paired_differences(rows: list[dict], base: str = "softmax",
-                       keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm",
-                             "celeba_ratio", "celeba_accuracy")
-                       ) -> str:
-    """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed, backbone,
-    training set and identity count."""
-    by = {run_key(r): r for r in rows}
-    varying = varying_fields(rows)
-    lines = []
-    for key, r in by.items():
-        context, variant, seed = key[:4], key[4], key[5]
-        if variant == base or any(k[:5] == (*context, variant) and k[5] < seed for k in by):
-            continue  # one line per (context, variant), written at its first seed
-        pairs = [(by[k], by[(*context, base, k[5])]) for k in sorted(by)
-                 if k[:5] == (*context, variant) and (*context, base, k[5]) in by]
-        if not pairs:
-            continue
-        parts = []
-        for k in keys:
-            d = np.array([a[k] - b[k] for a, b in pairs if a.get(k) is not None and b.get(k) is not None])
-            if not len(d):
-                continue
-            scale = 1 if "ratio" in k else 100
-            parts.append(f"{k} {scale * d.mean():+.3g} ± {scale * (d.std(ddof=1) if len(d) > 1 else 0):.2g}")
-        seeds = ",".join(str(a["seed"]) for a, _ in pairs)
-        lines.append(f"{group_label(r, varying)} − {base} (seeds {seeds}): " + "; ".join(parts))
-    return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -532,7 +449,7 @@ def ablation_main(args: argparse.Namespace) -> None:
     columns = args.columns.split(",") if args.columns else None
     if args.report:
         rows = [json.loads(line) for f in args.report.split(",") for line in open(f) if line.strip()]
-        print(summarize(rows, columns) + "\n\n" + paired_differences(rows))
+        print(summarize(rows, columns, list(VARIANTS)) + "\n\n" + paired_differences(rows))
         return
     out = Path(args.out or tempfile.mkdtemp(prefix="faceignite-ablation-"))
     results = Path(args.results or out / "ablation.jsonl")
@@ -558,7 +475,7 @@ def ablation_main(args: argparse.Namespace) -> None:
                   f"TAR@1e-3 {r['norm_val_far1e-3']:.4f} ratio {r['ratio_norm']:.3f} "
                   f"|γ| {r['bn_gamma_abs']:.3f} wall {r['wall_s']:.0f} s", flush=True)
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    print(summarize(rows, columns) + "\n\n" + paired_differences(rows))
+    print(summarize(rows, columns, list(VARIANTS)) + "\n\n" + paired_differences(rows))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
-"""The real-face ablation's bookkeeping (``bench/real_data_lfw.py``): runs of different backbones,
-training sets and identity counts are kept apart in the table and in the paired differences, and
-``--budget`` anneals the LR by a cosine in wall-clock time, so every backbone ends its CPU budget
-at LR ≈ 0."""
+"""The real-face ablation's bookkeeping (``bench/ablation_table.py``, ``bench/real_data_lfw.py``):
+runs of different backbones, training sets and identity counts are kept apart in the table and in
+the paired differences, and ``--budget`` anneals the LR by a cosine in wall-clock time, so every
+backbone ends its CPU budget at LR ≈ 0."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from real_data_lfw import RunProbe, paired_differences, run_key, summarize
+from ablation_table import paired_differences, run_key, summarize
+from real_data_lfw import RunProbe
 
 
 def row(variant: str, seed: int, acc: float, **context) -> dict:

@@ -1,0 +1,94 @@
+"""The real-face ablation's results table (``bench/real_data_lfw.py --ablation/--report``): one
+JSON object per run in, mean ± std across seeds and per-seed differences against a baseline
+out, with runs of different backbones, training sets and identity counts kept apart."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ABLATION_KEYS = [  # (column, result key, scale, decimals)
+    ("LFW acc %", "norm_accuracy", 100, 1), ("TAR@1e-3 %", "norm_val_far1e-3", 100, 2),
+    ("TAR@1e-2 %", "norm_val_far1e-2", 100, 2), ("AUC", "norm_auc", 1, 3),
+    ("raw-L2 acc %", "raw_accuracy", 100, 1), ("LFW intra/inter", "ratio_norm", 1, 3),
+    ("CelebA held-out intra/inter", "celeba_ratio", 1, 3),
+    ("CelebA held-out acc %", "celeba_accuracy", 100, 1), ("raw intra/inter", "ratio_raw", 1, 3),
+    ("|f| raw", "feature_norm", 1, 2), ("mean |γ|", "bn_gamma_abs", 1, 3), ("|c|", "center_norm", 1, 2),
+    ("train acc %", "train_accuracy", 100, 1), ("epochs", "epochs", 1, 2),
+    ("train img/s", "train_images_per_s", 1, 1), ("LFW img/s", "lfw_images_per_s", 1, 0),
+    ("wall s", "wall_s", 1, 0)]
+
+def run_key(r: dict) -> tuple:
+    """What makes two ablation runs the same experiment (older result lines lack the
+    backbone fields: they were ResNet-34 on the box crops)."""
+    return (r.get("model", "resnet34"), r.get("train_set", "aligned-160"), r["train_ids"],
+            r["image_size"], r["variant"], r["seed"])
+
+
+def group_label(r: dict, varying: set[str]) -> str:
+    """A run's table label: its variant, preceded by whichever of backbone, training set and
+    identity count differ between the runs of the table."""
+    model, train_set, ids, size, variant, _ = run_key(r)
+    parts = [p for k, p in (("model", model), ("train_set", train_set), ("ids", f"{ids} ids"),
+                            ("size", f"{size} px")) if k in varying]
+    return " · ".join(parts + [variant])
+
+
+def varying_fields(rows: list[dict]) -> set[str]:
+    keys = [run_key(r) for r in rows]
+    return {name for i, name in enumerate(("model", "train_set", "ids", "size"))
+            if len({k[i] for k in keys}) > 1}
+
+
+def summarize(rows: list[dict], columns: list[str] | None = None,
+              variant_order: Sequence[str] = ()) -> str:
+    """Markdown table: per (backbone, training set, identities, variant), mean ± std across
+    seeds of each ABLATION_KEYS column (or of ``columns``, result keys); within each backbone,
+    set and identity count the variants come in ``variant_order``."""
+    keys = [k for k in ABLATION_KEYS if columns is None or k[1] in columns]
+    varying = varying_fields(rows)
+    contexts = list(dict.fromkeys(run_key(r)[:4] for r in rows))  # in order of appearance
+    order = {v: i for i, v in enumerate(variant_order)}
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (contexts.index(run_key(r)[:4]),
+                                         order.get(r["variant"], len(order)), r["seed"])):
+        groups.setdefault(group_label(r, varying), []).append(r)
+    head = "| run | seeds | " + " | ".join(c for c, *_ in keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    for label, rs in groups.items():
+        cells = []
+        for _, key, scale, d in keys:
+            x = np.array([r[key] for r in rs if r.get(key) is not None], float) * scale
+            sd = x.std(ddof=1) if len(x) > 1 else 0.0
+            cells.append(f"{x.mean():.{d}f} ± {sd:.{d}f}" if len(x) else "–")
+        lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(rows: list[dict], base: str = "softmax",
+                       keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm",
+                             "celeba_ratio", "celeba_accuracy")
+                       ) -> str:
+    """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed, backbone,
+    training set and identity count."""
+    by = {run_key(r): r for r in rows}
+    varying = varying_fields(rows)
+    lines = []
+    for key, r in by.items():
+        context, variant, seed = key[:4], key[4], key[5]
+        if variant == base or any(k[:5] == (*context, variant) and k[5] < seed for k in by):
+            continue  # one line per (context, variant), written at its first seed
+        pairs = [(by[k], by[(*context, base, k[5])]) for k in sorted(by)
+                 if k[:5] == (*context, variant) and (*context, base, k[5]) in by]
+        if not pairs:
+            continue
+        parts = []
+        for k in keys:
+            d = np.array([a[k] - b[k] for a, b in pairs if a.get(k) is not None and b.get(k) is not None])
+            if not len(d):
+                continue
+            scale = 1 if "ratio" in k else 100
+            parts.append(f"{k} {scale * d.mean():+.3g} ± {scale * (d.std(ddof=1) if len(d) > 1 else 0):.2g}")
+        seeds = ",".join(str(a["seed"]) for a, _ in pairs)
+        lines.append(f"{group_label(r, varying)} − {base} (seeds {seeds}): " + "; ".join(parts))
+    return "\n".join(lines)
