@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 
 ABLATION_KEYS = [  # (column, result key, scale, decimals)
-    ("LFW acc %", "norm_accuracy", 100, 1), ("TAR@1e-3 %", "norm_val_far1e-3", 100, 2),
+    ("LFW acc %", "norm_accuracy", 100, 1), ("fold std %", "norm_accuracy_std", 100, 1),
+    ("EER %", "norm_eer", 100, 1), ("TAR@1e-3 %", "norm_val_far1e-3", 100, 2),
     ("TAR@1e-2 %", "norm_val_far1e-2", 100, 2), ("AUC", "norm_auc", 1, 3),
     ("raw-L2 acc %", "raw_accuracy", 100, 1), ("LFW intra/inter", "ratio_norm", 1, 3),
     ("CelebA held-out intra/inter", "celeba_ratio", 1, 3),
@@ -67,21 +68,22 @@ def summarize(rows: list[dict], columns: list[str] | None = None,
 
 def paired_differences(rows: list[dict], base: str = "softmax",
                        keys=("norm_accuracy", "norm_val_far1e-3", "norm_val_far1e-2", "ratio_norm",
-                             "celeba_ratio", "celeba_accuracy")
-                       ) -> str:
-    """Per variant, mean ± std over seeds of (variant − ``base``) at the same seed, backbone,
-    training set and identity count."""
+                             "celeba_ratio", "celeba_accuracy"),
+                       against: tuple[str, str] | None = None) -> str:
+    """Mean ± std over seeds of (run − its baseline at the same seed): the baseline is variant
+    ``base`` at the same backbone, training set and identity count or, with ``against`` =
+    (backbone, training set), that backbone and set at the same variant and identity count."""
+    def baseline(key: tuple) -> tuple:
+        return (*against, *key[2:]) if against else (*key[:4], base, key[5])
+
     by = {run_key(r): r for r in rows}
     varying = varying_fields(rows)
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for key in sorted(by, key=lambda k: k[5]):
+        if baseline(key) != key and baseline(key) in by:
+            groups.setdefault(key[:5], []).append((by[key], by[baseline(key)]))
     lines = []
-    for key, r in by.items():
-        context, variant, seed = key[:4], key[4], key[5]
-        if variant == base or any(k[:5] == (*context, variant) and k[5] < seed for k in by):
-            continue  # one line per (context, variant), written at its first seed
-        pairs = [(by[k], by[(*context, base, k[5])]) for k in sorted(by)
-                 if k[:5] == (*context, variant) and (*context, base, k[5]) in by]
-        if not pairs:
-            continue
+    for pairs in groups.values():
         parts = []
         for k in keys:
             d = np.array([a[k] - b[k] for a, b in pairs if a.get(k) is not None and b.get(k) is not None])
@@ -90,5 +92,6 @@ def paired_differences(rows: list[dict], base: str = "softmax",
             scale = 1 if "ratio" in k else 100
             parts.append(f"{k} {scale * d.mean():+.3g} ± {scale * (d.std(ddof=1) if len(d) > 1 else 0):.2g}")
         seeds = ",".join(str(a["seed"]) for a, _ in pairs)
-        lines.append(f"{group_label(r, varying)} − {base} (seeds {seeds}): " + "; ".join(parts))
+        name = group_label(pairs[0][1], varying) if against else base
+        lines.append(f"{group_label(pairs[0][0], varying)} − {name} (seeds {seeds}): " + "; ".join(parts))
     return "\n".join(lines)

@@ -193,6 +193,9 @@ def add_ablation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report", type=str, default=None,
                    help="print the mean ± std table of these JSON-lines results files "
                         "(comma-separated) and exit")
+    g.add_argument("--against", type=str, default=None, metavar="MODEL/TRAIN_SET",
+                   help="report: differences against this backbone and training set (e.g. "
+                        "resnet34/aligned-160) at the same variant and seed, instead of softmax")
     g.add_argument("--columns", type=str, default=None,
                    help="comma-separated result keys to tabulate (default: all ABLATION_KEYS)")
     g.add_argument("--ablation_lr", type=float, default=1e-3, help="Adam lr of the ablation runs")
@@ -447,9 +450,11 @@ def ablation_main(args: argparse.Namespace) -> None:
             print(run.parent.name, json.dumps(centre_lag(run, root, args.image_size)), flush=True)
         return
     columns = args.columns.split(",") if args.columns else None
+    against = tuple(args.against.split("/", 1)) if args.against else None
     if args.report:
         rows = [json.loads(line) for f in args.report.split(",") for line in open(f) if line.strip()]
-        print(summarize(rows, columns, list(VARIANTS)) + "\n\n" + paired_differences(rows))
+        print(summarize(rows, columns, list(VARIANTS)) + "\n\n"
+              + paired_differences(rows, against=against))
         return
     out = Path(args.out or tempfile.mkdtemp(prefix="faceignite-ablation-"))
     results = Path(args.results or out / "ablation.jsonl")
@@ -475,7 +480,8 @@ def ablation_main(args: argparse.Namespace) -> None:
                   f"TAR@1e-3 {r['norm_val_far1e-3']:.4f} ratio {r['ratio_norm']:.3f} "
                   f"|γ| {r['bn_gamma_abs']:.3f} wall {r['wall_s']:.0f} s", flush=True)
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    print(summarize(rows, columns, list(VARIANTS)) + "\n\n" + paired_differences(rows))
+    print(summarize(rows, columns, list(VARIANTS)) + "\n\n"
+          + paired_differences(rows, against=against))
 
 if __name__ == "__main__":
     main()

@@ -47,6 +47,10 @@ def test_table_and_differences_keep_backbones_and_identity_counts_apart():
     assert diffs == [
         "resnet34 · aligned-160 · 60 ids · center_w0.003 − softmax (seeds 0,1): norm_accuracy +2 ± 1.4",
         "resnet34 · aligned-160 · 30 ids · center_w0.003 − softmax (seeds 0): norm_accuracy -10 ± 0"]
+    # against a backbone: the same variant, seed and identity count of resnet34 on aligned-160
+    assert paired_differences(rows, keys=("norm_accuracy",), against=("resnet34", "aligned-160")) == (
+        "mobilefacenet · fp112 · 60 ids · center_w0.003 − resnet34 · aligned-160 · 60 ids · "
+        "center_w0.003 (seeds 0): norm_accuracy +9 ± 0")
 
 
 def test_budget_anneals_the_lr_by_a_cosine_in_wall_clock_time():
