@@ -1,4 +1,5 @@
-"""Shared fixtures: real JPEG folders in temp dirs, the shared real-face data (skipped when absent)."""
+"""Shared fixtures: real JPEG folders in temp dirs, the shared real-face data (skipped when absent),
+the one-error-line check and a criterion that turns NaN."""
 from __future__ import annotations
 
 import os
@@ -46,3 +47,34 @@ def train_args(tmp_path, synthetic_root):
     return ["--dataroot", str(train), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
             "--batch_size", "32", "--epochs", "3", "--valid_split", "0.2", "--num_workers", "0",
             "--clearml", "off", "--device", "cpu"]
+
+
+def errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def one_error(caplog) -> str:
+    """The single ERROR line a command logged (one line, no traceback)."""
+    (line,) = errors(caplog)
+    assert "\n" not in line and "Traceback" not in line
+    return line
+
+
+def nan_loss_from(call: int):
+    """A ``criterion_factory`` building the real softmax + center loss, whose loss turns NaN from
+    its ``call``-th forward on (counted from this factory's creation)."""
+    from faceignite.losses import SoftmaxCenterLoss
+
+    calls = 0
+
+    class NanFrom(SoftmaxCenterLoss):
+        def forward(self, embeddings, labels):
+            nonlocal calls
+            out = super().forward(embeddings, labels)
+            calls += 1
+            if calls >= call:
+                out["ce"] = out["ce"] * float("nan")
+                out["loss"] = out["ce"] + out["center"]
+            return out
+
+    return lambda cfg, n: NanFrom(n, cfg.embedding_dim, cfg.center_loss_weight)

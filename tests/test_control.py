@@ -6,8 +6,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from conftest import nan_loss_from
 from faceignite.checkpoint import load_checkpoint
-from faceignite.losses import SoftmaxCenterLoss
 from handlers import control, events
 
 from handlers.standard import main
@@ -56,23 +56,8 @@ def test_early_stopping_after_patience_validations_without_gain():
     assert trainer.state.epoch == 4  # best 0.60 at epoch 2, then 0.60 and 0.55: two without gain
 
 
-class NanAfter(SoftmaxCenterLoss):
-    """The real criterion, whose loss turns NaN from its 25th call on (epoch 2)."""
-
-    calls = 0
-
-    def forward(self, embeddings, labels):
-        out = super().forward(embeddings, labels)
-        NanAfter.calls += 1
-        if NanAfter.calls >= 25:
-            out["ce"] = out["ce"] * float("nan")
-            out["loss"] = out["ce"] + out["center"]
-        return out
-
-
 def test_nan_loss_stops_with_message_and_no_corrupt_checkpoint(train_args, tmp_path, caplog):
-    NanAfter.calls = 0
-    factory = lambda cfg, n: NanAfter(n, cfg.embedding_dim, cfg.center_loss_weight)  # noqa: E731
+    factory = nan_loss_from(25)  # the real criterion, NaN from its 25th call on (epoch 2)
     with pytest.raises(SystemExit) as exc:  # a NaN stop is no success: exit code 3
         main(train_args + ["--epochs", "3"], criterion_factory=factory)
     assert exc.value.code == 3

@@ -13,9 +13,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from conftest import copy_subset
+from conftest import copy_subset, nan_loss_from
 from faceignite.checkpoint import load_checkpoint
-from faceignite.losses import SoftmaxCenterLoss
 from handlers.standard import main
 
 READS = ("item", "__bool__", "tolist", "__float__", "__int__", "numpy")
@@ -93,24 +92,9 @@ def test_handlers_read_nothing_between_log_intervals(tiny_root, tmp_path):
     assert counter.sigterm == {before} and signal.getsignal(signal.SIGTERM) is before
 
 
-class NanFrom(SoftmaxCenterLoss):
-    """The real criterion, whose loss turns NaN from its 5th call (iteration 5) on."""
-
-    calls = 0
-
-    def forward(self, embeddings, labels):
-        out = super().forward(embeddings, labels)
-        NanFrom.calls += 1
-        if NanFrom.calls >= 5:
-            out["ce"] = out["ce"] * float("nan")
-            out["loss"] = out["ce"] + out["center"]
-        return out
-
-
 def test_nan_between_points_stops_at_the_next_with_nothing_newer_saved(tiny_root, tmp_path):
-    NanFrom.calls = 0
     counter = ReadCounter()
-    factory = lambda cfg, n: NanFrom(n, cfg.embedding_dim, cfg.center_loss_weight)  # noqa: E731
+    factory = nan_loss_from(5)  # the real criterion, NaN from its 5th call (iteration 5) on
     with counter, pytest.raises(SystemExit) as stopped:  # agreement points: multiples of 2
         main(args(tiny_root, tmp_path / "runs", "--save_interval", "2", "--n_saved", "9"),
              criterion_factory=factory, hooks=[counter.hook])  # (--save_interval), 3 (--log_)

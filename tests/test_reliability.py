@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_subset, shared_path
+from conftest import copy_subset, one_error, shared_path
 from faceignite import embed, evaluate, export, onnx_export, verify
 from faceignite.data import FaceImageDataset, collate_skip_bad, load_or_build_index
 from faceignite.data.dataset import is_truncated, read_rgb_checked
@@ -26,17 +26,6 @@ from faceignite.lfw.make_pairs import main as make_pairs_main, write_pairs
 from faceignite.models import EmbeddingNet
 
 SIZE = 32
-
-
-def errors(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-
-
-def one_error(caplog) -> str:
-    """The single ERROR line a command logged (one line, no traceback)."""
-    (line,) = errors(caplog)
-    assert "\n" not in line and "Traceback" not in line
-    return line
 
 
 def cut_in_half(path: Path) -> None:

@@ -17,7 +17,7 @@ from ignite.metrics import Accuracy, Loss
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import REPO, copy_subset, shared_path
+from conftest import REPO, copy_subset, one_error, shared_path
 from faceignite.data import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform, train_transform
 from faceignite.engine import create_evaluator, create_trainer
@@ -28,16 +28,6 @@ from handlers.standard import main
 
 SIZE = 32
 PYTHON = sys.executable
-
-
-def errors(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-
-
-def one_error(caplog) -> str:
-    (line,) = errors(caplog)
-    assert "\n" not in line and "Traceback" not in line
-    return line
 
 
 def faces(dest: Path, identities: int, images: int) -> Path:
