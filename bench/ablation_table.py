@@ -3,7 +3,10 @@ JSON object per run in, mean ± std across seeds and per-seed differences agains
 out, with runs of different backbones, training sets and identity counts kept apart."""
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +21,31 @@ ABLATION_KEYS = [  # (column, result key, scale, decimals)
     ("train acc %", "train_accuracy", 100, 1), ("epochs", "epochs", 1, 2),
     ("train img/s", "train_images_per_s", 1, 1), ("LFW img/s", "lfw_images_per_s", 1, 0),
     ("wall s", "wall_s", 1, 0)]
+
+def read_results(path: str | Path) -> list[dict]:
+    """The runs of a JSON-lines results file (none if it does not exist yet).  A line that is not
+    JSON (a run cut off while writing) is skipped with a one-line warning: that run counts as not
+    done, so a resumed ablation runs it again."""
+    path = Path(path)
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path} line {number}: not a JSON object (a run cut short?); skipped",
+                  file=sys.stderr)
+    return rows
+
+
+def append_result(path: str | Path, row: dict) -> None:
+    """Append one run as a JSON line, on a line of its own even after a line cut short."""
+    path = Path(path)
+    cut_short = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as f:
+        f.write(("\n" if cut_short else "") + json.dumps(row) + "\n")
+
 
 def run_key(r: dict) -> tuple:
     """What makes two ablation runs the same experiment (older result lines lack the

@@ -42,7 +42,7 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from ablation_table import paired_differences, run_key, summarize
+from ablation_table import append_result, paired_differences, read_results, run_key, summarize
 from common import SHARED_DATA as DATA
 
 from faceignite.models import ARCHITECTURES, SPECS
@@ -125,6 +125,11 @@ def main() -> None:
                         "softmax (weight 0)")
     add_ablation_args(p)
     args = p.parse_args()
+    if args.against is not None and not re.fullmatch(r"[^/]+/[^/]+", args.against):
+        p.error(f"--against: expected MODEL/TRAIN_SET, e.g. resnet34/aligned-160, got {args.against!r}")
+    missing = [f for f in (args.report or "").split(",") if f and not os.path.isfile(f)]
+    if missing:
+        p.error(f"--report: no such results file: {', '.join(missing)}")
     if args.ablation or args.report or args.centre_lag:
         return ablation_main(args)
     args.embedding_dim = args.embedding_dim or SPECS[args.model].embedding_dim
@@ -452,7 +457,7 @@ def ablation_main(args: argparse.Namespace) -> None:
     columns = args.columns.split(",") if args.columns else None
     against = tuple(args.against.split("/", 1)) if args.against else None
     if args.report:
-        rows = [json.loads(line) for f in args.report.split(",") for line in open(f) if line.strip()]
+        rows = [r for f in args.report.split(",") for r in read_results(f)]
         print(summarize(rows, columns, list(VARIANTS)) + "\n\n"
               + paired_differences(rows, against=against))
         return
@@ -462,9 +467,7 @@ def ablation_main(args: argparse.Namespace) -> None:
     args.embedding_dim = args.embedding_dim or SPECS[args.model].embedding_dim
     this = {"model": args.model, "train_set": args.train_dir.name,
             "train_ids": args.ablation_ids or 299, "image_size": args.image_size}
-    done = {run_key(r) for r in
-            (json.loads(line) for line in (results.read_text().splitlines() if results.exists() else [])
-             if line.strip())}
+    done = {run_key(r) for r in read_results(results)}
     variants = args.ablation.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -474,12 +477,11 @@ def ablation_main(args: argparse.Namespace) -> None:
             if run_key({**this, "variant": variant, "seed": seed}) in done:
                 continue
             r = ablation_run(variant, seed, args, out)
-            with open(results, "a") as f:
-                f.write(json.dumps(r) + "\n")
+            append_result(results, r)
             print(f"{variant} seed {seed}: acc {r['norm_accuracy']:.4f} raw {r['raw_accuracy']:.4f} "
                   f"TAR@1e-3 {r['norm_val_far1e-3']:.4f} ratio {r['ratio_norm']:.3f} "
                   f"|γ| {r['bn_gamma_abs']:.3f} wall {r['wall_s']:.0f} s", flush=True)
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = read_results(results)
     print(summarize(rows, columns, list(VARIANTS)) + "\n\n"
           + paired_differences(rows, against=against))
 

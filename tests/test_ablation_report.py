@@ -11,7 +11,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from ablation_table import paired_differences, run_key, summarize
+from ablation_table import append_result, paired_differences, read_results, run_key, summarize
 from real_data_lfw import RunProbe
 
 
@@ -71,3 +71,17 @@ def test_budget_anneals_the_lr_by_a_cosine_in_wall_clock_time():
     assert seen == pytest.approx(expected)
     assert seen[-1] == 0.0  # past the budget the LR stays at the end of the cosine
     assert (probe.iterations, probe.epochs, probe.ended - probe.started) == (6, 2.0, 150.0)
+
+
+def test_a_results_line_cut_short_is_skipped_and_the_next_run_gets_its_own_line(tmp_path, capsys):
+    results = tmp_path / "ablation.jsonl"
+    append_result(results, row("softmax", 0, 0.70))
+    with open(results, "a") as f:  # a run killed while writing its line
+        f.write('{"variant": "center_w0.003", "seed": 0, "norm_acc')
+    assert [r["variant"] for r in read_results(results)] == ["softmax"]
+    assert f"{results} line 2: not a JSON object" in capsys.readouterr().err
+    append_result(results, row("center_w0.003", 0, 0.71))  # the resumed run
+    assert [(r["variant"], r["norm_accuracy"]) for r in read_results(results)] == [
+        ("softmax", 0.70), ("center_w0.003", 0.71)]
+    assert read_results(tmp_path / "none.jsonl") == []
+
