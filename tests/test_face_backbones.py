@@ -75,7 +75,7 @@ def test_iresnet100_runs_one_image():
 
 
 def test_registry_is_the_one_list_and_keeps_resnet_keys():
-    assert set(PUBLISHED) | {"resnet34", "resnet50", "resnet101"} == set(ARCHITECTURES)
+    assert set(PUBLISHED) | {"resnet34", "resnet50", "resnet101", "tiny"} == set(ARCHITECTURES)
     action = next(a for a in get_args_parser()._actions if a.dest == "model")
     assert tuple(action.choices) == ARCHITECTURES  # --model offers every registered network
     # checkpoints written before the package keep loading: same class, same keys
@@ -191,3 +191,12 @@ def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
     assert metrics["train_accuracy"] > 3 / TRAIN_IDS  # it fits the training identities
     assert metrics["lfw_auc"] >= before.auc + 0.05
     assert metrics["lfw_accuracy"] >= before.accuracy + 0.03
+
+
+def test_tiny_network_is_test_size_and_takes_any_input():
+    model = build_model("tiny", 128).eval()
+    assert sum(p.numel() for p in model.parameters()) < 50_000
+    with torch.no_grad():
+        for side in (32, 64, 112):
+            out = model.embed(torch.randn(2, 3, side, side))
+            assert out.shape == (2, 128) and torch.allclose(out.norm(dim=1), torch.ones(2))

@@ -18,7 +18,7 @@ from faceignite.errors import FaceIgniteError
 class Architecture:
     """What the rest of faceignite needs to know about one architecture."""
 
-    family: str                 # module under faceignite.models: resnet | iresnet | mobilefacenet
+    family: str                 # module under faceignite.models: resnet | iresnet | mobilefacenet | tiny
     cls: str                    # the class in that module, built as cls(name, embedding_dim)
     input_size: int | None      # the only image side (pixels) it accepts; None: any
     imagenet: bool              # torchvision ImageNet weights exist (--pretrained download)
@@ -37,6 +37,8 @@ SPECS: dict[str, Architecture] = {
     "iresnet50": Architecture("iresnet", "IResNet", 112, False, 512, _FIVE),
     "iresnet100": Architecture("iresnet", "IResNet", 112, False, 512, _FIVE),
     "mobilefacenet": Architecture("mobilefacenet", "MobileFaceNet", 112, False, 128, _FIVE),
+    # test-size (~25 k parameters, any size): for tests and smoke runs, never for real training
+    "tiny": Architecture("tiny", "TinyNet", None, False, 128, "any"),
 }
 ARCHITECTURES = tuple(SPECS)
 
