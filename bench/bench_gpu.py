@@ -49,6 +49,14 @@ def parse(argv=None) -> argparse.Namespace:
                         "time (default: channels_last)")
     p.add_argument("--no_handlers_row", action="store_true",
                    help="Skip the row with the recipe's handlers attached")
+    p.add_argument("--flops", action="store_true",
+                   help="Count forward+backward FLOPs per image (torch.utils.flop_counter, model "
+                        "and loss as run) and add TFLOP/s and %% of --peak_tflops columns")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="The device's dense bf16 peak in TFLOP/s (default: 989 on an H100/H200, "
+                        "else no %% column)")
+    p.add_argument("--embedding_dim", type=int, default=None,
+                   help="Embedding size (default: the architecture's, 512 for the iResNets)")
     p.add_argument("--device", default="cuda",
                    help="cuda (default); 'cpu' only dry-runs this script with tiny sizes")
     add_rounds_arg(p, 3)
@@ -153,7 +161,7 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     from faceignite.engine import create_trainer
     from faceignite.runtime import to_channels_last
     from faceignite.losses import SoftmaxCenterLoss
-    from faceignite.models import build_model
+    from faceignite.models import build_model, spec
     from faceignite.optim import build_optimizers
     from faceignite.config import parse_args
     from handlers import lr_scheduler, progress
@@ -169,10 +177,12 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     warm_pinned = [(*pinned[i % pool], 0) for i in range(args.warmup)]
     images_per_pass = args.steps * b
 
+    dim = args.embedding_dim or spec(args.model).embedding_dim
+
     def parts():
         torch.manual_seed(0)
-        model = build_model(args.model, 128).to(device)
-        criterion = SoftmaxCenterLoss(args.classes, 128, 0.01).to(device)
+        model = build_model(args.model, dim).to(device)
+        criterion = SoftmaxCenterLoss(args.classes, dim, 0.01).to(device)
         optimizers = build_optimizers(model, criterion, "sgd", 0.01, 0.9, 5e-4, 0.5)
         return model, criterion, optimizers
 
@@ -256,9 +266,21 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
         res.extra["peak memory GiB"] = fmt(cand.peak / 2**30, 2) if cand.peak else "-"
         res.extra["warm-up s"] = fmt(cand.warmup_s, 1)
         res.extra["last loss"] = cand.error or f"{cand.loss:.3f}"
+    extra = ["peak memory GiB", "warm-up s", "last loss"]
+    if args.flops:
+        per_image = flops_per_image(parts, size, device)
+        peak = args.peak_tflops or default_peak_tflops(device)
+        for res in results:
+            tflops = res.median * per_image / 1e12 if res.median == res.median else float("nan")
+            res.extra["TFLOP/s"] = fmt(tflops, 1)
+            res.extra["% of bf16 peak"] = fmt(100 * tflops / peak, 1) if peak else "-"
+        extra += ["TFLOP/s", "% of bf16 peak"]
+        print(f"{args.model} at {size} px: {per_image / 1e9:.3g} GFLOP per image, forward + "
+              f"backward of model and loss (torch.utils.flop_counter); bf16 peak taken as "
+              f"{peak or 'unknown'} TFLOP/s", flush=True)
     print(rate_table(f"{args.model}, {size} px, batch {b}, {args.steps} steps x {args.rounds} "
                      f"rounds ({device_name(device)})", results,
-                     extra_columns=["peak memory GiB", "warm-up s", "last loss"]), flush=True)
+                     extra_columns=extra), flush=True)
     best = max(results[1:], key=lambda r: r.ratio if r.ratio == r.ratio else 0, default=None)
     if best is not None:
         print(f"best at {size} px: {best.name}, {best.ratio:.2f}x the baseline "
@@ -269,6 +291,30 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     if cuda:
         torch.cuda.empty_cache()
     return results
+
+
+def flops_per_image(parts: Callable[[], tuple], size: int, device, batch: int = 8) -> float:
+    """Forward + backward FLOPs of one image through the model and the loss, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` on a batch of ``batch`` (a multiply-add = 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, criterion, _ = parts()
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, criterion.classifier.out_features, (batch,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        criterion(model(images), labels)["loss"].backward()
+    return counter.get_total_flops() / batch
+
+
+def default_peak_tflops(device) -> float | None:
+    """Dense bf16 tensor-core peak of the devices we know (TFLOP/s), else None."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return 989.4 if ("H100" in name or "H200" in name) else 312.0 if "A100" in name else None
 
 
 def precision_amp(precision: str) -> str:
