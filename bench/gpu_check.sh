@@ -50,6 +50,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/dev
 nproc >> "$out/device.txt"
 
 status=0
+logs=/tmp/gpu_check_logs; mkdir -p "$logs"
+trap 'tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null' EXIT  # one file back, whatever the count
 done_file=/tmp/gpu_check_done; touch "$done_file"
 step() {  # step NAME TIMEOUT_S COMMAND...: run within the budget, log to $out/NAME.log
   local name=$1 limit=$2; shift 2
@@ -60,7 +62,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run within the budget, log to $out/N
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
-  if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then r=ok; echo "$name" >> "$done_file"
+  # SIGABRT at the limit: with PYTHONFAULTHANDLER the log ends with every thread's traceback
+  if PYTHONFAULTHANDLER=1 timeout -s ABRT -k 5 "$limit" "$@" > "$logs/$name.log" 2>&1; then r=ok; echo "$name" >> "$done_file"
   else r="FAILED($?)"; status=1; fi
   printf '%-28s %-10s %4ds\n' "$name" "$r" $((SECONDS - t0)) | tee -a "$out/summary.txt"
 }
@@ -68,15 +71,15 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run within the budget, log to $out/N
 runs=/tmp/gpu_check_runs; mkdir -p "$runs"
 tiny="--image_size 64 --batch_size 64 --log_interval 5 --clearml off --num_workers 4 --device cuda"
 # (a) CUDA paths
-step train_bf16_cl_compile 120 "$py" experiments/resnet34_center.py $tiny --epochs 1 --amp bf16 \
-     --channels_last --compile --output_dir "$runs/bf16"
-step train_fp16_cl 45 "$py" experiments/resnet34_center.py $tiny --epochs 1 --amp fp16 \
-     --channels_last --output_dir "$runs/fp16"
-ckpt_dir=$(ls -d "$runs"/fp16/*/ 2>/dev/null | head -1)
-step resume_fp16 45 "$py" experiments/resnet34_center.py $tiny --amp fp16 --channels_last \
-     --epochs 2 --resume_path "${ckpt_dir:-missing}"
-step evaluate_cuda 30 "$py" -m faceignite.evaluate --checkpoint "${ckpt_dir:-missing}" --device cuda --amp bf16
-step embed_cuda 30 "$py" -m faceignite.embed "$HOME/.cache/faceignite" --checkpoint "${ckpt_dir:-missing}" \
+step train_fp16_cl 50 "$py" experiments/resnet34_center.py $tiny --num_workers 0 --epochs 1 \
+     --amp fp16 --channels_last --output_dir "$runs/fp16"
+ckpt_dir=$(ls -d "$runs"/fp16/resnet34_center-*/ 2>/dev/null | head -1)
+pairs="$runs/fp16/builtin-v2/pairs"
+step resume_fp16 45 "$py" experiments/resnet34_center.py $tiny --num_workers 0 --amp fp16 \
+     --channels_last --epochs 2 --resume_path "${ckpt_dir:-missing}"
+step evaluate_cuda 30 "$py" -m faceignite.evaluate --checkpoint "${ckpt_dir:-missing}" --lfw "$pairs" \
+     --device cuda --amp bf16 --image_size 64
+step embed_cuda 30 "$py" -m faceignite.embed "$pairs" --checkpoint "${ckpt_dir:-missing}" \
      --out "$runs/emb.npy" --device cuda
 step onnx_export 60 "$py" -m faceignite.onnx_export --checkpoint "${ckpt_dir:-missing}" --out "$runs/model.onnx"
 if [ -d .gpu_data/raw-sample ]; then
@@ -92,11 +95,15 @@ from common import write_jpeg_tree; write_jpeg_tree(\"$runs/faces\", 64, 12, siz
     --clearml off --num_workers 4 --device cuda --output_dir \"$runs/face\""
 # (b) the face backbones' step against the original trainer's fp32 loop
 bench="bench/bench_gpu.py --sizes 112 --batch_size 256 --precisions bf16 --channels_last on --flops --rounds 3"
-step bench_iresnet50_bf16 180 "$py" $bench --model iresnet50 --compile both
+step bench_iresnet50_bf16 90 "$py" $bench --model iresnet50 --compile off
+# with loader workers (4) and torch.compile: the run as a user starts it
+step train_bf16_cl_compile 120 "$py" experiments/resnet34_center.py $tiny --epochs 1 --amp bf16 \
+     --channels_last --compile --output_dir "$runs/bf16"
 step bench_mobilefacenet_bf16 70 "$py" $bench --model mobilefacenet --compile off
 step bench_resnet34_bf16 60 "$py" $bench --model resnet34 --compile off
 # (c) Partial FC, IJB embedding, the .rec loader
 step partial_fc_100k 60 "$py" bench/gpu_face.py partial_fc --classes 100000
 step ijb_embed_iresnet50 75 "$py" bench/gpu_face.py ijb_embed --model iresnet50 --images 4000 --num_workers 8
 step rec_loader_workers 75 "$py" bench/gpu_face.py rec_loader --images 3000 --workers 1 4 8 12 --rounds 2
+step bench_iresnet50_compile 200 "$py" $bench --model iresnet50 --compile on --no_handlers_row
 exit $status
