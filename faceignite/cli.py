@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Callable, NoReturn, TypeVar
 
 from faceignite.errors import FaceIgniteError
@@ -26,7 +27,8 @@ def fail(exc: FaceIgniteError) -> NoReturn:
 
 def exits_on_error(main: F) -> F:
     """Decorate a command's ``main``: a :class:`FaceIgniteError` ends it with one line and exit
-    code 2 (called from Python, as ``SystemExit(2)``)."""
+    code 2 (called from Python, as ``SystemExit(2)``).  However it ends, the persistent
+    DataLoader workers it started are stopped before it returns (:mod:`faceignite.data.workers`)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -34,5 +36,10 @@ def exits_on_error(main: F) -> F:
             return main(*args, **kwargs)
         except FaceIgniteError as exc:
             fail(exc)
+        finally:
+            if "torch.utils.data.dataloader" in sys.modules:  # else no loader ever ran
+                from faceignite.data.workers import stop_loader_workers
+
+                stop_loader_workers()
 
     return wrapper  # type: ignore[return-value]

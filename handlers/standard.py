@@ -29,6 +29,7 @@ from faceignite.checkpoint import Resume, TrainingState
 from faceignite.cli import EXIT_NAN, exits_on_error
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
+from faceignite.data.workers import stop_loader_workers
 from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory
@@ -201,6 +202,7 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
             parts.trainer.run(parts.data.train_loader, max_epochs=cfg.epochs)
         finally:  # a NaN stop, an interrupt or an error skips COMPLETED: close them here
             attached.close_trackers()
+            stop_loader_workers()  # not at exit: a 5 s join per pinned worker there
         if nan:  # the NaN guard logged where and which checkpoint to resume from
             raise SystemExit(EXIT_NAN)
         metrics = dict(parts.trainer.state.metrics)
