@@ -13,7 +13,7 @@ from torch import nn
 from faceignite.errors import FaceIgniteError
 from faceignite.losses.protocol import AdjustsGradients, Classifying
 from faceignite.runtime import (AMP_DTYPES, auto_modules, autocast_context,  # noqa: F401
-                                broadcast_buffers, make_grad_scaler, prepare_images,
+                                broadcast_buffers, eval_autocast_context, make_grad_scaler, prepare_images,
                                 resolve_device, to_channels_last, unwrap)
 
 
@@ -208,7 +208,7 @@ def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.dev
         model.eval()
         criterion.eval()
         images = prepare_images(images, device, channels_last)
-        with autocast_context(device, amp):
+        with eval_autocast_context(device, amp):
             logits = criterion.logits(model(images))
         return logits.float(), labels.to(device)
 
@@ -239,7 +239,7 @@ def create_sharded_evaluator(model: nn.Module, criterion: nn.Module, device: tor
         criterion.eval()
         labels = labels.to(device).long()
         if labels.numel():
-            with autocast_context(device, amp):
+            with eval_autocast_context(device, amp):
                 embeddings = model(prepare_images(images, device, channels_last))
         else:
             embeddings = _no_rows(model, device).detach()

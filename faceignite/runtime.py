@@ -45,6 +45,15 @@ def autocast_context(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
+def eval_autocast_context(device: torch.device, amp: str):
+    """The autocast context of evaluation (embeddings, held-out logits): bf16 as in training,
+    but fp32 for ``fp16``.  fp16's range ends at 65,504: a network whose BatchNorm running
+    statistics are still young (the first validation of a run) gives larger raw activations in
+    eval mode, which become inf, then NaN embeddings; seen on an H200 after one epoch at
+    ``--amp fp16``.  bf16 has fp32's range; the GradScaler protects only the training step."""
+    return autocast_context(device, "off" if amp == "fp16" else amp)
+
+
 def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """A GradScaler, enabled only for fp16 on CUDA (bf16 needs none)."""
     return torch.amp.GradScaler(device.type, enabled=(amp == "fp16" and device.type == "cuda"))

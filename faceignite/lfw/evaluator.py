@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from faceignite.checkpoint import unwrap
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform
-from faceignite.runtime import autocast_context, prepare_images
+from faceignite.runtime import eval_autocast_context, prepare_images
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw.metrics import FAR_TARGETS, VerificationResult, evaluate_embeddings
 from faceignite.lfw.pairs import Pairs, find_pairs_file, keep_available, read_pairs, resolve_images
@@ -86,7 +86,7 @@ def create_embedding_engine(model: nn.Module | Callable, device: torch.device, f
         x = prepare_images(images, device, channels_last)
         if flip:
             x = torch.cat([x, torch.flip(x, dims=[3])])
-        with autocast_context(device, amp):
+        with eval_autocast_context(device, amp):
             e = F.normalize(embed(x).float(), dim=1)
         if flip:
             e = F.normalize(e[: len(index)] + e[len(index):], dim=1)
