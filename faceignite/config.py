@@ -220,7 +220,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--scale",), "loss", "ArcFace/CosFace logit scale s", 64.0, type=float, check=positive),
     Option(("--triplet_mining",), "loss", "Triplets: mined online inside each batch "
            "(batch_hard, semi_hard), or --n_triplets random triplets per epoch (random, the "
-           "second original system's)", None, type=str,
+           "second original system's)", "semi_hard", type=str,
            choices=("batch_hard", "semi_hard", "random"),
            default_text="semi_hard; random when --n_triplets is given"),
     Option(("--n_triplets",), "loss", "--triplet_mining random: random (anchor, positive, "
@@ -383,10 +383,7 @@ def record_image_size(dataroot: str) -> int | None:
 
 
 def resolve_defaults(cfg: argparse.Namespace) -> argparse.Namespace:
-    """Fill the data-dependent options left at ``None`` for real or built-in data, and
-    ``--triplet_mining`` (``random`` when ``--n_triplets`` is given, else ``semi_hard``)."""
-    if getattr(cfg, "triplet_mining", "") is None:
-        cfg.triplet_mining = "random" if getattr(cfg, "n_triplets", None) else "semi_hard"
+    """Fill the data-dependent options left at ``None`` for real or built-in data."""
     builtin = cfg.dataroot is None
     if not builtin and getattr(cfg, "image_size", 0) is None:
         cfg.image_size = record_image_size(cfg.dataroot)  # None for an identity folder
@@ -437,7 +434,8 @@ def _copy_suppressed(action: argparse.Action) -> argparse.Action:
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None,
                **defaults: Any) -> argparse.Namespace:
     """Parse ``argv`` with :func:`get_args_parser`, fill the data-dependent defaults
-    (:func:`resolve_defaults`) and check every range (:func:`check_options`).
+    (:func:`resolve_defaults`) and check every range (:func:`check_options`).  ``--n_triplets``
+    without ``--triplet_mining`` selects ``random``.
 
     ``--config FILE`` (:mod:`faceignite.config_file`): its values replace the experiment's
     ``defaults``; the flags of ``argv`` replace both.  ``--resume_path auto`` needs an explicit
@@ -453,8 +451,10 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
         parser.set_defaults(**from_file)
     cfg = resolve_defaults(parser.parse_args(argv))
     check_options(cfg)
-    if (cfg.resume_path == "auto" and "output_dir" not in from_file
-            and "output_dir" not in given_options(parser, argv)):
+    given = given_options(parser, argv) | set(from_file)
+    if cfg.n_triplets and "triplet_mining" not in given:  # the second system's n_triplets
+        cfg.triplet_mining = "random"
+    if cfg.resume_path == "auto" and "output_dir" not in given:
         raise FaceIgniteError("--resume_path auto looks for the newest checkpoint under "
                               "--output_dir: give --output_dir explicitly (log_dir in a config "
                               "file)")
