@@ -5,7 +5,8 @@
     python experiments/vgg16_center.py --dataroot VGGFace2/train-112 --lfw lfw-112 --pretrained download
 
 Where its defaults were unsound this recipe differs (README, "Coming from the second system"):
-lr 0.01 (VGG16 has no BatchNorm: 0.1 diverges), weight decay 5e-4, λ 0.003.
+lr 0.01 (VGG16 has no BatchNorm; VGG's own ImageNet rate at batch 256), weight decay 5e-4,
+λ 0.003.
 """
 import sys
 
