@@ -118,7 +118,7 @@ def run_folder(cfg: argparse.Namespace, name: str) -> str | None:
     from faceignite.checkpoint.auto import resolve_auto_resume
 
     try:
-        resolve_auto_resume(cfg)
+        resolve_auto_resume(cfg, name)
     except FaceIgniteError as exc:
         setup_logging(rank=idist.get_rank())
         fail(exc)

@@ -268,6 +268,34 @@ def test_resume_mid_epoch_continues_the_same_triplets():
     assert {**first, **rest} == full
 
 
+def test_random_triplets_resume_mid_epoch_exactly(tmp_path, synthetic_root):
+    args = tiny_args(tmp_path, synthetic_root) + [
+        "--n_triplets", "12", "--batch_size", "3", "--epochs", "2", "--save_interval", "2",
+        "--n_saved", "10", "--valid_split", "0", "--lfw_validation_epoch_interval", "2"]
+    train(args + ["--output_dir", str(tmp_path / "whole")], name="rt", loss="triplet",
+          handle_signals=False)  # 4 iterations of 3 triplets per epoch
+    whole = run_dir_of(tmp_path / "whole")
+    middle = torch.load(whole / "training_checkpoint_2.pt", weights_only=True)
+    assert middle["sampler_state_dict"] == {"seed": 0, "epoch": 0, "position": 18}
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "resumed" / "training_checkpoint_2.pt").write_bytes(
+        (whole / "training_checkpoint_2.pt").read_bytes())
+    train(args + ["--output_dir", str(tmp_path / "unused"), "--resume_path",
+                  str(tmp_path / "resumed" / "training_checkpoint_2.pt")], name="rt",
+          loss="triplet", handle_signals=False)
+    end = [torch.load(folder / "training_checkpoint_8.pt", weights_only=True)["model_state_dict"]
+           for folder in (whole, tmp_path / "resumed")]
+    assert all(torch.equal(end[0][k], end[1][k]) for k in end[0])
+
+
+def test_gpus_must_be_gpu_numbers(tmp_path, caplog, synthetic_root):
+    with pytest.raises(SystemExit) as exit_info:
+        train(tiny_args(tmp_path, synthetic_root)[:-6] + ["--gpus", "0,x", "--clearml", "off"],
+              handle_signals=False)
+    assert exit_info.value.code == 2
+    assert "--gpus 0,x: give distinct GPU numbers" in one_error(caplog)
+
+
 def test_n_triplets_selects_random_mining_and_conflicts_with_a_miner(tmp_path, caplog,
                                                                      synthetic_root):
     assert parse_args(["--n_triplets", "9"]).triplet_mining == "random"
@@ -289,10 +317,11 @@ def test_resume_auto_starts_fresh_then_continues_the_newest_complete_checkpoint(
     config = tmp_path / "resume.json"
     config.write_text(json.dumps({"resume": True, "log_dir": str(tmp_path / "runs")}))
     train(args + ["--config", str(config)], name="auto", handle_signals=False)  # none yet: fresh
-    run = run_dir_of(tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("auto-*")
     assert sorted(p.name for p in run.glob("training_*.pt")) == ["training_checkpoint_2.pt"]
+    train(args, name="other", handle_signals=False)  # a newer run of another experiment: not it
     train(args + ["--resume_path", "auto", "--epochs", "2"], name="auto", handle_signals=False)
-    assert run_dir_of(tmp_path / "runs") == run  # continued in that run folder
+    assert list((tmp_path / "runs").glob("auto-*")) == [run]  # continued in that run folder
     assert (run / "training_checkpoint_4.pt").is_file()
     # the newest cut short (a full disk): skipped with a warning, the one before it is used
     newest = run / "training_checkpoint_4.pt"
