@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import pytest
 import torch
@@ -24,6 +25,8 @@ from faceignite.data.sampler import follow_trainer
 from faceignite.data.triplet_sampler import RandomTripletSampler
 from faceignite.lfw.make_pairs import make_pairs_set
 from faceignite.models import build_model
+from faceignite.run import _free_port
+from second_system_worker import agreed_worker
 
 from handlers.standard import main as train
 
@@ -343,3 +346,15 @@ def test_resume_auto_needs_an_explicit_output_dir(tmp_path, caplog, synthetic_ro
     assert exit_info.value.code == 2
     assert "--resume_path auto" in one_error(caplog) and "--output_dir" in one_error(caplog)
     assert not (tmp_path / "runs").exists()
+
+
+def test_several_processes_follow_rank_0s_checkpoint(tmp_path):
+    folders = [tmp_path / "rank0", tmp_path / "rank1"]
+    for folder, iteration in zip(folders, (4, 9)):
+        (folder / "auto-1").mkdir(parents=True)
+        torch.save({"model_state_dict": {}, "model_architecture": "tiny", "embedding_dimension": 8},
+                   folder / "auto-1" / f"training_checkpoint_{iteration}.pt")
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
+        parallel.run(agreed_worker, [str(f) for f in folders], str(tmp_path))  # rank r: folders[r]
+    chosen = str(folders[0] / "auto-1" / "training_checkpoint_4.pt")
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [chosen, chosen]
