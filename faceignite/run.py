@@ -234,7 +234,11 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
     """
     setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # ours says it
     try:
-        resolve_gpus(cfg)  # --gpus 0,1: one process per GPU (the CPU when there is no CUDA)
+        if getattr(cfg, "gpus", None) and launched_externally():
+            logger.warning("--gpus %s ignored: torchrun/srun started the processes, one GPU "
+                           "each", cfg.gpus)
+        else:  # --gpus 0,1: one process per GPU (the CPU when there is no CUDA)
+            resolve_gpus(cfg)
         options = parallel_options(cfg)
     except FaceIgniteError as exc:
         setup_logging()
