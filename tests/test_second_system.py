@@ -73,6 +73,7 @@ def run_dir_of(log_dir: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- VGG16, real faces
+@pytest.mark.slow  # trains the real VGG16 (138 M parameters) on real faces
 def test_center_json_trains_vgg16_and_its_config_json_shows_every_mapped_value(
         faces, tmp_path, caplog):
     data, pairs = faces
@@ -103,6 +104,7 @@ def test_center_json_trains_vgg16_and_its_config_json_shows_every_mapped_value(
         assert sum("--gpus 0,1: no CUDA" in w for w in warnings) == 1
 
 
+@pytest.mark.slow  # trains the real VGG16 (138 M parameters) on real faces
 def test_triplet_json_trains_vgg16_on_n_random_triplets(faces, tmp_path, caplog):
     data, pairs = faces
     file = second_system_file(tmp_path / "training_triplet.json", data, pairs, tmp_path / "ckpt",
