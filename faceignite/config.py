@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from faceignite.errors import FaceIgniteError
 from faceignite.models import ARCHITECTURES
+from faceignite.models.registry import SPECS
 
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential")
 MISSING: Any = object()  # no separate built-in-data default
@@ -142,7 +143,7 @@ def _margin_text() -> str:
 
 OPTIONS: tuple[Option, ...] = (
     # data
-    Option(("--dataroot", "-d"), "data", "Absolute path to the training folder, one sub-folder per "
+    Option(("--dataroot", "-d"), "data", "The training folder, one sub-folder per "
            "identity; or an insightface RecordIO set: a .rec file (its .idx beside it) or a "
            "folder holding train.rec/train.idx (+ property)", None, type=str,
            default_text="a built-in generated dataset, for a quick try"),
@@ -161,8 +162,10 @@ OPTIONS: tuple[Option, ...] = (
     # model
     Option(("--model",), "model", "The model architecture for training", "resnet34", type=str,
            choices=ARCHITECTURES),
-    Option(("--embedding_dim",), "model", "Dimension of the embedding vector", 128, type=int,
-           check=positive),
+    Option(("--embedding_dim",), "model", "Dimension of the embedding vector", None, type=int,
+           check=positive, default_text="MODEL_EMBEDDING",  # from the registry, by _help
+           original="128", why="the architecture's own size, so published weights fit: 512 for "
+           "the iResNets (insightface's), 128 for the ResNets and MobileFaceNet (as before)"),
     Option(("--pretrained",), "model", "ImageNet weights for the backbone: a local .pth file, or "
            "'download' for torchvision's weights", None, type=str,
            default_text="none, random initialisation", original="flag (download)",
@@ -230,8 +233,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--channels_last",), "runtime", "Use channels_last memory format", False,
            action="store_true"),
     Option(("--compile",), "runtime", "torch.compile the model", False, action="store_true"),
-    Option(("--output_dir",), "runtime", "Folder for checkpoints, logs, ROC plots", "runs",
-           type=str, default_text="./runs/<experiment>-<time>"),
+    Option(("--output_dir",), "runtime", "Folder of the run folders (checkpoints, logs, ROC "
+           "plots) and of their caches (cache/)", "runs", type=str, default_text="runs"),
+    Option(("--name",), "runtime", "Name of the run folder in --output_dir (a new folder: "
+           "refused when it exists; resume with --resume_path)", None, type=str,
+           default_text="<experiment>-<model>-<time>, the model left out when the experiment "
+           "is named after it"),
     Option(("--backend",), "runtime", "Distributed backend: auto = nccl on GPUs (gloo on CPU) "
            "when started by torchrun or with --nproc_per_node > 1, else one plain process; give "
            "nccl/gloo explicitly under SLURM srun", "auto", type=str,
@@ -242,7 +249,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--sync_bn",), "runtime", "Several processes: SyncBatchNorm, batch statistics over "
            "all of them", False, action="store_true"),
     # LFW validation
-    Option(("--lfw",), "lfw", "Absolute path to the labeled faces in the wild dataset folder",
+    Option(("--lfw",), "lfw", "The Labeled Faces in the Wild folder (one sub-folder per person, "
+           "pairs.txt inside)",
            None, type=str, default_text="the built-in pairs set when --dataroot is not given"),
     Option(("--lfw_pairs",), "lfw", "Pairs file", None, type=str,
            default_text="pairs.txt or lfw_pairs.txt inside --lfw"),
@@ -298,10 +306,27 @@ DATA_DEPENDENT_DEFAULTS = {o.name: (o.default, o.builtin) for o in OPTIONS
 RUNTIME_OPTIONS = tuple(o.name for o in OPTIONS if o.group == "runtime")
 
 
+def default_embedding_dim(architecture: str) -> int:
+    """The embedding size ``architecture``'s papers and weights use (its registry entry): 512
+    for the iResNets, 128 for the seed's ResNets and the paper's MobileFaceNet."""
+    return SPECS[architecture].embedding_dim if architecture in SPECS else 128
+
+
+def _embedding_text() -> str:
+    sizes: dict[int, list[str]] = {}
+    for name, facts in SPECS.items():
+        if name != "tiny":
+            sizes.setdefault(facts.embedding_dim, []).append(name)
+    return "the --model's own: " + "; ".join(f"{dim} for {', '.join(names)}"
+                                             for dim, names in sorted(sizes.items()))
+
+
 def _help(option: Option, default: Any = MISSING) -> str:
     text = option.describe_default(default)
     if text == "MARGIN":
         text = _margin_text()
+    elif text == "MODEL_EMBEDDING":
+        text = _embedding_text()
     return f"{option.help} (default: {text})"
 
 
@@ -343,7 +368,8 @@ def get_args_parser(description: str | None = None, **defaults: Any) -> argparse
     if unknown:
         raise TypeError(f"not training options: {', '.join(unknown)}")
     p = argparse.ArgumentParser(
-        description=description or "Training FaceNet facial recognition model using center loss")
+        description=description or "Train a face-embedding model (each experiment file states "
+        "its backbone and loss)")
     for group, title in GROUPS.items():
         g = p.add_argument_group(title)
         add_options(g, [o.name for o in OPTIONS if o.group == group], defaults)
@@ -370,6 +396,8 @@ def resolve_defaults(cfg: argparse.Namespace) -> argparse.Namespace:
     for name, (real, small) in DATA_DEPENDENT_DEFAULTS.items():
         if getattr(cfg, name, None) is None:
             setattr(cfg, name, small if builtin else real)
+    if getattr(cfg, "embedding_dim", 0) is None:  # weight-compatible: the architecture's own
+        cfg.embedding_dim = default_embedding_dim(getattr(cfg, "model", ""))
     return cfg
 
 
@@ -395,14 +423,18 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
     return cfg
 
 
+def _default_words(option: Option) -> str:
+    text = option.describe_default()
+    return _embedding_text() if text == "MODEL_EMBEDDING" else text
+
+
 def defaults_table() -> str:
     """The README's table of the defaults that differ from the original ``train.py``'s."""
     rows = ["| option | original | faceignite | why |", "|---|---|---|---|"]
     for o in OPTIONS:
         if o.original is not None:
-            rows.append(f"| `{o.flags[0]}` | {o.original} | {o.describe_default()} | {o.why} |")
-    same = [o for o in OPTIONS if o.name in ("batch_size", "valid_split", "embedding_dim",
-                                             "model", "image_size")]
+            rows.append(f"| `{o.flags[0]}` | {o.original} | {_default_words(o)} | {o.why} |")
+    same = [o for o in OPTIONS if o.name in ("batch_size", "valid_split", "model", "image_size")]
     rows.append("| " + ", ".join(f"`{o.flags[0]}`" for o in same) + " | "
                 + ", ".join(_plain(o.default) for o in same) + " | same | |")
     return "\n".join(rows)
