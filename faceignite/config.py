@@ -280,6 +280,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--finetune",), "checkpoint", "With --resume_path: load the backbone only (other "
            "classes/embedding size), in a new run folder", False, action="store_true"),
     Option(("--n_saved",), "checkpoint", "Checkpoints kept", 3, type=int, check=at_least(1)),
+    # commands that read a run folder (evaluate, embed, export, ijb, verify): not training
+    Option(("--which",), "inference", "Which checkpoint of a run folder given as --checkpoint: "
+           "its best (by the run's --best_by) or its latest", "best", type=str,
+           choices=("best", "latest"), default_text="best (the latest when the run has none)"),
     # long runs
     Option(("--log_interval",), "control", "Iterations between log lines and tracked scalars",
            50, type=int, check=at_least(0)),

@@ -42,8 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to evaluate")
     source = what.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=str,
-                        help="A training checkpoint (.pt; a run folder: its latest) or an "
-                             "exported model folder (python -m faceignite.export)")
+                        help="A training checkpoint (.pt; a run folder: its best, --which) or "
+                             "an exported model folder (python -m faceignite.export)")
+    add_options(what, ("which",))
     source.add_argument("--embeddings", type=str,
                         help="A .npy array, one embedding row per image (needs --names)")
     what.add_argument("--names", type=str,
@@ -117,7 +118,7 @@ def evaluate_embeddings_file(cfg: argparse.Namespace) -> VerificationResult:
 def load_checkpoint_model(cfg: argparse.Namespace, device: torch.device):
     """The checkpoint's model and input size; fills ``--lfw_flip``/``--distance`` left unset
     from the checkpoint's training settings."""
-    model, info = load_inference_model(cfg.checkpoint, device)
+    model, info = load_inference_model(cfg.checkpoint, device, which=cfg.which)
     image_size = cfg.image_size or info["image_size"]
     if cfg.lfw_flip is None:  # validate as training did, unless told otherwise
         cfg.lfw_flip = info["flip"]

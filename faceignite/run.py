@@ -232,6 +232,35 @@ class DeferredRunFiles:
         self.buffer.setTarget(None)
 
 
+SETUP_FILES = ("config.json", "run.log")
+
+
+def remove_if_only_setup(run_dir: str) -> bool:
+    """Remove a new run folder that holds nothing but what :func:`session` wrote at its start
+    (``config.json``, ``run.log``): a command that failed before writing any result leaves no
+    ``runs/evaluate-*`` folder of nothing behind.  Its log file is closed first; the error
+    line still goes to stderr.  Returns whether it was removed."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return False
+    if any(n not in SETUP_FILES for n in names):
+        return False
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if (isinstance(h, logging.FileHandler)
+                and os.path.dirname(os.path.abspath(h.baseFilename)) == os.path.abspath(run_dir)):
+            root.removeHandler(h)
+            h.close()
+    try:
+        for n in names:
+            os.unlink(os.path.join(run_dir, n))
+        os.rmdir(run_dir)
+    except OSError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- launching
 def launched_externally() -> bool:
     """Started as one of several processes by torchrun (or another ``env://`` launcher), or as
@@ -396,6 +425,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             if new:  # refused before anything was written: leave no empty run folder
                 with contextlib.suppress(OSError):
                     os.rmdir(run_dir)
+        elif new and rank == 0:  # failed before it wrote a result: no folder of nothing
+            remove_if_only_setup(run_dir)
         fail(exc)
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
         logger.warning("%s", exc or "interrupted")
