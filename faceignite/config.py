@@ -266,9 +266,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--distance",), "lfw", "Distance between L2-normalised embeddings", "l2", type=str,
            choices=("l2", "cosine")),
     Option(("--val_targets",), "lfw", "Verification sets validated with --lfw (after it), each "
-           "an insightface .bin file or an LFW-format folder; metrics <name>_accuracy ... named "
-           "after the file stem or folder", None, type=str, nargs="+", metavar="TARGET",
-           default_text="none; replaces the built-in pairs set"),
+           "an insightface .bin file or an LFW-format folder, as PATH or NAME=PATH; metrics "
+           "<name>_accuracy ... named NAME, else after the file stem or folder", None, type=str,
+           nargs="+", metavar="TARGET", default_text="none; replaces the built-in pairs set"),
+    Option(("--val_pairs",), "lfw", "The pairs file of a folder target stored elsewhere, as "
+           "NAME=PAIRS_FILE (NAME of --val_targets)", None, type=str, nargs="+",
+           metavar="NAME=PAIRS", default_text="pairs.txt or lfw_pairs.txt inside the folder"),
     Option(("--best_by",), "lfw", "Target that picks the best checkpoint and drives "
            "--early_stopping: its name (its accuracy) or <name>_accuracy / <name>_auc", None,
            type=str, metavar="NAME",
