@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Callable, NoReturn, TypeVar
 
 from faceignite.errors import FaceIgniteError
@@ -14,6 +15,12 @@ logger = logging.getLogger("faceignite")
 EXIT_ERROR = 2
 EXIT_NAN = 3
 F = TypeVar("F", bound=Callable)
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Show a progress bar: ``progress`` when given, else when stderr is a terminal (so logs,
+    CI and pipes get no bar lines)."""
+    return sys.stderr.isatty() if progress is None else bool(progress)
 
 
 def fail(exc: FaceIgniteError) -> NoReturn:

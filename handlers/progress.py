@@ -6,7 +6,6 @@ iteration log lines are rank 0's."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Mapping
 
@@ -15,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from faceignite.cli import progress_enabled
 from handlers.tracking import learning_rates, step_scalars
 
 logger = logging.getLogger("faceignite")
@@ -64,11 +64,6 @@ class EpochStats:
         return int(total[0]), int(total[1]), dict(zip(keys, total[2:]))
 
 
-def show_progress_bar(progress_bar: bool | None = None) -> bool:
-    """``progress_bar``, or by default: on when stderr is a terminal (off in logs, CI, pipes)."""
-    return sys.stderr.isatty() if progress_bar is None else progress_bar
-
-
 def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
            log_interval: int = 0, progress_bar: bool | None = None) -> EpochStats:
     """Attach a progress bar (``progress_bar``; default: when stderr is a terminal) that moves
@@ -81,7 +76,7 @@ def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | No
     """
     stats = EpochStats()
     rank = idist.get_rank()
-    if show_progress_bar(progress_bar) and rank == 0:
+    if progress_enabled(progress_bar) and rank == 0:
         # no output_transform: reading the loss would sync the GPU every iteration (the loss
         # is in the log lines, at the run's agreement points)
         ProgressBar(persist=False).attach(trainer, event_name=Events.ITERATION_COMPLETED)

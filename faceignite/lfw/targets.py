@@ -271,4 +271,5 @@ def create_target_evaluator(model: nn.Module | Callable, target: VerificationTar
                      skip_undecodable=skip_undecodable).attach(engine, "verification")
     loader = target_loader(target, image_size, batch_size, num_workers, device.type == "cuda",
                            idist.get_world_size(), idist.get_rank())
-    return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs)
+    return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs,
+                          name=target.name)
