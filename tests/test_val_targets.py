@@ -100,7 +100,7 @@ def trained(targets, train_root, tmp_path_factory):
                     + ["--epochs", "2", "--val_targets", str(bin_path), str(folder),
                        "--best_by", "calfw_mini", "--tensorboard", str(out / "tb")],
                     hooks=[record])
-    (run_dir,) = [d for d in (out / "runs").iterdir() if d.is_dir()]
+    (run_dir,) = [d for d in (out / "runs").iterdir() if d.is_dir() and d.name != "cache"]
     return metrics, seen, run_dir, out / "tb"
 
 
