@@ -196,7 +196,7 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
     success; nothing is written to the run folder before the resume and data checks passed."""
     with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True,
                  folder_name=default_run_name(name, cfg.model)) as run:
-        cfg.name = cfg.name or os.path.basename(run.output_dir)  # recorded in config.json
+        cfg.name = os.path.basename(run.output_dir)  # the folder used, in config.json
         resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
         parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
         attached = attach_handlers(parts, cfg, run, name, hooks, handle_signals)
