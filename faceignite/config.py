@@ -158,7 +158,7 @@ OPTIONS: tuple[Option, ...] = (
            type=int, check=at_least(0), default_text="half the CPUs, max 8; 0 on 2 CPUs",
            original="4", why="one OpenCV worker decodes ~1,300 img/s at 112 px"),
     Option(("--index_cache",), "data", "File caching the image index of --dataroot", None,
-           type=str, default_text="<output_dir>/index-<hash>.json"),
+           type=str, default_text="<output_dir>/cache/index-<hash>.json"),
     # model
     Option(("--model",), "model", "The model architecture for training", "resnet34", type=str,
            choices=ARCHITECTURES),
