@@ -11,4 +11,4 @@ from handlers.standard import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="iresnet50_center", model="iresnet50", loss="center", image_size=112,
-         embedding_dim=512, weight_decay=5e-4)
+         weight_decay=5e-4)  # embedding_dim: the registry's 512 for iresnet50

@@ -12,4 +12,4 @@ from handlers.standard import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="mobilefacenet_center", model="mobilefacenet", loss="center", image_size=112,
-         embedding_dim=128, weight_decay=2e-4)
+         weight_decay=2e-4)  # embedding_dim: the registry's 128 (the paper's)

@@ -9,5 +9,4 @@ import sys
 from handlers.standard import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:], name="resnet34_arcface", loss="arcface",
-         description="Training a face embedding with an ArcFace head")
+    main(sys.argv[1:], name="resnet34_arcface", model="resnet34", loss="arcface")

@@ -9,5 +9,4 @@ import sys
 from handlers.standard import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:], name="resnet34_cosface", loss="cosface",
-         description="Training a face embedding with a CosFace head")
+    main(sys.argv[1:], name="resnet34_cosface", model="resnet34", loss="cosface")

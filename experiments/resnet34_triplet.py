@@ -11,5 +11,4 @@ import sys
 from handlers.standard import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:], name="resnet34_triplet", loss="triplet",
-         description="Training a face embedding with triplet loss (online mining)")
+    main(sys.argv[1:], name="resnet34_triplet", model="resnet34", loss="triplet")

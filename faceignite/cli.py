@@ -17,6 +17,12 @@ EXIT_NAN = 3
 F = TypeVar("F", bound=Callable)
 
 
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Show a progress bar: ``progress`` when given, else when stderr is a terminal (so logs,
+    CI and pipes get no bar lines)."""
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
 def fail(exc: FaceIgniteError) -> NoReturn:
     """Log ``error: <message>`` (one line) and exit with code 2."""
     if not logging.getLogger().handlers and not logger.handlers:

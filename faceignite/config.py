@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from faceignite.errors import FaceIgniteError
 from faceignite.models import ARCHITECTURES
+from faceignite.models.registry import SPECS
 
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential")
 MISSING: Any = object()  # no separate built-in-data default
@@ -149,7 +150,7 @@ OPTIONS: tuple[Option, ...] = (
            "command line win over it, it wins over the experiment's defaults; a run's "
            "config.json reruns that run", None, type=str, metavar="FILE"),
     # data
-    Option(("--dataroot", "-d"), "data", "Absolute path to the training folder, one sub-folder per "
+    Option(("--dataroot", "-d"), "data", "The training folder, one sub-folder per "
            "identity; or an insightface RecordIO set: a .rec file (its .idx beside it) or a "
            "folder holding train.rec/train.idx (+ property)", None, type=str,
            default_text="a built-in generated dataset, for a quick try"),
@@ -164,12 +165,14 @@ OPTIONS: tuple[Option, ...] = (
            type=int, check=at_least(0), default_text="half the CPUs, max 8; 0 on 2 CPUs",
            original="4", why="one OpenCV worker decodes ~1,300 img/s at 112 px"),
     Option(("--index_cache",), "data", "File caching the image index of --dataroot", None,
-           type=str, default_text="<output_dir>/index-<hash>.json"),
+           type=str, default_text="<output_dir>/cache/index-<hash>.json"),
     # model
     Option(("--model",), "model", "The model architecture for training", "resnet34", type=str,
            choices=ARCHITECTURES),
-    Option(("--embedding_dim",), "model", "Dimension of the embedding vector", 128, type=int,
-           check=positive),
+    Option(("--embedding_dim",), "model", "Dimension of the embedding vector", None, type=int,
+           check=positive, default_text="MODEL_EMBEDDING",  # from the registry, by _help
+           original="128", why="the architecture's own size, so published weights fit: 512 for "
+           "the iResNets (insightface's), 128 for the ResNets and MobileFaceNet (as before)"),
     Option(("--pretrained",), "model", "ImageNet weights for the backbone: a local .pth file, or "
            "'download' for torchvision's weights", None, type=str,
            default_text="none, random initialisation", original="flag (download)",
@@ -249,8 +252,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--channels_last",), "runtime", "Use channels_last memory format", False,
            action="store_true"),
     Option(("--compile",), "runtime", "torch.compile the model", False, action="store_true"),
-    Option(("--output_dir",), "runtime", "Folder for checkpoints, logs, ROC plots", "runs",
-           type=str, default_text="./runs/<experiment>-<time>"),
+    Option(("--output_dir",), "runtime", "Folder of the run folders (checkpoints, logs, ROC "
+           "plots) and of their caches (cache/)", "runs", type=str, default_text="runs"),
+    Option(("--name",), "runtime", "Name of the run folder in --output_dir (a new folder: "
+           "refused when it exists; resume with --resume_path)", None, type=str,
+           default_text="<experiment>-<model>-<time>, the model left out when the experiment "
+           "is named after it"),
     Option(("--backend",), "runtime", "Distributed backend: auto = nccl on GPUs (gloo on CPU) "
            "when started by torchrun or with --nproc_per_node > 1, else one plain process; give "
            "nccl/gloo explicitly under SLURM srun", "auto", type=str,
@@ -261,7 +268,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--sync_bn",), "runtime", "Several processes: SyncBatchNorm, batch statistics over "
            "all of them", False, action="store_true"),
     # LFW validation
-    Option(("--lfw",), "lfw", "Absolute path to the labeled faces in the wild dataset folder",
+    Option(("--lfw",), "lfw", "The Labeled Faces in the Wild folder (one sub-folder per person, "
+           "pairs.txt inside)",
            None, type=str, default_text="the built-in pairs set when --dataroot is not given"),
     Option(("--lfw_pairs",), "lfw", "Pairs file", None, type=str,
            default_text="pairs.txt or lfw_pairs.txt inside --lfw"),
@@ -277,9 +285,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--distance",), "lfw", "Distance between L2-normalised embeddings", "l2", type=str,
            choices=("l2", "cosine")),
     Option(("--val_targets",), "lfw", "Verification sets validated with --lfw (after it), each "
-           "an insightface .bin file or an LFW-format folder; metrics <name>_accuracy ... named "
-           "after the file stem or folder", None, type=str, nargs="+", metavar="TARGET",
-           default_text="none; replaces the built-in pairs set"),
+           "an insightface .bin file or an LFW-format folder, as PATH or NAME=PATH; metrics "
+           "<name>_accuracy ... named NAME, else after the file stem or folder", None, type=str,
+           nargs="+", metavar="TARGET", default_text="none; replaces the built-in pairs set"),
+    Option(("--val_pairs",), "lfw", "The pairs file of a folder target stored elsewhere, as "
+           "NAME=PAIRS_FILE (NAME of --val_targets)", None, type=str, nargs="+",
+           metavar="NAME=PAIRS", default_text="pairs.txt or lfw_pairs.txt inside the folder"),
     Option(("--best_by",), "lfw", "Target that picks the best checkpoint and drives "
            "--early_stopping: its name (its accuracy) or <name>_accuracy / <name>_auc", None,
            type=str, metavar="NAME",
@@ -292,6 +303,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--finetune",), "checkpoint", "With --resume_path: load the backbone only (other "
            "classes/embedding size), in a new run folder", False, action="store_true"),
     Option(("--n_saved",), "checkpoint", "Checkpoints kept", 3, type=int, check=at_least(1)),
+    # commands that read a run folder (evaluate, embed, export, ijb, verify): not training
+    Option(("--which",), "inference", "Which checkpoint of a run folder given as --checkpoint: "
+           "its best (by the run's --best_by) or its latest", "best", type=str,
+           choices=("best", "latest"), default_text="best (the latest when the run has none)"),
     # long runs
     Option(("--log_interval",), "control", "Iterations between log lines and tracked scalars",
            50, type=int, check=at_least(0)),
@@ -318,10 +333,27 @@ DATA_DEPENDENT_DEFAULTS = {o.name: (o.default, o.builtin) for o in OPTIONS
 RUNTIME_OPTIONS = tuple(o.name for o in OPTIONS if o.group == "runtime")
 
 
+def default_embedding_dim(architecture: str) -> int:
+    """The embedding size ``architecture``'s papers and weights use (its registry entry): 512
+    for the iResNets, 128 for the seed's ResNets and the paper's MobileFaceNet."""
+    return SPECS[architecture].embedding_dim if architecture in SPECS else 128
+
+
+def _embedding_text() -> str:
+    sizes: dict[int, list[str]] = {}
+    for name, facts in SPECS.items():
+        if name != "tiny":
+            sizes.setdefault(facts.embedding_dim, []).append(name)
+    return "the --model's own: " + "; ".join(f"{dim} for {', '.join(names)}"
+                                             for dim, names in sorted(sizes.items()))
+
+
 def _help(option: Option, default: Any = MISSING) -> str:
     text = option.describe_default(default)
     if text == "MARGIN":
         text = _margin_text()
+    elif text == "MODEL_EMBEDDING":
+        text = _embedding_text()
     return f"{option.help} (default: {text})"
 
 
@@ -363,7 +395,8 @@ def get_args_parser(description: str | None = None, **defaults: Any) -> argparse
     if unknown:
         raise TypeError(f"not training options: {', '.join(unknown)}")
     p = argparse.ArgumentParser(
-        description=description or "Training FaceNet facial recognition model using center loss")
+        description=description or "Train a face-embedding model (each experiment file states "
+        "its backbone and loss)")
     for group, title in GROUPS.items():
         g = p.add_argument_group(title)
         add_options(g, [o.name for o in OPTIONS if o.group == group], defaults)
@@ -390,6 +423,8 @@ def resolve_defaults(cfg: argparse.Namespace) -> argparse.Namespace:
     for name, (real, small) in DATA_DEPENDENT_DEFAULTS.items():
         if getattr(cfg, name, None) is None:
             setattr(cfg, name, small if builtin else real)
+    if getattr(cfg, "embedding_dim", 0) is None:  # weight-compatible: the architecture's own
+        cfg.embedding_dim = default_embedding_dim(getattr(cfg, "model", ""))
     return cfg
 
 
@@ -461,14 +496,18 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
     return cfg
 
 
+def _default_words(option: Option) -> str:
+    text = option.describe_default()
+    return _embedding_text() if text == "MODEL_EMBEDDING" else text
+
+
 def defaults_table() -> str:
     """The README's table of the defaults that differ from the original ``train.py``'s."""
     rows = ["| option | original | faceignite | why |", "|---|---|---|---|"]
     for o in OPTIONS:
         if o.original is not None:
-            rows.append(f"| `{o.flags[0]}` | {o.original} | {o.describe_default()} | {o.why} |")
-    same = [o for o in OPTIONS if o.name in ("batch_size", "valid_split", "embedding_dim",
-                                             "model", "image_size")]
+            rows.append(f"| `{o.flags[0]}` | {o.original} | {_default_words(o)} | {o.why} |")
+    same = [o for o in OPTIONS if o.name in ("batch_size", "valid_split", "model", "image_size")]
     rows.append("| " + ", ".join(f"`{o.flags[0]}`" for o in same) + " | "
                 + ", ".join(_plain(o.default) for o in same) + " | same | |")
     return "\n".join(rows)

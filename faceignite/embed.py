@@ -22,7 +22,7 @@ from ignite.engine import Events
 
 from faceignite.checkpoint import latest_checkpoint, load_checkpoint
 from faceignite.data.index import IMAGE_EXTENSIONS, list_images
-from faceignite.config import add_runtime_args
+from faceignite.config import add_options, add_runtime_args
 from faceignite.runtime import resolve_device
 from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
@@ -57,9 +57,11 @@ def _check_folder(path: str, option: str) -> None:
 
 
 def load_inference_model(path: str, device: str | torch.device = "cpu",
-                         option: str = "--checkpoint") -> tuple[EmbeddingModel, dict[str, Any]]:
+                         option: str = "--checkpoint", which: str = "best"
+                         ) -> tuple[EmbeddingModel, dict[str, Any]]:
     """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
-    latest) or a folder written by ``python -m faceignite.export``.
+    ``which``: best, said in the log, or latest) or a folder written by
+    ``python -m faceignite.export``.
 
     ``info``: ``image_size``, ``lfw_threshold`` (None when no LFW validation ran), ``distance``
     and ``flip`` (the LFW validation's settings, which the threshold belongs to), ``source``.
@@ -71,7 +73,7 @@ def load_inference_model(path: str, device: str | torch.device = "cpu",
         model = load_embedding_model(path, device)
         saved = model.export_config  # validation_settings(checkpoint), written at export
     else:
-        ckpt = load_checkpoint(path, option=option)
+        ckpt = load_checkpoint(path, option=option, which=which)
         model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
                                    ckpt["model_state_dict"], ckpt["path"]).to(device)
         saved, path = validation_settings(ckpt), ckpt["path"]
@@ -140,7 +142,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 description="Embed every image of a folder with a trained model")
     p.add_argument("images", help="Folder of (aligned) face images, searched recursively")
     p.add_argument("--checkpoint", required=True,
-                   help="Training checkpoint (.pt), run folder, or exported model folder")
+                   help="Training checkpoint (.pt), run folder (its best: --which), or exported "
+                        "model folder")
+    add_options(p, ("which",))
     p.add_argument("--out", required=True, help="Output .npy; the names go beside it as .txt")
     p.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's)")
@@ -161,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     out = prepare_output_file(out, "--out")  # before the work: a bad path fails at once
     prepare_output_file(names_path(out), "--out")
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device)
+    model, info = load_inference_model(args.checkpoint, device, which=args.which)
     size = args.image_size or info["image_size"]
     flip = info["flip"] if args.flip is None else args.flip
     names = images_to_embed(args.images)

@@ -42,8 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to evaluate")
     source = what.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=str,
-                        help="A training checkpoint (.pt; a run folder: its latest) or an "
-                             "exported model folder (python -m faceignite.export)")
+                        help="A training checkpoint (.pt; a run folder: its best, --which) or "
+                             "an exported model folder (python -m faceignite.export)")
+    add_options(what, ("which",))
     source.add_argument("--embeddings", type=str,
                         help="A .npy array, one embedding row per image (needs --names)")
     what.add_argument("--names", type=str,
@@ -51,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     # the LFW options of training, but flip and distance default to the checkpoint's own
     add_options(p.add_argument_group(GROUPS["lfw"]),
                 ("lfw", "lfw_pairs", "lfw_batch_size", "lfw_skip_missing", "lfw_flip", "distance",
-                 "val_targets"),
+                 "val_targets", "val_pairs"),
                 defaults={"lfw_flip": None, "distance": None},
                 helps={"lfw_flip": "Average with the mirrored image (default: as the checkpoint "
                                    "was validated)",
@@ -117,7 +118,7 @@ def evaluate_embeddings_file(cfg: argparse.Namespace) -> VerificationResult:
 def load_checkpoint_model(cfg: argparse.Namespace, device: torch.device):
     """The checkpoint's model and input size; fills ``--lfw_flip``/``--distance`` left unset
     from the checkpoint's training settings."""
-    model, info = load_inference_model(cfg.checkpoint, device)
+    model, info = load_inference_model(cfg.checkpoint, device, which=cfg.which)
     image_size = cfg.image_size or info["image_size"]
     if cfg.lfw_flip is None:  # validate as training did, unless told otherwise
         cfg.lfw_flip = info["flip"]
@@ -144,7 +145,7 @@ def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: 
     target is read first (a bad one fails before any embedding), then each is evaluated, its
     line printed (name, accuracy, TAR@FAR, AUC ...) and its ROC PNG written."""
     lfw = (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs else None
-    specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing)
+    specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing, cfg.val_pairs)
     targets = [spec.load() for spec in specs]
     model, image_size = load_checkpoint_model(cfg, device)
     stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.checkpoint)))[0]
@@ -183,7 +184,8 @@ def main(argv: Sequence[str] | None = None
         cfg.distance = cfg.distance or "l2"
     if cfg.val_targets:
         plan_targets(cfg.val_targets, (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs
-                     else None)  # missing files, clashing names: one line, before any work
+                     else None, val_pairs=cfg.val_pairs)  # missing files, clashing names:
+        # one line, before any work
         with session(cfg, "evaluate") as run:
             results = evaluate_targets(cfg, run.device, run.output_dir)
             with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:

@@ -24,6 +24,7 @@ from faceignite import __version__
 from faceignite.checkpoint import load_checkpoint, safe_load
 from faceignite.data.transforms import MEAN, STD
 from faceignite.cli import exits_on_error
+from faceignite.config import add_options
 from faceignite.errors import FaceIgniteError
 from faceignite.models import EmbeddingModel, build_model
 from faceignite.output_files import prepare_output_file, write_atomic
@@ -72,10 +73,10 @@ def validation_settings(ckpt: Mapping) -> dict[str, Any]:
             "lfw_threshold": ckpt.get("lfw_threshold")}
 
 
-def export_embedding_model(checkpoint: str | Mapping, out_dir: str) -> str:
+def export_embedding_model(checkpoint: str | Mapping, out_dir: str, which: str = "best") -> str:
     """Write the embedding model of ``checkpoint`` (a path, a run folder or a loaded dict) to
     ``out_dir``: ``embedding_model.pt`` + ``embedding_model.json``.  Returns ``out_dir``."""
-    ckpt = (load_checkpoint(checkpoint, option="--checkpoint")
+    ckpt = (load_checkpoint(checkpoint, option="--checkpoint", which=which)
             if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
     source = str(ckpt.get("path", "checkpoint"))
     model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
@@ -144,11 +145,12 @@ def load_embedding_model(path: str, device: str | torch.device = "cpu") -> Embed
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="Export the embedding model of a checkpoint")
     parser.add_argument("--checkpoint", required=True,
-                        help="A training/best checkpoint, or a run folder (its latest checkpoint)")
+                        help="A training/best checkpoint, or a run folder (its best: --which)")
+    add_options(parser, ("which",))
     parser.add_argument("--out", required=True, help="Output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = export_embedding_model(args.checkpoint, args.out)
+    out = export_embedding_model(args.checkpoint, args.out, args.which)
     print(os.path.join(out, CONFIG_FILE))
     return out
 

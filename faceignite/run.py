@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -79,6 +80,40 @@ def new_run_dir(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def default_run_name(experiment: str, model: str | None) -> str:
+    """The run folder's name before its time: ``<experiment>-<model>``, or the experiment's
+    name alone when it starts with the model's (``resnet34_center`` with ``resnet34``)."""
+    if not model or experiment == model or experiment.startswith(f"{model}_"):
+        return experiment
+    return f"{experiment}-{model}"
+
+
+def check_run_name(name: str) -> str:
+    """``--name``: one plain folder name (no path separator, not ``.``/``..``/``cache``)."""
+    from faceignite.data.index import CACHE_FOLDER
+
+    if (not name or name in (".", "..", CACHE_FOLDER) or os.sep in name
+            or (os.altsep and os.altsep in name) or name != name.strip()):
+        raise FaceIgniteError(f"--name {name!r}: give a plain folder name (no '/', not '.', "
+                              f"'..' or {CACHE_FOLDER!r})")
+    return name
+
+
+def make_named_run_dir(output_dir: str, name: str) -> str:
+    """Create ``output_dir/name`` exactly (``--name``); refuse when it exists."""
+    output_dir = os.path.abspath(os.path.expanduser(output_dir))
+    path = os.path.join(output_dir, check_run_name(name))
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        os.mkdir(path)
+    except FileExistsError:
+        raise FaceIgniteError(f"--name {name}: {path} exists; resume it with --resume_path "
+                              f"{path}, or choose another --name") from None
+    except OSError as exc:
+        raise FaceIgniteError(write_error(exc, path, "--output_dir")) from None
+    return path
+
+
 def make_run_dir(output_dir: str, name: str, option: str = "--output_dir") -> str:
     """Create a new run folder ``output_dir/<name>-<time>`` and return its absolute path.
 
@@ -128,6 +163,43 @@ def run_folder(cfg: argparse.Namespace, name: str) -> str | None:
     return None
 
 
+CONFIG_FILE = "config.json"
+RESUME_CONFIG = re.compile(r"^config\.resume-(\d+)\.json$")
+
+
+def write_config(run_dir: str, options: dict[str, Any]) -> str:
+    """Write the run's options: ``config.json`` for a new run; in a folder that has one (a
+    resume) it is kept, and ``config.resume-<N>.json`` (N = 1, 2, ...) gets this start's
+    ``options`` and under ``changed`` each option that differs from the previous start's
+    (``{"before": ..., "now": ...}``).  Returns the file written."""
+    first = os.path.join(run_dir, CONFIG_FILE)
+    plain = json.loads(json.dumps(options, default=str))
+    if not os.path.isfile(first):
+        with open(first, "w", encoding="utf-8") as f:
+            json.dump(plain, f, indent=2)
+        return first
+    resumes = sorted(int(m.group(1)) for n in os.listdir(run_dir)
+                     if (m := RESUME_CONFIG.match(n)))
+    previous_file = (os.path.join(run_dir, f"config.resume-{resumes[-1]}.json") if resumes
+                     else first)
+    try:
+        with open(previous_file, encoding="utf-8") as f:
+            previous = json.load(f)
+        previous = previous.get("options", previous) if isinstance(previous, dict) else {}
+    except (OSError, ValueError):
+        previous = {}  # unreadable: every option is reported as changed
+    changed = {k: {"before": previous.get(k), "now": v} for k, v in plain.items()
+               if k not in ("resume_path",) and previous.get(k) != v}
+    path = os.path.join(run_dir, f"config.resume-{(resumes[-1] if resumes else 0) + 1}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"changed": changed, "options": plain}, f, indent=2)
+    if changed:
+        logger.info("options changed since the previous start (%s): %s",
+                    os.path.basename(previous_file),
+                    ", ".join(f"--{k} {v['before']} -> {v['now']}" for k, v in changed.items()))
+    return path
+
+
 class DeferredRunFiles:
     """``run.log`` and ``config.json`` of a run, written only once its checks passed
     (:meth:`Run.commit`): a refused resume leaves the original run's files as they were.
@@ -149,8 +221,7 @@ class DeferredRunFiles:
         self.done = True
         root = logging.getLogger()
         try:
-            with open(os.path.join(self.run_dir, "config.json"), "w", encoding="utf-8") as f:
-                json.dump(vars(self.cfg), f, indent=2, default=str)
+            write_config(self.run_dir, vars(self.cfg))
             log = logging.FileHandler(os.path.join(self.run_dir, "run.log"), encoding="utf-8")
         except OSError as exc:
             self.discard()
@@ -167,6 +238,35 @@ class DeferredRunFiles:
         logging.getLogger().removeHandler(self.buffer)
         self.buffer.buffer.clear()
         self.buffer.setTarget(None)
+
+
+SETUP_FILES = ("config.json", "run.log")
+
+
+def remove_if_only_setup(run_dir: str) -> bool:
+    """Remove a new run folder that holds nothing but what :func:`session` wrote at its start
+    (``config.json``, ``run.log``): a command that failed before writing any result leaves no
+    ``runs/evaluate-*`` folder of nothing behind.  Its log file is closed first; the error
+    line still goes to stderr.  Returns whether it was removed."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return False
+    if any(n not in SETUP_FILES for n in names):
+        return False
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if (isinstance(h, logging.FileHandler)
+                and os.path.dirname(os.path.abspath(h.baseFilename)) == os.path.abspath(run_dir)):
+            root.removeHandler(h)
+            h.close()
+    try:
+        for n in names:
+            os.unlink(os.path.join(run_dir, n))
+        os.rmdir(run_dir)
+    except OSError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- launching
@@ -258,11 +358,15 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
 
 @contextlib.contextmanager
 def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
-            seed: int = 0, deferred: bool = False) -> Iterator[Run]:
+            seed: int = 0, deferred: bool = False, folder_name: str | None = None
+            ) -> Iterator[Run]:
     """Create the run folder (``run_dir``, an existing one; default a new
     ``cfg.output_dir/<name>-<time>``, made by :func:`make_run_dir`), log to ``run.log`` there,
     seed everything (``cfg.seed`` when the options have one, else ``seed``), pick
     ``cfg.device``.
+
+    ``folder_name``: the new folder's name before its time (default ``name``); with
+    ``cfg.name`` (``--name``) the folder is ``cfg.output_dir/<cfg.name>`` exactly.
 
     ``deferred``: ``run.log`` and ``config.json`` are written only at ``run.commit()``, after
     the caller's checks (a resume's checkpoint and data): a refused resume rewrites nothing.
@@ -287,7 +391,9 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         made = ""
         if rank == 0:
             try:
-                made = "ok:" + make_run_dir(cfg.output_dir, name)
+                made = "ok:" + (make_named_run_dir(cfg.output_dir, cfg.name)
+                                if getattr(cfg, "name", None)
+                                else make_run_dir(cfg.output_dir, folder_name or name))
             except FaceIgniteError as exc:
                 made = f"error:{exc}"
         if world_size > 1:
@@ -320,8 +426,7 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
     elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
     if rank == 0 and not deferred:
-        with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(vars(cfg), f, indent=2, default=str)
+        write_config(run_dir, vars(cfg))
     where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
              if world_size > 1 else "")
     logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
@@ -333,6 +438,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             if new:  # refused before anything was written: leave no empty run folder
                 with contextlib.suppress(OSError):
                     os.rmdir(run_dir)
+        elif new and rank == 0:  # failed before it wrote a result: no folder of nothing
+            remove_if_only_setup(run_dir)
         fail(exc)
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
         logger.warning("%s", exc or "interrupted")

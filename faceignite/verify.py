@@ -19,7 +19,7 @@ import torch
 
 from faceignite.data.dataset import PROBLEMS, UNDECODABLE, read_rgb_checked
 from faceignite.embed import embed_images, load_inference_model
-from faceignite.config import add_runtime_args
+from faceignite.config import add_options, add_runtime_args
 from faceignite.runtime import resolve_device
 from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
@@ -69,7 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("image1")
     p.add_argument("image2")
     p.add_argument("--checkpoint", required=True,
-                   help="Training checkpoint (.pt), run folder, or exported model folder")
+                   help="Training checkpoint (.pt), run folder (its best: --which), or exported "
+                        "model folder")
+    add_options(p, ("which",))
     p.add_argument("--threshold", type=float, default=None,
                    help="Decision threshold (default: the checkpoint's lfw_threshold)")
     p.add_argument("--distance", choices=tuple(DISTANCES), default=None,
@@ -88,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> Verification:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device)
+    model, info = load_inference_model(args.checkpoint, device, which=args.which)
     distance = args.distance or info["distance"]
     if args.distance and args.distance != info["distance"] and args.threshold is None:
         raise FaceIgniteError(f"the threshold of {info['source']} is for the "

@@ -115,7 +115,43 @@ class Checkpointer:
         if self.poisoned:
             return self.last_checkpoint
         self.latest(engine)
+        self.share_with_best(engine.state.iteration)
         return self.last_checkpoint  # type: ignore[return-value]
+
+    def share_with_best(self, iteration: int) -> None:
+        """When the best checkpoint is of this same ``iteration`` (the epoch's validation was
+        the best), make it a hard link to the training checkpoint just written: one copy on
+        disk, not two (the training file is the fuller one: it carries the epoch's training
+        metrics too).  Where hard links are not supported both copies stay."""
+        best, latest = self.best_checkpoint, self.last_checkpoint
+        if (best is None or latest is None or idist.get_rank() != self.latest.save_handler.save_on_rank
+                or (m := BEST_RE.match(os.path.basename(best))) is None
+                or int(m.group(1)) != iteration):
+            return
+        tmp = os.path.join(os.path.dirname(best), f".{os.path.basename(best)}.link")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.link(latest, tmp)
+            os.replace(tmp, best)  # atomic: the best file is always whole
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def summary(self, metrics: Mapping[str, Any] | None = None) -> str:
+        """The run's checkpoints in one line: the best's path and metric, and the latest's."""
+        parts = []
+        best = self.best_checkpoint
+        if best is not None:
+            m = BEST_RE.match(os.path.basename(best))
+            score = m.group(3) if m else (metrics or {}).get(self.best_by)
+            parts.append(f"best checkpoint {best} ({self.best_by} {score})")
+        if self.last_checkpoint is not None:
+            shared = best is not None and os.path.exists(best) and os.path.samefile(
+                best, self.last_checkpoint)
+            parts.append(f"latest {self.last_checkpoint}" + (" (the same file: hard link)"
+                                                              if shared else ""))
+        return "; ".join(parts) or "no checkpoint written"
 
     def save_now(self, engine: Engine) -> str:
         """Like :meth:`save`, unless this iteration is already saved (then its path)."""

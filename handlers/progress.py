@@ -6,7 +6,6 @@ iteration log lines are rank 0's."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Mapping
 
@@ -15,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from faceignite.cli import progress_enabled
 from handlers.tracking import learning_rates, step_scalars
 
 logger = logging.getLogger("faceignite")
@@ -31,6 +31,9 @@ class EpochStats:
         self.images = 0
         self.skipped = 0
         self.started = self.last = time.perf_counter()
+
+    def log_last(self) -> None:
+        """Log the last iteration's line when no log line has (set by :func:`attach`)."""
 
     def update(self, output: Mapping) -> None:
         self.last = time.perf_counter()
@@ -62,32 +65,39 @@ class EpochStats:
 
 
 def attach(trainer: Engine, optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-           log_interval: int = 0, progress_bar: bool = True) -> EpochStats:
-    """Attach a progress bar (terminals only), a log line every ``log_interval`` iterations
-    (0: none) and the per-epoch summary line.
+           log_interval: int = 0, progress_bar: bool | None = None) -> EpochStats:
+    """Attach a progress bar (``progress_bar``; default: when stderr is a terminal) that moves
+    every iteration, a log line every ``log_interval`` iterations (0: none) and the per-epoch
+    summary line.  A run interrupted (Ctrl-C, SIGTERM) between two log lines still logs the
+    line of its last iteration (:meth:`EpochStats.log_last`, called by the run).
 
     Epoch statistics land in ``trainer.state.metrics`` as ``train_loss``, ``train_ce``,
     ``train_center``, ``train_accuracy``, ``images_per_sec``, ``skipped_images``, ``lr_<name>``.
     """
     stats = EpochStats()
     rank = idist.get_rank()
-    # reading the loss syncs the GPU: at the log lines only (the run's agreement points)
-    if progress_bar and sys.stderr.isatty() and rank == 0:
-        ProgressBar(persist=False).attach(
-            trainer, output_transform=lambda out: {"loss": out["loss"]},
-            event_name=Events.ITERATION_COMPLETED(every=max(1, log_interval or 50)))
+    if progress_enabled(progress_bar) and rank == 0:
+        # no output_transform: reading the loss would sync the GPU every iteration (the loss
+        # is in the log lines, at the run's agreement points)
+        ProgressBar(persist=False).attach(trainer, event_name=Events.ITERATION_COMPLETED)
 
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: stats.reset())
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stats.update(e.state.output))
+    logged = {"iteration": -1}
+
+    def log_iteration(engine: Engine) -> None:
+        out = engine.state.output  # read here only: no host sync in the other steps
+        if logged["iteration"] == engine.state.iteration or not isinstance(out, Mapping):
+            return
+        logged["iteration"] = engine.state.iteration
+        scalars = " | ".join(f"{k} {v:.4f}" for k, v in step_scalars(out).items())
+        seconds = max(time.perf_counter() - stats.started, 1e-9)
+        logger.info("epoch %d iteration %d | %s | %.1f img/s", engine.state.epoch,
+                    engine.state.iteration, scalars, stats.images / seconds)
 
     if log_interval > 0 and rank == 0:
-        @trainer.on(Events.ITERATION_COMPLETED(every=log_interval))
-        def log_iteration(engine: Engine) -> None:
-            out = engine.state.output  # read here only: no host sync in the other steps
-            scalars = " | ".join(f"{k} {v:.4f}" for k, v in step_scalars(out).items())
-            seconds = max(time.perf_counter() - stats.started, 1e-9)
-            logger.info("epoch %d iteration %d | %s | %.1f img/s", engine.state.epoch,
-                        engine.state.iteration, scalars, stats.images / seconds)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=log_interval), log_iteration)
+        stats.log_last = lambda: log_iteration(trainer)  # type: ignore[method-assign]
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def log_epoch(engine: Engine) -> None:

@@ -15,6 +15,7 @@ It lives in ``handlers/`` because it composes them (``faceignite/`` never import
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 from dataclasses import dataclass, field
@@ -32,15 +33,16 @@ from faceignite.data import build_face_data
 from faceignite.data.workers import stop_loader_workers
 from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
-from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory
+from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory, describe_recipe
 from faceignite.models import build_model
 from faceignite.optim import build_optimizers
-from faceignite.run import Run, parallel, run_folder, session
+from faceignite.run import Run, default_run_name, parallel, run_folder, session
 from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
 from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
                       progress, tensorboard, verification)
 
 Hook = Callable[[Engine, TrainingState], None]
+logger = logging.getLogger("faceignite")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Attached:
     checkpoints: checkpoint.Checkpointer
     interrupt: interrupt.GracefulInterrupt
     trackers: list = field(default_factory=list)  # each has close()
+    stats: Any = None  # handlers.progress.EpochStats
 
     def close_trackers(self) -> None:
         """Close ClearML and TensorBoard: the run ended, whichever way.  A tracker that closed
@@ -125,6 +128,8 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     # --lfw (the built-in pairs set by default), then each --val_targets
     targets = verification.targets_for_run(cfg, data)
     best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+    if targets:
+        cfg.best_by = best_by  # config.json records the metric used
     best_event = (events.ValidationEvents.LFW_COMPLETED if targets
                   else events.ValidationEvents.HOLDOUT_COMPLETED)
     checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
@@ -149,7 +154,7 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                             distance=cfg.distance, output_dir=run.output_dir,
                             num_workers=cfg.num_workers, amp=cfg.amp,
                             channels_last=cfg.channels_last)
-    progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
+    stats = progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
@@ -158,7 +163,7 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
                             stop_check=controls["stop_check"])
-    attached = Attached(state, scheduler, checkpoints[0], stop)
+    attached = Attached(state, scheduler, checkpoints[0], stop, stats=stats)
     tags = [cfg.model, type(parts.criterion).__name__]
     tracker = clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=name,
                              tags=tags, hparams=vars(cfg), log_interval=cfg.log_interval,
@@ -191,7 +196,9 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
 
     A run stopped by a NaN loss ends with ``SystemExit(EXIT_NAN)`` (exit code 3), never as a
     success; nothing is written to the run folder before the resume and data checks passed."""
-    with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True) as run:
+    with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True,
+                 folder_name=default_run_name(name, cfg.model)) as run:
+        cfg.name = os.path.basename(run.output_dir)  # the folder used, in config.json
         resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
         parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
         attached = attach_handlers(parts, cfg, run, name, hooks, handle_signals)
@@ -201,12 +208,18 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
             resume.restore(attached.state)
             run.commit()  # every check passed: now config.json and run.log are written
             parts.trainer.run(parts.data.train_loader, max_epochs=cfg.epochs)
+        except KeyboardInterrupt:  # its checkpoint is saved: the last iteration's line too
+            if attached.stats is not None and parts.trainer.state.iteration:
+                attached.stats.log_last()
+            raise
         finally:  # a NaN stop, an interrupt or an error skips COMPLETED: close them here
             attached.close_trackers()
             stop_loader_workers()  # not at exit: a 5 s join per pinned worker there
         if nan:  # the NaN guard logged where and which checkpoint to resume from
             raise SystemExit(EXIT_NAN)
         metrics = dict(parts.trainer.state.metrics)
+        if run.rank == 0:
+            logger.info("done: %s", attached.checkpoints.summary(metrics))
         if result is not None:
             result.update(metrics)
         return metrics
@@ -224,6 +237,7 @@ def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss:
     processes were spawned here (their results are in ``run.log`` and the checkpoints).
     ``handle_signals``: the command line's Ctrl-C/SIGTERM checkpoint (False: a library call that
     leaves the process's signal handlers alone, e.g. under a test runner's timeout)."""
+    description = description or describe_recipe(name, defaults.get("model", "resnet34"), loss)
     cfg = parse_args(argv, description, **{**LOSS_DEFAULTS[loss], **defaults})
     verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
     factory = criterion_factory or LOSSES[loss]

@@ -42,7 +42,7 @@ def targets_for_run(cfg: argparse.Namespace, data: Any = None) -> list[TargetSpe
     """The run's targets, checked by path and name (no file read): ``lfw`` first when there is
     one (:func:`lfw_source`), then each ``--val_targets``."""
     return plan_targets(getattr(cfg, "val_targets", None), lfw_source(cfg, data),
-                        cfg.lfw_skip_missing)
+                        cfg.lfw_skip_missing, getattr(cfg, "val_pairs", None))
 
 
 def check_options(cfg: argparse.Namespace, data: Any = None) -> str | None:

@@ -68,6 +68,9 @@ def test_data_dependent_defaults_come_from_the_table():
 def test_help_states_the_defaults_of_the_table_and_of_the_recipe():
     text = get_args_parser(**LOSS_DEFAULTS["arcface"]).format_help()
     assert "(default: 0.003)" in re.sub(r"\s+", " ", text.split("\n  --lr LR", 1)[1])[:80]
+    margin = re.sub(r"\s+", " ", text.split("\n  --margin MARGIN", 1)[1])[:60]
+    assert f"(default: {ArcFace.default_margin})" in margin  # the recipe's loss's own margin
+    text = get_args_parser().format_help()  # no recipe: every loss's margin
     margin = re.sub(r"\s+", " ", text.split("\n  --margin MARGIN", 1)[1])[:200]
     for cls in (TripletLoss, ArcFace, CosFace):  # each loss's margin, stated in its class
         assert str(cls.default_margin) in margin

@@ -42,7 +42,7 @@ def test_custom_example_trains_then_resumes_in_its_folder(tmp_path, synthetic_ro
     assert second.returncode == 0, second.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").glob("custom_example-*")] == [run_dir.name]
     log = (run_dir / "run.log").read_text()
-    assert re.search(r"resuming from \S+training_checkpoint_2\.pt \(epoch 1, iteration 2\)", log)
+    assert re.search(r"resuming from \S+training_checkpoint_2\.pt \(epoch 1 iteration 2\)", log)
     assert "epoch 2/2" in log and "epoch 1/2" not in log  # continued from epoch 2, not again
     after = {p.name: digest(p) for p in run_dir.glob("*.pt")}
     assert "training_checkpoint_4.pt" in after

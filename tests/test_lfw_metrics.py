@@ -59,7 +59,11 @@ def test_known_answer_with_one_unavoidable_error_per_fold():
     assert result.threshold == pytest.approx(0.6)  # half-way between 0.2 and 1.0
     assert result.auc == pytest.approx(10 / 11)  # 100 of 110 same pairs beat every different one
     assert result.eer == pytest.approx(1 / 11)
-    assert result.val[1e-2] == pytest.approx(10 / 11) and result.far[1e-2] == 0.0
+    # 90 impostor pairs choose each threshold: FAR 1e-2 (0.9 false accepts) is not resolvable
+    assert result.min_far == pytest.approx(1 / 90) and result.val[1e-2] is None
+    assert result.metrics()["lfw_val_far1e-2"] is None and "n/a" in result.summary()
+    result = evaluate_distances(d, s, folds, far_targets=(2e-2,))
+    assert result.val[2e-2] == pytest.approx(10 / 11) and result.far[2e-2] == 0.0
 
 
 def test_each_fold_threshold_comes_only_from_the_other_folds():

@@ -121,7 +121,7 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_exactly(baseline, small_ro
     assert_same_training_state(load(baseline[1] / final), load(os.path.join(
         os.path.dirname(saved), final)))
     resumed_log = (out / os.path.basename(os.path.dirname(saved)) / "run.log").read_text()
-    assert f"iteration {iteration})" in resumed_log  # "resuming from ... (epoch E, iteration I)"
+    assert f"iteration {iteration})" in resumed_log  # "resuming from ... (epoch E iteration I)"
     shutil.rmtree(out)
 
 

@@ -14,7 +14,7 @@ and ``config``.
 :class:`TrainingState` is the ``state_dict``/``load_state_dict`` object Ignite's ``Checkpoint``
 saves; :class:`Resume` is what an experiment calls for ``--resume_path`` / ``--finetune``.
 """
-from faceignite.checkpoint.files import (BEST_PREFIX, BEST_RE, FORMAT, FORMAT_VERSION, LATEST_PREFIX,
+from faceignite.checkpoint.files import (BEST_PREFIX, BEST_RE, FORMAT, WHICH, best_checkpoint, FORMAT_VERSION, LATEST_PREFIX,
                                          LATEST_RE, NAME, ORIGINAL_KEYS, RESUME_KEYS,
                                          TRAJECTORY_OPTIONS, check_compatible, check_options,
                                          latest_checkpoint, load_checkpoint,
@@ -25,7 +25,7 @@ from faceignite.checkpoint.state import (RNGState, TrainingState, dataset_split,
 from faceignite.config import plain_config
 
 __all__ = [
-    "BEST_PREFIX", "BEST_RE", "FORMAT", "FORMAT_VERSION", "LATEST_PREFIX", "LATEST_RE", "NAME",
+    "BEST_PREFIX", "BEST_RE", "WHICH", "best_checkpoint", "FORMAT", "FORMAT_VERSION", "LATEST_PREFIX", "LATEST_RE", "NAME",
     "ORIGINAL_KEYS", "RESUME_KEYS", "RNGState", "Resume", "TRAJECTORY_OPTIONS", "TrainingState",
     "check_compatible", "check_options", "dataset_split", "latest_checkpoint",
     "load_backbone", "load_checkpoint", "num_classes_of", "plain_config", "resolve_checkpoint_path",

@@ -4,6 +4,7 @@ that one fits this run.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pickle
 import pickletools
@@ -15,6 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from faceignite.errors import FaceIgniteError
+
+logger = logging.getLogger("faceignite")
 
 FORMAT = "faceignite-checkpoint"
 FORMAT_VERSION = 1
@@ -39,11 +42,38 @@ def latest_checkpoint(folder: str) -> str | None:
     return os.path.join(folder, max(found)[1]) if found else None
 
 
-def resolve_checkpoint_path(path: str, option: str = "--resume_path") -> str:
-    """``path`` itself, or for a run folder its latest training checkpoint.
+def best_checkpoint(folder: str) -> str | None:
+    """The ``best_checkpoint_<iteration>_<metric>=<score>.pt`` of ``folder`` with the highest
+    iteration (the run's current best; several metrics only after a resume changed
+    ``--best_by``), or None."""
+    found = [(int(m.group(1)), name) for name in os.listdir(folder)
+             if (m := BEST_RE.match(name))]
+    return os.path.join(folder, max(found)[1]) if found else None
+
+
+WHICH = ("best", "latest")
+
+
+def resolve_checkpoint_path(path: str, option: str = "--resume_path",
+                            which: str = "latest") -> str:
+    """``path`` itself, or for a run folder its ``which`` checkpoint: ``latest`` (the training
+    checkpoint of the highest iteration) or ``best`` (:func:`best_checkpoint`; the latest
+    when the run has none, e.g. it never validated), said in the log.
 
     ``option`` is the caller's command-line option, named in the advice of an error."""
     path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path) and which == "best":
+        best = best_checkpoint(path)
+        if best is not None:
+            m = BEST_RE.match(os.path.basename(best))
+            logger.info("%s %s: the run's best checkpoint, %s (%s %s); --which latest for "
+                        "its latest", option, path, os.path.basename(best), m.group(2),
+                        m.group(3))
+            return best
+        latest = latest_checkpoint(path)
+        if latest is not None:
+            logger.info("%s %s: no best checkpoint (the run did not validate): its latest, %s",
+                        option, path, os.path.basename(latest))
     if os.path.isdir(path):
         latest = latest_checkpoint(path)
         if latest is None:
@@ -172,14 +202,16 @@ def _first_line(exc: BaseException) -> str:
     return lines[0].split(" Please ")[0].split(" Re-running ")[0][:200] if lines else ""
 
 
-def load_checkpoint(path: str, map_location: Any = "cpu", option: str = "--resume_path") -> dict:
-    """Read a training checkpoint (a file, or a run folder → its latest) safely; return its dict.
+def load_checkpoint(path: str, map_location: Any = "cpu", option: str = "--resume_path",
+                    which: str = "latest") -> dict:
+    """Read a training checkpoint (a file, or a run folder → its ``which``: latest or best)
+    safely; return its dict.
 
     Raises :class:`FaceIgniteError` for a missing, truncated, corrupt, unsafe or non-faceignite
     file; ``option`` (the caller's command-line option) is named in its advice.  The dict gets
     ``"path"`` (the file read) added.
     """
-    path = resolve_checkpoint_path(path, option)
+    path = resolve_checkpoint_path(path, option, which)
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict):
         raise FaceIgniteError(f"{path} is not a training checkpoint (it holds a "

@@ -40,6 +40,18 @@ def load_backbone(model: nn.Module, ckpt: Mapping) -> None:
                     k.startswith("backbone.") for k in take) else "backbone only", ckpt.get("path"))
 
 
+def checkpoint_position(ckpt: Mapping) -> str:
+    """``epoch E iteration I`` of a checkpoint, E the epoch its iteration belongs to (counted
+    from 1, as Ignite and the interrupt message count it: iteration 3 of 2-iteration epochs is
+    epoch 2; the last iteration of epoch 2 is epoch 2 too)."""
+    iteration = ckpt.get("iteration")
+    length = (ckpt.get("trainer_state_dict") or {}).get("epoch_length")
+    if iteration is None:
+        return f"epoch {ckpt.get('epoch')}"
+    epoch = -(-int(iteration) // int(length)) if length else ckpt.get("epoch")
+    return f"epoch {epoch} iteration {iteration}"
+
+
 class Resume:
     """``--resume_path`` / ``--finetune`` for an experiment: read the file before the data is
     built (to reuse its split), then :meth:`restore` once every object exists.
@@ -76,8 +88,8 @@ class Resume:
         if not cfg.finetune and before not in (None, cfg.epochs):
             logger.warning("--epochs %s (the checkpoint's run: %s): the LR schedule goes on as "
                            "built for %s epochs", cfg.epochs, before, before)
-        logger.info("%s from %s (epoch %s, iteration %s)", "finetuning" if cfg.finetune else
-                    "resuming", ckpt["path"], ckpt.get("epoch"), ckpt.get("iteration"))
+        logger.info("%s from %s (%s)", "finetuning" if cfg.finetune else "resuming",
+                    ckpt["path"], checkpoint_position(ckpt))
         return cls(ckpt, cfg.finetune, cfg.epochs)
 
     @property

@@ -111,9 +111,19 @@ def scan_identity_folders(root: str) -> ImageIndex:
     return ImageIndex(root, classes, files, fingerprint)
 
 
-def default_cache_path(root: str, cache_dir: str) -> str:
+CACHE_FOLDER = "cache"  # under --output_dir: index caches and the built-in data, nothing else
+
+
+def cache_folder(output_dir: str) -> str:
+    """The one folder of ``output_dir`` holding its caches (``python -m faceignite.runs``
+    lists and cleans it): ``<output_dir>/cache``."""
+    return os.path.join(output_dir, CACHE_FOLDER)
+
+
+def default_cache_path(root: str, output_dir: str) -> str:
+    """``<output_dir>/cache/index-<hash of root's path>.json``."""
     digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
-    return os.path.join(cache_dir, f"index-{digest}.json")
+    return os.path.join(cache_folder(output_dir), f"index-{digest}.json")
 
 
 def load_or_build_index(root: str, cache_path: str | None = None) -> ImageIndex:

@@ -6,15 +6,17 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from faceignite.data.builtin import ensure_builtin_dataset
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
-from faceignite.data.index import ImageIndex, default_cache_path, load_or_build_index
+from faceignite.data.index import (ImageIndex, cache_folder, default_cache_path,
+                                   load_or_build_index)
 from faceignite.data.pk_sampler import pk_sampler_from_options
 from faceignite.data.record_index import (RecordIndex, load_or_build_record_index,
                                           record_files)
@@ -96,6 +98,28 @@ def per_process_batch_size(batch_size: int, num_replicas: int) -> int:
     return per_process
 
 
+def warn_identities_without_holdout(labels: Sequence[int], val_idx: Sequence[int],
+                                    valid_split: float) -> int:
+    """Say at start when ``--valid_split`` holds out no image of some identities (each keeps
+    ``round(images x valid_split)`` held out, and at least one for training); return how many."""
+    if valid_split <= 0:
+        return 0
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    held = np.bincount(labels[np.asarray(val_idx, dtype=np.int64)], minlength=len(counts))
+    ids = counts > 0
+    none = int(((held == 0) & ids).sum())
+    if none:
+        needed = max(2, int(0.5 / valid_split) + 1)
+        what = ("no image at all: there is no held-out validation"
+                if none == int(ids.sum()) else
+                f"no image of {none} of {int(ids.sum())} identities")
+        logger.warning("--valid_split %s holds out %s (an identity needs about %d images for "
+                       "one to be held out); raise --valid_split, or use --lfw/--val_targets "
+                       "to validate", valid_split, what, needed)
+    return none
+
+
 def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = None,
                     num_replicas: int = 1, rank: int = 0) -> FaceData:
     """Index ``cfg.dataroot`` (or generate the built-in data), split it, and build the loaders.
@@ -114,12 +138,13 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
     lfw_dir, lfw_pairs = cfg.lfw, cfg.lfw_pairs
     with rank_zero_first(num_replicas, rank):
         if builtin:
-            root, pairs_root = ensure_builtin_dataset(cfg.output_dir)
+            root, pairs_root = ensure_builtin_dataset(cache_folder(cfg.output_dir))
             if lfw_dir is None:
                 lfw_dir, lfw_pairs = pairs_root, os.path.join(pairs_root, "pairs.txt")
         else:
             root = cfg.dataroot
         cache_path = cfg.index_cache or default_cache_path(root, cfg.output_dir)
+        cfg.index_cache = cache_path  # config.json records the file used
         if record_files(root) is not None:  # a .rec file, or a folder holding train.rec
             index = load_or_build_record_index(root, cache_path)
         else:
@@ -136,6 +161,7 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
                 f"on the same data, or --finetune to start a new run from its weights")
         held = set(val_idx)
         train_idx = [i for i in range(len(labels)) if i not in held]
+    warn_identities_without_holdout(labels, val_idx, cfg.valid_split)
     if len(train_idx) < 2:
         raise FaceIgniteError(
             f"{'the built-in data' if builtin else root} leaves {len(train_idx)} training "
@@ -162,6 +188,7 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
         pk = pk_sampler_from_options(train_set.targets, cfg.batch_size, cfg.images_per_identity,
                                      cfg.identities_per_batch, cfg.seed, num_replicas, rank)
         logger.info("P x K batches: %d identities x %d images", pk.p, pk.k)
+        cfg.identities_per_batch = cfg.identities_per_batch or pk.p  # recorded in config.json
         train_loader = make_loader(train_set, pk.batch_size, cfg.num_workers, pk,
                                    drop_last=False, pin_memory=pin)
     else:

@@ -1,6 +1,7 @@
 """Pack an identity-folder root into insightface's RecordIO layout.
 
     python -m faceignite.data.pack SRC DST      # DST/train.rec, DST/train.idx, DST/property
+    python -m faceignite.data.pack LFW DST.bin --pairs PAIRS   # a verification .bin (insightface)
 
 Layout written (the one insightface's ``MXFaceDataset`` and MXNet read): record 0 is a header
 with label ``[N+1, N+1+K]``; keys ``1 … N`` are the images (IRHeader label = class index, image =
@@ -88,6 +89,20 @@ def pack_folder(src: str, dst: str, progress: bool = True) -> dict[str, int]:
     return {"images": n, "identities": k, "bytes": size}
 
 
+def pack_bin(args: argparse.Namespace) -> int:
+    """``SRC DST.bin [--pairs PAIRS]``: :func:`faceignite.lfw.bin_writer.write_bin`."""
+    from faceignite.lfw.bin_writer import write_bin
+
+    try:
+        stats = write_bin(args.src, args.dst, args.pairs, getattr(args, "overwrite", False))
+    except FaceIgniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{stats['pairs']} pairs ({stats['same']} same) of {stats['images']} images -> "
+          f"{args.dst} ({stats['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m faceignite.data.pack",
@@ -96,8 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("src", metavar="SRC", help="identity-folder root (as for --dataroot)")
     p.add_argument("dst", metavar="DST", help="output folder (created if missing)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--pairs", metavar="PAIRS", default=None,
+                   help="with a DST ending in .bin: write an insightface verification .bin of "
+                        "SRC (an LFW-format folder) and this pairs file (default: pairs.txt in "
+                        "SRC)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.dst.lower().endswith(".bin"):  # a verification set, not a training set
+        return pack_bin(args)
+    if args.pairs is not None:
+        print(f"error: --pairs {args.pairs}: only with a DST ending in .bin (a verification "
+              f"set); {args.dst} would be a training set", file=sys.stderr)
+        return 2
     try:
         stats = pack_folder(args.src, args.dst, progress=not args.no_progress)
     except FaceIgniteError as exc:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from faceignite.config import default_num_workers
+from faceignite.config import add_options, default_num_workers
 from faceignite.errors import FaceIgniteError
 from faceignite.evaluate import load_embeddings
 from faceignite.ijb.meta import (TARGETS, Landmarks, MetaFiles, TemplateMedia, TemplatePairs,
@@ -37,8 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 description="IJB-B/IJB-C 1:1 template verification "
                                             "(insightface eval_ijbc.py protocol)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="Training checkpoint (.pt), run folder, or exported "
-                                             "model folder: embeds the loose crops")
+    source.add_argument("--checkpoint", help="Training checkpoint (.pt), run folder (its best: "
+                                             "--which), or exported model folder: embeds the "
+                                             "loose crops")
+    add_options(p, ("which",))
     source.add_argument("--embeddings", help="Precomputed image features (.npy, one row per "
                                              "image, any order; needs --names)")
     p.add_argument("--names",
@@ -167,7 +169,7 @@ def embed_checkpoint(args: argparse.Namespace, files: MetaFiles, tm: TemplateMed
 
     names, paths, points, _ = crops_to_embed(tm, landmarks, files.crops, args.skip_missing)
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device)
+    model, info = load_inference_model(args.checkpoint, device, which=args.which)
     size = info["image_size"]
     logger.info("checkpoint %s: %s, %d-d, %d px; embedding %d %s crops (flip added) on %s",
                 info["source"], model.architecture, model.embedding_dim, size, len(paths),

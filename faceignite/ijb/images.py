@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from faceignite.align.five_point import warp_to_template
 from faceignite.data.dataset import read_rgb
 from faceignite.data.transforms import eval_transform
+from faceignite.cli import progress_enabled
 from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite")
@@ -75,9 +76,10 @@ def _compact(path: str, keep: np.ndarray, chunk: int = 65_536) -> None:
 
 def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, image_size: int,
                 out_path: str, device: torch.device, batch_size: int = 128, num_workers: int = 0,
-                skip_undecodable: bool = False, progress: bool = True) -> np.ndarray:
+                skip_undecodable: bool = False, progress: bool | None = None) -> np.ndarray:
     """Write the flip-summed raw feature of each crop, in the order of ``paths``, to ``out_path``
-    (float32 ``.npy``); return the boolean mask of the crops embedded (all, unless
+    (float32 ``.npy``), with a progress bar (``progress``; default: when stderr is a
+    terminal); return the boolean mask of the crops embedded (all, unless
     ``skip_undecodable`` dropped undecodable files, whose rows are then left out of the file)."""
     device = torch.device(device)
     model = model.to(device).eval()
@@ -102,13 +104,14 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
 
 def _stream_features(model: nn.Module, loader: DataLoader, paths: Sequence[str], part: str,
                      dim: int | None, device: torch.device, done: np.ndarray,
-                     skip_undecodable: bool, progress: bool) -> None:
+                     skip_undecodable: bool, progress: bool | None) -> None:
     """Embed the loader's batches into the ``.npy`` at ``part`` (created at the first batch),
     marking the rows written in ``done``."""
     from tqdm.auto import tqdm
 
     features = None
-    with tqdm(total=len(paths), unit="img", desc="IJB crops", disable=not progress) as bar:
+    with tqdm(total=len(paths), unit="img", desc="IJB crops",
+              disable=not progress_enabled(progress)) as bar:
         for images, index, missing in loader:
             if len(missing) and not skip_undecodable:
                 raise FaceIgniteError(f"cannot decode IJB crop {paths[missing[0]]} "

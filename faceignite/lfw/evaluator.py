@@ -17,13 +17,14 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 from torch.utils.data import DataLoader
 
 from faceignite.checkpoint import unwrap
+from faceignite.cli import progress_enabled
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform
 from faceignite.runtime import eval_autocast_context, prepare_images
@@ -153,11 +154,27 @@ class PairsEvaluator:
     pairs: Pairs
     paths: list[str]
     skipped_pairs: int = 0
+    name: str = ""                  # shown on the progress bar (default: the pairs file's name)
+    progress: bool | None = None    # a progress bar; None: when stderr is a terminal
 
     def run(self) -> VerificationResult:
-        """Embed every unique image once, then compute the metrics (timed in ``seconds``)."""
+        """Embed every unique image once, then compute the metrics (timed in ``seconds``).
+        A progress bar of the batches shows on rank 0 (:attr:`progress`)."""
         started = time.perf_counter()
-        self.engine.run(self.loader)
+        bar = handle = None
+        if progress_enabled(self.progress) and idist.get_rank() == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.loader), unit="batch", leave=False,
+                       desc=self.name or os.path.basename(self.pairs.path))
+            handle = self.engine.add_event_handler(Events.ITERATION_COMPLETED,
+                                                   lambda _: bar.update())
+        try:
+            self.engine.run(self.loader)
+        finally:
+            if bar is not None:
+                handle.remove()
+                bar.close()
         result: VerificationResult = self.engine.state.metrics["verification"]
         result.skipped_pairs += self.skipped_pairs
         result.seconds = {"total": time.perf_counter() - started}

@@ -100,9 +100,9 @@ class VerificationResult:
     accuracy_std: float
     threshold: float
     threshold_std: float
-    val: dict[float, float]
-    val_std: dict[float, float]
-    far: dict[float, float]
+    val: dict[float, float | None]      # None: a FAR below min_far, which the pairs cannot resolve
+    val_std: dict[float, float | None]
+    far: dict[float, float | None]
     auc: float
     eer: float
     fold_accuracies: np.ndarray
@@ -116,22 +116,35 @@ class VerificationResult:
     pairs_file: str = ""
     skipped_pairs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    min_far: float = 0.0  # the smallest FAR the impostor pairs can resolve (1 / their count)
 
-    def metrics(self, prefix: str = "lfw") -> dict[str, float]:
+    def metrics(self, prefix: str = "lfw") -> dict[str, float | None]:
         """``lfw_accuracy``, ``lfw_accuracy_std``, ``lfw_threshold``, ``lfw_val_far1e-3``,
-        ``lfw_val_far1e-2``, ``lfw_auc``, ``lfw_eer`` (as floats)."""
+        ``lfw_val_far1e-2``, ``lfw_auc``, ``lfw_eer`` (as floats; a TAR at a FAR below
+        :attr:`min_far` is None: null in ``metrics.json``, left out by the trackers, which
+        take numbers only)."""
         out = {f"{prefix}_accuracy": self.accuracy, f"{prefix}_accuracy_std": self.accuracy_std,
                f"{prefix}_threshold": self.threshold}
         out.update({f"{prefix}_val_far{far_label(f)}": v for f, v in self.val.items()})
         out.update({f"{prefix}_auc": self.auc, f"{prefix}_eer": self.eer})
-        return {k: float(v) for k, v in out.items()}
+        return {k: None if v is None else float(v) for k, v in out.items()}
+
+    def tar_text(self, far: float) -> str:
+        """TAR at ``far`` as a number, or ``n/a (FAR >= <min_far>)`` when the impostor pairs
+        cannot resolve it."""
+        v = self.val[far]
+        return f"{v:.4f}" if v is not None else f"n/a (FAR >= {self.min_far:.1e} resolvable)"
 
     def summary(self) -> str:
         """One line: accuracy ± std, threshold, TARs, AUC, EER."""
-        vals = " | ".join(f"TAR@FAR={far_label(f)} {v:.4f}" for f, v in self.val.items())
+        vals = " | ".join(f"TAR@FAR={far_label(f)} {self.tar_text(f)}" for f in self.val)
         return (f"accuracy {self.accuracy:.4f} ± {self.accuracy_std:.4f} | threshold "
                 f"{self.threshold:.4f} ({self.distance}) | {vals} | AUC {self.auc:.4f} | "
                 f"EER {self.eer:.4f}")
+
+    def num_impostors_text(self) -> str:
+        return (f"the {round(1 / self.min_far)} impostor pairs of the 9 threshold folds"
+                if self.min_far else "the impostor pairs")
 
     def table(self) -> str:
         """The metric table the stand-alone evaluation prints."""
@@ -147,7 +160,9 @@ class VerificationResult:
         ]
         rows += [(f"TAR @ FAR={far_label(f)}",
                   f"{100 * v:.2f} % ± {100 * self.val_std[f]:.2f} (FAR on test folds "
-                  f"{100 * self.far[f]:.3f} %)") for f, v in self.val.items()]
+                  f"{100 * self.far[f]:.3f} %)" if v is not None else
+                  f"n/a: {self.num_impostors_text()} resolve FAR >= {self.min_far:.1e} only")
+                 for f, v in self.val.items()]
         rows += [("ROC AUC", f"{self.auc:.4f}"), ("EER", f"{100 * self.eer:.2f} %"),
                  ("fold accuracies", " ".join(f"{100 * a:.2f}" for a in self.fold_accuracies))]
         rows += [(f"time {k}", f"{v:.2f} s") for k, v in self.seconds.items()]
@@ -163,6 +178,10 @@ def evaluate_distances(distances: np.ndarray, issame: np.ndarray, folds: np.ndar
         raise FaceIgniteError(f"{int((~np.isfinite(distances)).sum())} pair distances are not "
                               "finite: the model produced NaN/inf embeddings (training diverged?)")
     fold_ids = np.unique(folds)
+    # a threshold at FAR f needs at least 1/f impostor pairs to choose it on: below that FAR
+    # the TAR is not measured (n/a), never a figure
+    impostors = min(int((~issame[folds != fold]).sum()) for fold in fold_ids)
+    min_far = 1.0 / max(impostors, 1)
     accuracies, thresholds = [], []
     vals: dict[float, list[float]] = {f: [] for f in far_targets}
     fars: dict[float, list[float]] = {f: [] for f in far_targets}
@@ -185,12 +204,13 @@ def evaluate_distances(distances: np.ndarray, issame: np.ndarray, folds: np.ndar
     return VerificationResult(
         distance=distance, accuracy=float(acc.mean()), accuracy_std=float(acc.std()),
         threshold=float(thr.mean()), threshold_std=float(thr.std()),
-        val={f: float(np.nanmean(v)) for f, v in vals.items()},
-        val_std={f: float(np.nanstd(v)) for f, v in vals.items()},
-        far={f: float(np.nanmean(v)) for f, v in fars.items()},
+        val={f: float(np.nanmean(v)) if f >= min_far else None for f, v in vals.items()},
+        val_std={f: float(np.nanstd(v)) if f >= min_far else None for f, v in vals.items()},
+        far={f: float(np.nanmean(v)) if f >= min_far else None for f, v in fars.items()},
         auc=float(area_under_curve(fpr, tpr)), eer=equal_error_rate(fpr, tpr),
         fold_accuracies=acc, fold_thresholds=thr, fpr=fpr, tpr=tpr,
-        num_pairs=len(issame), num_same=int(issame.sum()), num_folds=len(fold_ids))
+        num_pairs=len(issame), num_same=int(issame.sum()), num_folds=len(fold_ids),
+        min_far=min_far)
 
 
 def evaluate_embeddings(embeddings: np.ndarray, pairs: Pairs, distance: str = "l2",

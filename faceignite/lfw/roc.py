@@ -26,6 +26,8 @@ def save_roc_curve(result: VerificationResult, path: str, title: str | None = No
             label=f"AUC {result.auc:.4f}, accuracy {100 * result.accuracy:.2f} % "
                   f"± {100 * result.accuracy_std:.2f}")
     for far, val in result.val.items():
+        if val is None:  # below the FAR the impostor pairs can resolve: not plotted
+            continue
         ax.plot([max(far, lowest)], [val], "o", label=f"TAR {100 * val:.2f} % @ FAR {far_label(far)}")
     chance = np.logspace(np.log10(lowest), 0, 50)
     ax.plot(chance, chance, "--", color="grey", lw=1, label="chance")

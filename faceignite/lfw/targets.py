@@ -154,29 +154,61 @@ class TargetSpec:
         return replace(load_target(path, self.pairs_file, self.skip_missing), name=self.name)
 
 
+PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def split_named(value: str, option: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` → ``(NAME, PATH)``; anything else → ``(None, value)``.  ``=`` splits only
+    when the part before it is a plain name (letters, digits, ``_``) and ``value`` as a whole
+    is not an existing path (a folder may have ``=`` in its name)."""
+    name, sep, path = value.partition("=")
+    if not sep or os.path.exists(os.path.expanduser(value)) or not PLAIN_NAME.match(name):
+        return None, value
+    if not path:
+        raise FaceIgniteError(f"{option} {value}: no path after {name}=")
+    return name, path
+
+
 def plan_targets(val_targets: Sequence[str] | None,
                  lfw: tuple[str | None, str | None] | None = None,
-                 skip_missing: bool = False) -> list[TargetSpec]:
+                 skip_missing: bool = False,
+                 val_pairs: Sequence[str] | None = None) -> list[TargetSpec]:
     """The targets of ``--lfw`` (``lfw = (folder, pairs file)``, named ``lfw``) then of
-    ``--val_targets``, checked without reading them: each path exists and is a ``.bin`` file or
-    a folder, and the names are distinct and not ``val``/``train``/``lr`` (those prefix other
-    metrics).  Problems raise one line naming the option."""
+    ``--val_targets`` (each ``PATH`` or ``NAME=PATH``), checked without reading them: each path
+    exists and is a ``.bin`` file or a folder, and the names are distinct and not
+    ``val``/``train``/``lr`` (those prefix other metrics).  ``val_pairs``: ``NAME=PAIRS_FILE``
+    each, the pairs file of the folder target ``NAME`` when it is stored elsewhere.  Problems
+    raise one line naming the option."""
     specs = [TargetSpec("lfw", lfw[0], lfw[1], skip_missing)] if lfw is not None else []
     where = {"lfw": "--lfw"} if lfw is not None else {}
-    for path in val_targets or ():
-        shown = path
+    pairs_of: dict[str, str] = {}
+    for value in val_pairs or ():
+        name, pairs_path = split_named(value, "--val_pairs")
+        if name is None:
+            raise FaceIgniteError(f"--val_pairs {value}: give NAME=PAIRS_FILE, NAME a target "
+                                  f"of --val_targets")
+        if not os.path.isfile(os.path.expanduser(pairs_path)):
+            raise FaceIgniteError(f"--val_pairs {value}: no such file {pairs_path}")
+        pairs_of[name] = os.path.expanduser(pairs_path)
+    for value in val_targets or ():
+        given, path = split_named(value, "--val_targets")
+        shown = value
         path = os.path.expanduser(path)
+        name = given or target_name(path)
+        pairs_file = pairs_of.get(name)
         if not os.path.exists(path):
             raise FaceIgniteError(f"--val_targets {shown}: no such file or folder")
         if not (os.path.isdir(path) or path.lower().endswith(".bin")):
             raise FaceIgniteError(f"--val_targets {shown}: not a .bin file nor an LFW-format "
                                   "folder")
-        if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n))
-                                           for n in PAIRS_FILE_NAMES):
+        if pairs_file and not os.path.isdir(path):
+            raise FaceIgniteError(f"--val_pairs {name}={pairs_file}: target {shown} is a .bin, "
+                                  f"which holds its pairs; a pairs file is for a folder")
+        if os.path.isdir(path) and not pairs_file and not any(
+                os.path.isfile(os.path.join(path, n)) for n in PAIRS_FILE_NAMES):
             raise FaceIgniteError(f"--val_targets {shown}: a folder without "
                                   f"{' or '.join(PAIRS_FILE_NAMES)} (an LFW-format folder "
-                                  "holds one)")
-        name = target_name(path)
+                                  f"holds one; or give it with --val_pairs {name}=PAIRS_FILE)")
         if name in RESERVED_NAMES:
             raise FaceIgniteError(f"--val_targets {shown} would be named {name!r}, which "
                                   f"prefixes other metrics ({name}_*): rename it")
@@ -184,7 +216,12 @@ def plan_targets(val_targets: Sequence[str] | None,
             raise FaceIgniteError(f"--val_targets {shown} and {where[name]} are both named "
                                   f"{name!r} (metrics {name}_accuracy ...): rename one")
         where[name] = shown
-        specs.append(TargetSpec(name, path, None, skip_missing))
+        specs.append(TargetSpec(name, path, pairs_file, skip_missing))
+    unused = sorted(set(pairs_of) - set(where))
+    if unused:
+        raise FaceIgniteError(f"--val_pairs {unused[0]}={pairs_of[unused[0]]}: no target named "
+                              f"{unused[0]!r} (targets: {', '.join(where) or 'none'}; name one "
+                              f"with --val_targets {unused[0]}=FOLDER)")
     return specs
 
 
@@ -234,4 +271,5 @@ def create_target_evaluator(model: nn.Module | Callable, target: VerificationTar
                      skip_undecodable=skip_undecodable).attach(engine, "verification")
     loader = target_loader(target, image_size, batch_size, num_workers, device.type == "cuda",
                            idist.get_world_size(), idist.get_rank())
-    return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs)
+    return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs,
+                          name=target.name)

@@ -66,9 +66,24 @@ LOSSES: dict[str, CriterionFactory] = {"center": center_loss, "triplet": triplet
 
 # s = 64 multiplies the gradients: at the center-loss lr 0.1 training stalls where every embedding
 # is orthogonal to every class (insightface's 0.1 is for batches of 1024); 0.003 learns.
+# The margin of each margin loss is its class's own, recorded in config.json (not null).
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "center": {},
-    "triplet": {"images_per_identity": 4, "valid_split": 0.0},
-    "arcface": {"lr": 0.003},
-    "cosface": {"lr": 0.003},
+    "triplet": {"images_per_identity": 4, "valid_split": 0.0, "margin": TripletLoss.default_margin},
+    "arcface": {"lr": 0.003, "margin": ArcFace.default_margin},
+    "cosface": {"lr": 0.003, "margin": CosFace.default_margin},
 }
+
+# What each loss is, in the words of an experiment's -h.
+LOSS_TITLES: dict[str, str] = {
+    "center": "softmax cross-entropy + center loss (Wen et al.)",
+    "triplet": "triplet loss with online mining in P x K batches (FaceNet; no classifier)",
+    "arcface": "ArcFace, additive angular margin softmax (Deng et al.)",
+    "cosface": "CosFace, additive cosine margin softmax (Wang et al.)",
+}
+
+
+def describe_recipe(name: str, model: str, loss: str) -> str:
+    """An experiment's description for its ``-h``: its name, backbone and loss."""
+    return (f"{name}: train a {model} face-embedding backbone with "
+            f"{LOSS_TITLES.get(loss, loss)}; every option below shows this experiment's default")
