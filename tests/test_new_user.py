@@ -104,7 +104,7 @@ def test_config_json_records_every_value_used(train_root, lfw_root, tmp_path):
     # only options that are off or not given (no default applies to them)
     assert set(nulls) <= {"pretrained", "identities_per_batch", "images_per_identity",
                           "lfw_pairs", "val_targets", "val_pairs", "resume_path", "max_time",
-                          "tensorboard"}, nulls
+                          "tensorboard", "config", "gpus", "n_triplets"}, nulls  # off, not given
 
 
 # --------------------------------------------------------------------------- item 14

@@ -68,7 +68,7 @@ NO_VALIDATION = ("--valid_split", "0")  # no held-out pass: LFW (the file's lfw_
 
 
 def run_dir_of(log_dir: Path) -> Path:
-    (run,) = [p for p in log_dir.iterdir() if p.is_dir()]
+    (run,) = [p for p in log_dir.iterdir() if p.is_dir() and p.name != "cache"]
     return run
 
 

@@ -21,11 +21,11 @@ def stop_loader_workers() -> int:
     if module is None:
         return 0
     stopped = 0
-    for obj in gc.get_objects():
-        if not isinstance(obj, module.DataLoader):
+    for obj in gc.get_objects():  # type(), not isinstance(): __class__ of some proxies warns
+        if not issubclass(type(obj), module.DataLoader):
             continue
         iterator = getattr(obj, "_iterator", None)  # set only with persistent_workers
-        if isinstance(iterator, module._MultiProcessingDataLoaderIter):
+        if issubclass(type(iterator), module._MultiProcessingDataLoaderIter):
             iterator._shutdown_workers()  # private: the only way to stop persistent workers now
             obj._iterator = None
             stopped += 1
