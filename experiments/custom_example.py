@@ -41,7 +41,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
         data = build_face_data(cfg, val_indices=resume.val_indices,
                                num_replicas=run.world_size, rank=run.rank)
         model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                            image_size=cfg.image_size).to(run.device)
+                            image_size=cfg.image_size, normalize=cfg.normalize).to(run.device)
         if cfg.channels_last:
             to_channels_last(model)
         criterion = center_loss(cfg, data.num_classes).to(run.device)  # --partial_fc: sharded

@@ -28,6 +28,7 @@ from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
+from faceignite.data.normalization import of_checkpoint_config, of_model
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingModel
 from faceignite.output_files import prepare_output_file, write_atomic
@@ -73,7 +74,8 @@ def load_inference_model(path: str, device: str | torch.device = "cpu",
     else:
         ckpt = load_checkpoint(path, option=option)
         model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
-                                   ckpt["model_state_dict"], ckpt["path"]).to(device)
+                                   ckpt["model_state_dict"], ckpt["path"],
+                                   of_checkpoint_config(ckpt.get("config"))).to(device)
         saved, path = validation_settings(ckpt), ckpt["path"]
     info = {"image_size": saved.get("image_size"), "lfw_threshold": saved.get("lfw_threshold"),
             "distance": saved.get("distance") or "l2", "flip": bool(saved.get("lfw_flip", False))}
@@ -111,7 +113,8 @@ def embed_images(model: EmbeddingModel, paths: Sequence[str], image_size: int,
         if index.numel():
             chunks.append((embeddings, index))
 
-    engine.run(image_loader(list(paths), image_size, batch_size, num_workers))
+    engine.run(image_loader(list(paths), image_size, batch_size, num_workers,
+                            normalization=of_model(model)))
     if not chunks:
         raise FaceIgniteError(f"none of the {len(paths)} images could be decoded, e.g. {paths[0]}")
     rows = torch.cat([i for _, i in chunks])

@@ -78,7 +78,7 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     data = build_face_data(cfg, val_indices=val_indices, num_replicas=run.world_size,
                            rank=run.rank)
     model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                        image_size=cfg.image_size).to(run.device)
+                        image_size=cfg.image_size, normalize=getattr(cfg, "normalize", None)).to(run.device)
     if cfg.channels_last:  # once, before DDP builds its gradient buckets
         to_channels_last(model)
     criterion = criterion_factory(cfg, data.num_classes).to(run.device)
