@@ -4,6 +4,8 @@
 
 The graph maps ``images`` (N x 3 x S x S float32, RGB normalised as in training: see
 ``faceignite.data.transforms``) to ``embeddings`` (N x D, L2-normalised): ``model.embed``.
+The normalisation (name, mean, std in pixel units) is recorded in the graph's metadata
+(``faceignite.input``), where ``python -m faceignite.evaluate --onnx`` reads it.
 Needs ``pip install onnx onnxscript`` (torch's exporter); the check needs ``onnxruntime``.
 """
 from __future__ import annotations
@@ -58,7 +60,14 @@ def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 18) -
         program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset,
                                     input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={"images": {0: batch}})
-    write_atomic(path, lambda tmp: program.save(tmp, external_data=False), "--out")
+    from faceignite.data.normalization import of_model
+    from faceignite.eval_models import write_metadata
+
+    def save(tmp: str) -> None:
+        program.save(tmp, external_data=False)
+        write_metadata(tmp, of_model(model), image_size)
+
+    write_atomic(path, save, "--out")
     logger.info("ONNX model (opset %d, input %s: N x 3 x %d x %d) written to %s", opset, INPUT,
                 image_size, image_size, path)
     return path

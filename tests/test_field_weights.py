@@ -114,6 +114,8 @@ def test_an_arcface_torch_file_loads_exactly(tmp_path, name):
     with torch.no_grad():
         theirs = reference(insightface_preprocess(image))
     assert relative_error(ours_from_file(model, image, 112), theirs) < 1e-4
+    if name == "r50":
+        return  # the way back is the same code for every iResNet: r18 tests it
     # and back: export --format insightface loads strictly into insightface's own network
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"model_state_dict": model.state_dict(), "model_architecture": name,
