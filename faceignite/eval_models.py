@@ -40,8 +40,14 @@ def weights_model(architecture: str, weights: str, embedding_dim: int | None = N
     facts = spec(architecture)
     if not os.path.isfile(weights):
         raise FaceIgniteError(f"--weights file not found: {weights}")
-    dim = embedding_dim or head_dim(facts.family, read_weights_file(weights)) \
-        or facts.embedding_dim
+    state = read_weights_file(weights)
+    dim = embedding_dim or head_dim(facts.family, state) or facts.embedding_dim
+    if any(k.startswith("embedding.") for k in state):  # faceignite's whole network
+        from faceignite.data.normalization import resolve
+        from faceignite.export import model_from_weights
+
+        return model_from_weights(architecture, dim, state, weights,
+                                  resolve(normalize, architecture)).eval()
     return build_model(architecture, dim, weights, normalize=normalize).eval()
 
 

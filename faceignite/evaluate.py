@@ -166,8 +166,8 @@ def load_evaluated_model(cfg: argparse.Namespace, device: torch.device | str):
         else:
             model = weights_model(cfg.model, cfg.weights, cfg.embedding_dim, cfg.normalize)
         model = model.to(device)
-        size = model.input_size or (160 if cfg.weights and cfg.model == "inception_resnet_v1"
-                                    else 112)
+        size = (getattr(cfg, "image_size", None) or model.input_size
+                or (160 if cfg.weights and cfg.model == "inception_resnet_v1" else 112))
         return model, {"image_size": size, "lfw_threshold": None, "distance": "l2",
                        "flip": False, "source": model_source(cfg)}
     model, info = load_inference_model(cfg.checkpoint, device)
