@@ -157,7 +157,8 @@ OPTIONS: tuple[Option, ...] = (
            type=int, check=at_least(0), default_text="half the CPUs, max 8; 0 on 2 CPUs",
            original="4", why="one OpenCV worker decodes ~1,300 img/s at 112 px"),
     Option(("--augment",), "data", "Training augmentation: flip (horizontal flip only, for "
-           "five-point crops), box (random resized crop 80-100 %, flip, colour jitter, for box "
+           "five-point crops), box (random resized crop of 80 to 100 percent of the area, flip, "
+           "colour jitter, for box "
            "crops) or none", None, type=str, choices=("flip", "box", "none"),
            default_text="flip for a RecordIO set or a folder the alignment tool wrote with "
            "--template arcface; box otherwise"),
