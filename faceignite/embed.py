@@ -28,7 +28,7 @@ from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
-from faceignite.data.normalization import of_checkpoint_config, of_model
+from faceignite.data.normalization import of_checkpoint_config, of_model, parse_normalize
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingModel
 from faceignite.output_files import prepare_output_file, write_atomic
@@ -58,13 +58,15 @@ def _check_folder(path: str, option: str) -> None:
 
 
 def load_inference_model(path: str, device: str | torch.device = "cpu",
-                         option: str = "--checkpoint") -> tuple[EmbeddingModel, dict[str, Any]]:
+                         option: str = "--checkpoint", normalize: str | None = None
+                         ) -> tuple[EmbeddingModel, dict[str, Any]]:
     """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
     latest) or a folder written by ``python -m faceignite.export``.
 
     ``info``: ``image_size``, ``lfw_threshold`` (None when no LFW validation ran), ``distance``
     and ``flip`` (the LFW validation's settings, which the threshold belongs to), ``source``.
-    ``option`` (the caller's command-line option) is named in the advice of an error.
+    ``option`` (the caller's command-line option) is named in the advice of an error;
+    ``normalize`` (``--normalize``) replaces the input convention the model was trained with.
     """
     path = os.path.abspath(os.path.expanduser(str(path)))
     _check_folder(path, option)
@@ -77,6 +79,8 @@ def load_inference_model(path: str, device: str | torch.device = "cpu",
                                    ckpt["model_state_dict"], ckpt["path"],
                                    of_checkpoint_config(ckpt.get("config"))).to(device)
         saved, path = validation_settings(ckpt), ckpt["path"]
+    if normalize:
+        model.normalization = parse_normalize(normalize)
     info = {"image_size": saved.get("image_size"), "lfw_threshold": saved.get("lfw_threshold"),
             "distance": saved.get("distance") or "l2", "flip": bool(saved.get("lfw_flip", False))}
     threshold = info["lfw_threshold"]
@@ -145,6 +149,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="Training checkpoint (.pt), run folder, or exported model folder")
     p.add_argument("--out", required=True, help="Output .npy; the names go beside it as .txt")
+    p.add_argument("--normalize", type=str, default=None,
+                   help="Input normalisation: insightface, facenet, imagenet or MEAN,STD in pixel "
+                        "units (default: the one the model was trained with)")
     p.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -164,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     out = prepare_output_file(out, "--out")  # before the work: a bad path fails at once
     prepare_output_file(names_path(out), "--out")
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device)
+    model, info = load_inference_model(args.checkpoint, device, normalize=args.normalize)
     size = args.image_size or info["image_size"]
     flip = info["flip"] if args.flip is None else args.flip
     names = images_to_embed(args.images)

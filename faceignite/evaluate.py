@@ -170,12 +170,7 @@ def load_evaluated_model(cfg: argparse.Namespace, device: torch.device | str):
                 or (160 if cfg.weights and cfg.model == "inception_resnet_v1" else 112))
         return model, {"image_size": size, "lfw_threshold": None, "distance": "l2",
                        "flip": False, "source": model_source(cfg)}
-    model, info = load_inference_model(cfg.checkpoint, device)
-    if getattr(cfg, "normalize", None):
-        from faceignite.data.normalization import parse_normalize
-
-        model.normalization = parse_normalize(cfg.normalize)
-    return model, info
+    return load_inference_model(cfg.checkpoint, device, normalize=getattr(cfg, "normalize", None))
 
 
 def load_checkpoint_model(cfg: argparse.Namespace, device: torch.device):

@@ -103,6 +103,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="Output .onnx file")
     p.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's)")
+    p.add_argument("--normalize", type=str, default=None,
+                   help="Input normalisation recorded in the file (default: the one the model "
+                        "was trained with)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     p.add_argument("--no_check", action="store_true",
                    help="Skip the ONNX Runtime comparison (done when onnxruntime is installed)")
@@ -117,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     prepare_output_file(args.out, "--out")  # before the export: a bad path fails at once
-    model, info = load_inference_model(args.checkpoint, "cpu")
+    model, info = load_inference_model(args.checkpoint, "cpu", normalize=args.normalize)
     size = args.image_size or info["image_size"]
     export_onnx(model, args.out, size, args.opset)
     if args.no_check:

@@ -98,7 +98,9 @@ def of_export(info: Mapping) -> Normalization:
 
 
 def of_model(model: Any) -> Normalization:
-    """The convention set on a (possibly wrapped) model, else its architecture's, else ImageNet."""
+    """The convention set on a (possibly wrapped) model or its bound ``embed``, else its
+    architecture's, else ImageNet."""
+    model = getattr(model, "__self__", model)  # model.embed passed as the callable
     for attr in ("module", "_orig_mod"):
         model = getattr(model, attr, model)
     found = getattr(model, "normalization", None)
