@@ -29,6 +29,22 @@ def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str,
     return str(shared_path("lfw", "lfw-mtcnn-160")), str(pairs)
 
 
+def lfw_bin(tmp_path: Path, lfw: tuple[str, str]) -> str:
+    """The pairs of ``lfw`` as an insightface verification ``.bin`` (JPEG bytes, issame)."""
+    import pickle
+
+    from faceignite.lfw.pairs import read_pairs, resolve_images
+
+    pairs, paths = resolve_images(read_pairs(lfw[1]), lfw[0], False)
+    images, issame = [], []
+    for left, right, same in zip(pairs.left, pairs.right, pairs.issame):
+        images += [Path(paths[left]).read_bytes(), Path(paths[right]).read_bytes()]
+        issame.append(bool(same))
+    path = tmp_path / "subset.bin"
+    path.write_bytes(pickle.dumps((images, issame), protocol=2))
+    return str(path)
+
+
 def field_style_onnx(model: torch.nn.Module, path: Path, batch: int | None) -> Path:
     """An ONNX file as insightface's torch2onnx.py writes one: raw embedding, no metadata,
     input ``input.1``, batch axis fixed (``batch``) or dynamic (None)."""
@@ -62,6 +78,16 @@ def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
         result = run(tmp_path, lfw, "--onnx", str(onnx_file))  # no metadata: insightface's
         assert result.accuracy == pytest.approx(native.accuracy, abs=1e-9)
         assert result.auc == pytest.approx(native.auc, abs=1e-6)
+    # --val_targets (.bin) and --lfw_flip: the same pairs as a .bin, both ways equal too
+    target = lfw_bin(tmp_path, lfw)
+    flip = ["--val_targets", target, "--lfw_flip"]
+    by_weights = evaluate(["--model", "tiny", "--weights", str(weights), "--normalize",
+                           "insightface", *flip, "--device", "cpu",
+                           "--output_dir", str(tmp_path / "out")])["subset"]
+    by_onnx = evaluate(["--onnx", str(tmp_path / "b1.onnx"), *flip, "--device", "cpu",
+                        "--output_dir", str(tmp_path / "out")])["subset"]
+    assert by_onnx.num_pairs == 40 and by_onnx.auc == pytest.approx(by_weights.auc, abs=1e-6)
+    assert by_onnx.accuracy == pytest.approx(by_weights.accuracy, abs=1e-9)
     # the normalisation matters: ImageNet's gives other embeddings
     other = run(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"), "--normalize", "imagenet")
     assert other.auc != pytest.approx(native.auc, abs=1e-6)
