@@ -33,6 +33,7 @@ from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory
 from faceignite.models import build_model
+from faceignite.models.weight_files import load_field_classifier
 from faceignite.optim import build_optimizers
 from faceignite.run import Run, parallel, run_folder, session
 from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
@@ -81,7 +82,10 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
                         image_size=cfg.image_size, normalize=getattr(cfg, "normalize", None)).to(run.device)
     if cfg.channels_last:  # once, before DDP builds its gradient buckets
         to_channels_last(model)
-    criterion = criterion_factory(cfg, data.num_classes).to(run.device)
+    criterion = criterion_factory(cfg, data.num_classes)
+    if cfg.pretrained and os.path.isfile(cfg.pretrained):  # a facenet-pytorch file, same classes:
+        load_field_classifier(criterion, cfg.pretrained)    # its logits are the classifier
+    criterion = criterion.to(run.device)
     optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                   cfg.weight_decay, cfg.center_loss_lr,
                                   getattr(cfg, "backbone_lr_scale", 1.0))

@@ -143,6 +143,14 @@ def test_a_facenet_pytorch_file_loads_exactly(tmp_path):
     with torch.no_grad():
         theirs = reference(facenet_preprocess(image))
     assert relative_error(ours_from_file(model, image, 160), theirs) < 1e-4
+    # its logits: the classifier of a run on the same 8,631 classes, else unused
+    from faceignite.losses import SoftmaxCenterLoss
+    from faceignite.models.weight_files import load_field_classifier
+
+    same, other = SoftmaxCenterLoss(8631, 512), SoftmaxCenterLoss(100, 512)
+    assert load_field_classifier(same, str(weights)) and not load_field_classifier(other,
+                                                                                   str(weights))
+    assert torch.equal(same.classifier.weight, reference.logits.weight)
 
 
 @pytest.mark.parametrize("name", ["r100", "r200"])

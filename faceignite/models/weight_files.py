@@ -116,3 +116,29 @@ def first_misfit(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch
                     f"{tuple(expected[key].shape)}")
     missing = [k for k in expected if k not in given]
     return f"tensor {missing[0]} is missing" if missing else "it does not fit"
+
+
+def load_field_classifier(criterion: torch.nn.Module, pretrained: str) -> bool:
+    """A facenet-pytorch file's ``logits.*`` (its 8,631 VGGFace2 or 10,575 CASIA-WebFace
+    classes) into ``criterion.classifier`` (softmax + center loss) when the class count and the
+    embedding size match exactly; True when copied.  Otherwise they stay unused (dropped)."""
+    import logging
+
+    from faceignite.models.resnet import read_weights_file
+
+    classifier = getattr(criterion, "classifier", None)
+    if not isinstance(classifier, torch.nn.Linear):
+        return False
+    state = read_weights_file(pretrained)
+    weight, bias = state.get("logits.weight"), state.get("logits.bias")
+    if weight is None or tuple(weight.shape) != tuple(classifier.weight.shape) or (
+            bias is not None and (classifier.bias is None
+                                  or tuple(bias.shape) != tuple(classifier.bias.shape))):
+        return False
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+        if bias is not None:
+            classifier.bias.copy_(bias)
+    logging.getLogger("faceignite").info("--pretrained %s: its %d-class logits are the classifier",
+                                         pretrained, weight.shape[0])
+    return True
