@@ -48,7 +48,10 @@ def weights_model(architecture: str, weights: str, embedding_dim: int | None = N
 
         return model_from_weights(architecture, dim, state, weights,
                                   resolve(normalize, architecture)).eval()
-    return build_model(architecture, dim, weights, normalize=normalize).eval()
+    try:
+        return build_model(architecture, dim, weights, normalize=normalize).eval()
+    except FaceIgniteError as exc:  # the loader speaks of --pretrained; here it is --weights
+        raise FaceIgniteError(str(exc).replace("--pretrained", "--weights")) from None
 
 
 def read_metadata(path: str) -> dict[str, Any]:

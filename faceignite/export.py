@@ -61,6 +61,13 @@ def model_from_weights(architecture: str, embedding_dim: int, weights: Mapping,
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
+        from faceignite.models.registry import SPECS, canonical
+        from faceignite.models.weight_files import identify
+
+        found = identify(weights)
+        if found and SPECS.get(found[0]) and canonical(found[0]) != canonical(architecture):
+            raise FaceIgniteError(f"{source}: weights do not fit {architecture}: this file holds "
+                                  f"{found[1]}: use --model {found[0]}") from None
         raise FaceIgniteError(f"{source}: weights do not fit {architecture} with embedding size "
                               f"{embedding_dim}: {str(exc).splitlines()[0]}") from None
     return model.eval()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import one_error, shared_path
 from faceignite.evaluate import main as evaluate
 from faceignite.models import build_model
 
@@ -137,8 +137,16 @@ def test_a_checkpoint_from_before_normalize_evaluates_as_before(tmp_path):
     assert old.auc != pytest.approx(as_insightface.auc, abs=1e-6)
 
 
-def test_weights_needs_model(tmp_path, capsys):
+def test_weights_needs_model_and_a_fitting_file(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit) as exit_:
         evaluate(["--weights", str(tmp_path / "x.pt"), "--lfw", str(tmp_path)])
     assert exit_.value.code == 2
     assert "--weights needs --model" in capsys.readouterr().err
+    weights = tmp_path / "mbf.pt"
+    torch.save(build_model("mobilefacenet", 128).state_dict(), weights)
+    lfw = lfw_subset(tmp_path, per_fold=1, folds=1)
+    with pytest.raises(SystemExit) as exit_:
+        run(tmp_path, lfw, "--model", "mbf", "--weights", str(weights))
+    assert exit_.value.code == 2
+    line = one_error(caplog)
+    assert "mbf.pt: weights do not fit mbf" in line and "use --model mobilefacenet" in line
