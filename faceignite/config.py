@@ -71,6 +71,17 @@ def rate(v: Any) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def normalization(v: Any) -> str | None:
+    """``--normalize``: a named convention or MEAN,STD (see faceignite.data.normalization)."""
+    from faceignite.data.normalization import parse_normalize
+
+    try:
+        parse_normalize(v)
+    except FaceIgniteError:
+        return "use insightface, facenet, imagenet, or MEAN,STD in pixel units (e.g. 127.5,128)"
+    return None
+
+
 def all_non_negative(v: Any) -> str | None:
     return None if all(x >= 0 for x in v) else "must not be negative"
 
@@ -175,7 +186,7 @@ OPTIONS: tuple[Option, ...] = (
            why="a local weights file or `download`: no hidden network access"),
     Option(("--normalize",), "model", "Input normalisation: insightface ((x-127.5)/127.5), "
            "facenet ((x-127.5)/128), imagenet (mean/std), or MEAN,STD in pixel units; RGB", None,
-           type=str, default_text="the architecture's own: insightface for r*/iresnet*/mbf/"
+           type=str, check=normalization, default_text="the architecture's own: insightface for r*/iresnet*/mbf/"
            "mobilefacenet, facenet for inception_resnet_v1, imagenet for resnet*"),
     # optimisation
     Option(("--epochs",), "optim", "Training epochs", 30, builtin=8, type=int,

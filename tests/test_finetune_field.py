@@ -55,6 +55,8 @@ def test_augment_and_normalize_defaults(tmp_path):
                       "--normalize", "127.5,128"])
     assert (cfg.augment, cfg.normalize) == ("none", "127.5,128")
     assert parse_args([]).normalize == "imagenet"  # resnet34
+    with pytest.raises(FaceIgniteError, match="--normalize 127.5: use insightface"):
+        parse_args(["--normalize", "127.5"])
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Each network's input convention: ``(pixel − mean) / std`` per RGB channel, pixels in 0..255.
 
-    insightface  (x − 127.5) / 127.5   arcface_torch's r18 … r200, mbf (and faceignite's iResNets)
+    insightface  (x − 127.5) / 127.5   arcface_torch's r18 … r200, mbf; faceignite's iResNets
     facenet      (x − 127.5) / 128     facenet-pytorch's Inception-ResNet-v1
     imagenet     ImageNet mean / std   torchvision's ResNets
 
