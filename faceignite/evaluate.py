@@ -163,6 +163,11 @@ def load_evaluated_model(cfg: argparse.Namespace, device: torch.device | str):
 
         if cfg.onnx:
             model = onnx_model(cfg.onnx, cfg.normalize)
+            asked = getattr(cfg, "image_size", None)
+            if asked and asked != model.input_size:
+                raise FaceIgniteError(f"--onnx {cfg.onnx} takes {model.input_size}x"
+                                      f"{model.input_size} images (its graph), not --image_size "
+                                      f"{asked}: leave --image_size out")
         else:
             model = weights_model(cfg.model, cfg.weights, cfg.embedding_dim, cfg.normalize)
         model = model.to(device)
