@@ -9,8 +9,8 @@
 
 Units per stage: r18 2-2-2-2, r34 3-4-6-3, r50 3-4-14-3, r100 3-13-30-3, r200 6-26-60-6
 (insightface's names; ``iresnet18`` ... ``iresnet200`` are aliases); with a 512-d embedding about
-24.0, 34.1, 43.6, 65.2 and 118.8 M parameters.  The trunk's module names are arcface_torch's, and the
-head's ``embedding.1`` / ``embedding.2`` are its ``fc`` / ``features``
+24.0, 34.1, 43.6, 65.2 and 118.8 M parameters.  The trunk's module names are arcface_torch's,
+and the head's ``embedding.1`` / ``embedding.2`` are its ``fc`` / ``features``
 (:mod:`faceignite.models.weight_files` maps its files on load and export).
 """
 from __future__ import annotations
