@@ -45,6 +45,8 @@ def crop_landmarks(row: dict, size: tuple[int, int]) -> np.ndarray | None:
 
 
 def main() -> None:
+    from faceignite.data.crop_mark import write_template_mark
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--set", choices=tuple(SETS), required=True)
     p.add_argument("--out", required=True, help="output folder (outside the repository)")
@@ -74,6 +76,7 @@ def main() -> None:
         if other and os.path.isfile(other):
             diffs.append(np.abs(np.asarray(crop, np.float32)
                                 - np.asarray(Image.open(other).convert("RGB"), np.float32)).mean())
+    write_template_mark(args.out, "arcface", args.image_size)  # training: --augment flip
     print(f"{args.set}: {written} crops ({fallback} without landmarks: centre crop) in "
           f"{time.perf_counter() - started:.0f} s -> {args.out}")
     if diffs:

@@ -251,6 +251,7 @@ def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pa
     tests/test_center_compactness.py measures them."""
     from faceignite.compactness import compactness
     from faceignite.lfw import create_pairs_evaluator
+    from faceignite.data.normalization import of_model
     from faceignite.lfw.evaluator import image_loader
     from faceignite.lfw.make_pairs import make_pairs_set
     if not (pairs_dir / "pairs.txt").exists():
@@ -259,7 +260,8 @@ def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pa
     labels = [os.path.basename(os.path.dirname(p)) for p in paths]
     model.eval()
     e = torch.zeros(len(paths), model.embedding_dim)
-    for images, index, _ in image_loader(paths, image_size, batch_size=256):
+    for images, index, _ in image_loader(paths, image_size, batch_size=256,
+                                         normalization=of_model(model)):
         e[index] = model.embed(images)
     acc = create_pairs_evaluator(model.embed, str(pairs_dir), torch.device("cpu"), image_size).run()
     return {"celeba_ratio": compactness(e.numpy(), labels).ratio, "celeba_accuracy": acc.accuracy,
@@ -320,11 +322,13 @@ def embed_pairs_images(model: nn.Module, paths: list[str], image_size: int, flip
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(raw, L2-normalised) embeddings of ``paths``; with ``flip`` TTA: raw = mean of the
     image's and its mirror's raw embeddings, normalised as the project's evaluator does it."""
+    from faceignite.data.normalization import of_model
     from faceignite.lfw.evaluator import image_loader
     model.eval()
     raw = np.zeros((len(paths), model.embedding_dim), np.float32)
     norm = np.zeros_like(raw)
-    for images, index, _ in image_loader(paths, image_size, batch_size=256):
+    for images, index, _ in image_loader(paths, image_size, batch_size=256,
+                                         normalization=of_model(model)):
         f = model(torch.cat([images, torch.flip(images, dims=[3])]) if flip else images).float()
         a, b = (f[: len(index)], f[len(index):]) if flip else (f, f)
         raw[index.numpy()] = ((a + b) / 2).numpy()
@@ -419,6 +423,7 @@ def centre_lag(run_dir: Path, train_root: Path, image_size: int) -> dict:
     ``lag`` = mean_j ||c_j - mu_j|| over ``spread`` = mean ||f_i - mu_{y_i}||; ``lag`` >> 1 means
     the center term pulls features towards points far from their class (not towards it)."""
     from faceignite.checkpoint.files import latest_checkpoint, load_checkpoint
+    from faceignite.data.normalization import of_model
     from faceignite.lfw.evaluator import image_loader
     from faceignite.models import build_model
     ckpt = load_checkpoint(latest_checkpoint(str(run_dir)))
@@ -433,7 +438,8 @@ def centre_lag(run_dir: Path, train_root: Path, image_size: int) -> dict:
     labels = torch.tensor([classes.index(os.path.basename(os.path.dirname(p))) for p in paths])
     model.eval()
     f = torch.zeros(len(paths), model.embedding_dim, dtype=torch.float64)
-    for images, index, _ in image_loader(paths, image_size, batch_size=256):
+    for images, index, _ in image_loader(paths, image_size, batch_size=256,
+                                         normalization=of_model(model)):
         f[index] = model(images).double()
     mu = torch.stack([f[labels == j].mean(0) for j in range(len(classes))])
     w = ckpt["criterion_state_dict"]["classifier.weight"].double()

@@ -41,13 +41,14 @@ def training(local_rank: int, cfg, result: dict) -> None:
         data = build_face_data(cfg, val_indices=resume.val_indices,
                                num_replicas=run.world_size, rank=run.rank)
         model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                            image_size=cfg.image_size).to(run.device)
+                            image_size=cfg.image_size, normalize=cfg.normalize).to(run.device)
         if cfg.channels_last:
             to_channels_last(model)
         criterion = center_loss(cfg, data.num_classes).to(run.device)  # --partial_fc: sharded
         optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                       cfg.weight_decay, cfg.center_loss_lr,
-                                      cfg.adam_beta1, cfg.adagrad_lr_decay)
+                                      cfg.adam_beta1, cfg.adagrad_lr_decay,
+                                      cfg.backbone_lr_scale)
         optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
         ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
         scaler = make_grad_scaler(run.device, cfg.amp)

@@ -73,6 +73,17 @@ def rate(v: Any) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def normalization(v: Any) -> str | None:
+    """``--normalize``: a named convention or MEAN,STD (see faceignite.data.normalization)."""
+    from faceignite.data.normalization import parse_normalize
+
+    try:
+        parse_normalize(v)
+    except FaceIgniteError:
+        return "use insightface, facenet, imagenet, or MEAN,STD in pixel units (e.g. 127.5,128)"
+    return None
+
+
 def all_non_negative(v: Any) -> str | None:
     return None if all(x >= 0 for x in v) else "must not be negative"
 
@@ -164,6 +175,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--num_workers",), "data", "Number of workers for data loaders", default_num_workers(),
            type=int, check=at_least(0), default_text="half the CPUs, max 8; 0 on 2 CPUs",
            original="4", why="one OpenCV worker decodes ~1,300 img/s at 112 px"),
+    Option(("--augment",), "data", "Training augmentation: flip (horizontal flip only, for "
+           "five-point crops), box (random resized crop of 80 to 100 percent of the area, flip, "
+           "colour jitter, for box "
+           "crops) or none", None, type=str, choices=("flip", "box", "none"),
+           default_text="flip for a RecordIO set or a folder the alignment tool wrote with "
+           "--template arcface; box otherwise"),
     Option(("--index_cache",), "data", "File caching the image index of --dataroot", None,
            type=str, default_text="<output_dir>/cache/index-<hash>.json"),
     # model
@@ -177,6 +194,10 @@ OPTIONS: tuple[Option, ...] = (
            "'download' for torchvision's weights", None, type=str,
            default_text="none, random initialisation", original="flag (download)",
            why="a local weights file or `download`: no hidden network access"),
+    Option(("--normalize",), "model", "Input normalisation: insightface ((x-127.5)/127.5), "
+           "facenet ((x-127.5)/128), imagenet (mean/std), or MEAN,STD in pixel units; RGB", None,
+           type=str, check=normalization, default_text="the architecture's own: insightface for r*/iresnet*/mbf/"
+           "mobilefacenet, facenet for inception_resnet_v1, imagenet for resnet*"),
     # optimisation
     Option(("--epochs",), "optim", "Training epochs", 30, builtin=8, type=int,
            check=at_least(1, " (0 would save an untrained model)"), original="275", why="30 VGGFace2 epochs ≈ 1.5 M iterations at batch 64, past where "
@@ -188,6 +209,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--lr",), "optim", "Peak learning rate of the model", 0.1, type=float, check=positive,
            original="0.05 (Adam)", why="standard ResNet SGD rate at batch 64; scale linearly "
            "with the global batch"),
+    Option(("--backbone_lr_scale",), "optim", "LR of the backbone (and embedding) relative to "
+           "--lr, e.g. 0.1 to fine-tune a loaded network under a new classifier", 1.0,
+           type=float, check=at_least(0)),
     Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=at_least(0)),
     Option(("--adam_beta1",), "optim", "Adam's beta1", 0.9, type=float, check=fraction),
     Option(("--adagrad_lr_decay",), "optim", "Adagrad's lr_decay", 0.0, type=float,
@@ -425,7 +449,26 @@ def resolve_defaults(cfg: argparse.Namespace) -> argparse.Namespace:
             setattr(cfg, name, small if builtin else real)
     if getattr(cfg, "embedding_dim", 0) is None:  # weight-compatible: the architecture's own
         cfg.embedding_dim = default_embedding_dim(getattr(cfg, "model", ""))
+    if getattr(cfg, "model", None) and getattr(cfg, "normalize", None) is None \
+            and "normalize" in vars(cfg):  # recorded in checkpoints: the convention trained with
+        from faceignite.models.registry import SPECS
+        cfg.normalize = SPECS[cfg.model].normalize if cfg.model in SPECS else None
+    if "augment" in vars(cfg) and cfg.augment is None:
+        cfg.augment = default_augment(cfg.dataroot)
     return cfg
+
+
+def default_augment(dataroot: str | None) -> str:
+    """``flip`` for five-point crops (a RecordIO set, or a folder the alignment tool marked as
+    ``--template arcface``), ``box`` otherwise (box crops, the built-in data)."""
+    if dataroot is None:
+        return "box"
+    from faceignite.data.crop_mark import read_template_mark
+    from faceignite.data.record_index import record_files
+
+    if record_files(dataroot) is not None or read_template_mark(dataroot) == "arcface":
+        return "flip"
+    return "box"
 
 
 def check_options(cfg: argparse.Namespace | Mapping[str, Any]) -> None:

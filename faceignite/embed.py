@@ -28,6 +28,7 @@ from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
+from faceignite.data.normalization import of_checkpoint_config, of_model, parse_normalize
 from faceignite.lfw.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingModel
 from faceignite.output_files import prepare_output_file, write_atomic
@@ -57,7 +58,8 @@ def _check_folder(path: str, option: str) -> None:
 
 
 def load_inference_model(path: str, device: str | torch.device = "cpu",
-                         option: str = "--checkpoint", which: str = "best"
+                         option: str = "--checkpoint", which: str = "best",
+                         normalize: str | None = None
                          ) -> tuple[EmbeddingModel, dict[str, Any]]:
     """``(model in eval mode, info)`` from a training checkpoint (file, or run folder → its
     ``which``: best, said in the log, or latest) or a folder written by
@@ -65,7 +67,8 @@ def load_inference_model(path: str, device: str | torch.device = "cpu",
 
     ``info``: ``image_size``, ``lfw_threshold`` (None when no LFW validation ran), ``distance``
     and ``flip`` (the LFW validation's settings, which the threshold belongs to), ``source``.
-    ``option`` (the caller's command-line option) is named in the advice of an error.
+    ``option`` (the caller's command-line option) is named in the advice of an error;
+    ``normalize`` (``--normalize``) replaces the input convention the model was trained with.
     """
     path = os.path.abspath(os.path.expanduser(str(path)))
     _check_folder(path, option)
@@ -75,8 +78,11 @@ def load_inference_model(path: str, device: str | torch.device = "cpu",
     else:
         ckpt = load_checkpoint(path, option=option, which=which)
         model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
-                                   ckpt["model_state_dict"], ckpt["path"]).to(device)
+                                   ckpt["model_state_dict"], ckpt["path"],
+                                   of_checkpoint_config(ckpt.get("config"))).to(device)
         saved, path = validation_settings(ckpt), ckpt["path"]
+    if normalize:
+        model.normalization = parse_normalize(normalize)
     info = {"image_size": saved.get("image_size"), "lfw_threshold": saved.get("lfw_threshold"),
             "distance": saved.get("distance") or "l2", "flip": bool(saved.get("lfw_flip", False))}
     threshold = info["lfw_threshold"]
@@ -113,7 +119,8 @@ def embed_images(model: EmbeddingModel, paths: Sequence[str], image_size: int,
         if index.numel():
             chunks.append((embeddings, index))
 
-    engine.run(image_loader(list(paths), image_size, batch_size, num_workers))
+    engine.run(image_loader(list(paths), image_size, batch_size, num_workers,
+                            normalization=of_model(model)))
     if not chunks:
         raise FaceIgniteError(f"none of the {len(paths)} images could be decoded, e.g. {paths[0]}")
     rows = torch.cat([i for _, i in chunks])
@@ -146,6 +153,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "model folder")
     add_options(p, ("which",))
     p.add_argument("--out", required=True, help="Output .npy; the names go beside it as .txt")
+    p.add_argument("--normalize", type=str, default=None,
+                   help="Input normalisation: insightface, facenet, imagenet or MEAN,STD in pixel "
+                        "units (default: the one the model was trained with)")
     p.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -165,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     out = prepare_output_file(out, "--out")  # before the work: a bad path fails at once
     prepare_output_file(names_path(out), "--out")
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device, which=args.which)
+    model, info = load_inference_model(args.checkpoint, device, which=args.which,
+                                       normalize=args.normalize)
     size = args.image_size or info["image_size"]
     flip = info["flip"] if args.flip is None else args.flip
     names = images_to_embed(args.images)

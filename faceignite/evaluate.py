@@ -3,8 +3,13 @@
     python -m faceignite.evaluate --checkpoint runs/x/best.pt --lfw lfw-mtcnn-160 [--lfw_flip]
     python -m faceignite.evaluate --checkpoint runs/x/best.pt --val_targets cfp_fp.bin agedb_30.bin
     python -m faceignite.evaluate --embeddings emb.npy --names names.txt --lfw_pairs pairs.txt
+    python -m faceignite.evaluate --model r50 --weights model.pt --val_targets lfw.bin cfp_fp.bin
+    python -m faceignite.evaluate --onnx w600k_r50.onnx --lfw lfw-112 [--normalize insightface]
 
-Any LFW-format pairs file works.  ``--embeddings`` evaluates another model's embeddings (one
+``--model NAME --weights FILE`` evaluates a bare weights file (an arcface_torch backbone, a
+facenet-pytorch file, faceignite's weights), ``--onnx FILE`` any ONNX embedding model (input size
+from the graph; normalisation from its metadata, else insightface's).  Any LFW-format pairs
+file works.  ``--embeddings`` evaluates another model's embeddings (one
 row per image, named ``Name/Name_000i`` in ``--names``).  Prints the metric table, writes the
 ROC PNG and ``metrics.json`` in ``<output_dir>/evaluate-<time>/``.  With ``--val_targets``
 (insightface ``.bin`` files or LFW-format folders; ``--lfw`` too, first, named ``lfw``): one
@@ -17,7 +22,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +31,7 @@ from faceignite.cli import exits_on_error
 from faceignite.config import GROUPS, add_options, add_runtime_args
 from faceignite.embed import load_inference_model
 from faceignite.errors import FaceIgniteError
+from faceignite.models import ARCHITECTURES
 from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
                             find_pairs_file, match_names, read_pairs, save_roc_curve)
 from faceignite.lfw.targets import create_target_evaluator, plan_targets
@@ -47,6 +53,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_options(what, ("which",))
     source.add_argument("--embeddings", type=str,
                         help="A .npy array, one embedding row per image (needs --names)")
+    source.add_argument("--weights", type=str,
+                        help="A bare weights file of --model (arcface_torch backbone file, "
+                             "facenet-pytorch file, faceignite weights): no checkpoint needed")
+    source.add_argument("--onnx", type=str,
+                        help="An ONNX embedding model (N x 3 x S x S -> N x D), run by ONNX "
+                             "Runtime; input size read from the graph")
+    add_weights_options(what)
     what.add_argument("--names", type=str,
                       help="With --embeddings: text file, one 'Name/Name_000i' per row of the array")
     # the LFW options of training, but flip and distance default to the checkpoint's own
@@ -115,16 +128,68 @@ def evaluate_embeddings_file(cfg: argparse.Namespace) -> VerificationResult:
     return result
 
 
+def add_weights_options(group: Any) -> None:
+    """``--model``, ``--embedding_dim`` and ``--normalize`` of ``--weights`` / ``--onnx``
+    (shared with ``python -m faceignite.ijb``)."""
+    group.add_argument("--model", type=str, choices=ARCHITECTURES,
+                       help="With --weights: the architecture of the file (e.g. r50, mbf, "
+                            "inception_resnet_v1)")
+    group.add_argument("--embedding_dim", type=int, default=None,
+                       help="With --weights: embedding size (default: the file's head)")
+    group.add_argument("--normalize", type=str, default=None,
+                       help="Input normalisation: insightface, facenet, imagenet or MEAN,STD in "
+                            "pixel units (default: --weights: the architecture's own; --onnx: "
+                            "the file's metadata, else insightface; checkpoints: their own)")
+
+
+def check_weights_options(parser: argparse.ArgumentParser, cfg: argparse.Namespace) -> None:
+    """``--weights`` needs ``--model``; ``--model``/``--embedding_dim`` only with ``--weights``."""
+    if getattr(cfg, "weights", None) and not cfg.model:
+        parser.error("--weights needs --model NAME (the architecture of the file, e.g. r50)")
+    if not getattr(cfg, "weights", None) and (cfg.model or cfg.embedding_dim):
+        parser.error("--model and --embedding_dim go with --weights FILE")
+
+
+def model_source(cfg: argparse.Namespace) -> str:
+    """The file the model comes from: --checkpoint, --weights or --onnx."""
+    return cfg.checkpoint or getattr(cfg, "weights", None) or getattr(cfg, "onnx", None)
+
+
+def load_evaluated_model(cfg: argparse.Namespace, device: torch.device | str):
+    """``(model, info)`` of ``--checkpoint``, ``--weights`` (with ``--model``) or ``--onnx``;
+    ``info`` as :func:`~faceignite.embed.load_inference_model` gives it (a bare file has no
+    threshold; flip off, L2 distance, the network's input size)."""
+    if getattr(cfg, "weights", None) or getattr(cfg, "onnx", None):
+        from faceignite.eval_models import onnx_model, weights_model
+
+        if cfg.onnx:
+            model = onnx_model(cfg.onnx, cfg.normalize)
+            asked = getattr(cfg, "image_size", None)
+            if asked and asked != model.input_size:
+                raise FaceIgniteError(f"--onnx {cfg.onnx} takes {model.input_size}x"
+                                      f"{model.input_size} images (its graph), not --image_size "
+                                      f"{asked}: leave --image_size out")
+        else:
+            model = weights_model(cfg.model, cfg.weights, cfg.embedding_dim, cfg.normalize)
+        model = model.to(device)
+        size = (getattr(cfg, "image_size", None) or model.input_size
+                or (160 if cfg.weights and cfg.model == "inception_resnet_v1" else 112))
+        return model, {"image_size": size, "lfw_threshold": None, "distance": "l2",
+                       "flip": False, "source": model_source(cfg)}
+    return load_inference_model(cfg.checkpoint, device, which=getattr(cfg, "which", "best"),
+                                normalize=getattr(cfg, "normalize", None))
+
+
 def load_checkpoint_model(cfg: argparse.Namespace, device: torch.device):
-    """The checkpoint's model and input size; fills ``--lfw_flip``/``--distance`` left unset
-    from the checkpoint's training settings."""
-    model, info = load_inference_model(cfg.checkpoint, device, which=cfg.which)
+    """The model and input size of ``--checkpoint`` / ``--weights`` / ``--onnx``; fills
+    ``--lfw_flip``/``--distance`` left unset from the checkpoint's training settings."""
+    model, info = load_evaluated_model(cfg, device)
     image_size = cfg.image_size or info["image_size"]
     if cfg.lfw_flip is None:  # validate as training did, unless told otherwise
         cfg.lfw_flip = info["flip"]
     cfg.distance = cfg.distance or info["distance"]
     saved = info["lfw_threshold"]
-    logger.info("checkpoint %s: %s, %d-d embedding, %d px input%s", info["source"],
+    logger.info("model %s: %s, %d-d embedding, %d px input%s", info["source"],
                 model.architecture, model.embedding_dim, image_size,
                 f", threshold saved in training {saved:.4f}" if saved is not None else "")
     return model, image_size
@@ -148,7 +213,7 @@ def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: 
     specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing, cfg.val_pairs)
     targets = [spec.load() for spec in specs]
     model, image_size = load_checkpoint_model(cfg, device)
-    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.checkpoint)))[0]
+    stem = os.path.splitext(os.path.basename(os.path.normpath(model_source(cfg))))[0]
     results: dict[str, VerificationResult] = {}
     width = max(len(t.name) for t in targets)
     for target in targets:
@@ -171,15 +236,17 @@ def main(argv: Sequence[str] | None = None
     With ``--val_targets``: one line and one ROC PNG per target; returns the results by name."""
     parser = get_args_parser()
     cfg = parser.parse_args(argv)
+    check_weights_options(parser, cfg)
+    model_file = model_source(cfg)
     if cfg.embeddings and not cfg.names:
         parser.error("--embeddings needs --names (one 'Name/Name_000i' per row)")
     if cfg.embeddings and not (cfg.lfw_pairs or cfg.lfw):
         parser.error("--embeddings needs --lfw_pairs FILE (or --lfw DIR holding pairs.txt)")
     if cfg.embeddings and cfg.val_targets:
         parser.error("--val_targets needs --checkpoint (its images are embedded by the model)")
-    if cfg.checkpoint and not (cfg.lfw or cfg.lfw_pairs or cfg.val_targets):
-        parser.error("--checkpoint needs --lfw DIR (the folder of person folders) or "
-                     "--val_targets")
+    if model_file and not (cfg.lfw or cfg.lfw_pairs or cfg.val_targets):
+        parser.error("--checkpoint/--weights/--onnx need --lfw DIR (the folder of person "
+                     "folders) or --val_targets")
     if cfg.embeddings:
         cfg.distance = cfg.distance or "l2"
     if cfg.val_targets:
@@ -189,7 +256,7 @@ def main(argv: Sequence[str] | None = None
         with session(cfg, "evaluate") as run:
             results = evaluate_targets(cfg, run.device, run.output_dir)
             with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
-                json.dump({"source": cfg.checkpoint, "distance": cfg.distance,
+                json.dump({"source": model_file, "distance": cfg.distance,
                            "flip": bool(cfg.lfw_flip),
                            "targets": {name: {"pairs_file": r.pairs_file, **r.metrics(name),
                                               "fold_accuracies": r.fold_accuracies.tolist()}
@@ -200,13 +267,13 @@ def main(argv: Sequence[str] | None = None
         if cfg.embeddings:
             result, source = evaluate_embeddings_file(cfg), cfg.embeddings
         else:
-            result, source = evaluate_checkpoint(cfg, run.device), cfg.checkpoint
+            result, source = evaluate_checkpoint(cfg, run.device), model_file
         stem = os.path.splitext(os.path.basename(source))[0]
         png = save_roc_curve(result, os.path.join(run.output_dir, f"roc_{stem}.png"),
                              f"{stem} on {os.path.basename(result.pairs_file)}")
         with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump({"source": source, "pairs_file": result.pairs_file,
-                       "distance": result.distance, "flip": bool(cfg.lfw_flip and cfg.checkpoint),
+                       "distance": result.distance, "flip": bool(cfg.lfw_flip and model_file),
                        **result.metrics(), "fold_accuracies": result.fold_accuracies.tolist()},
                       f, indent=2)
         print(f"{source}\n{result.table()}\nROC curve   {png}", flush=True)

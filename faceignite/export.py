@@ -1,6 +1,7 @@
 """Export the embedding model alone (weights + a small JSON) from a checkpoint, and load it back.
 
     python -m faceignite.export --checkpoint runs/x/best_checkpoint_9_lfw_accuracy=0.95.pt --out m/
+    python -m faceignite.export --checkpoint CKPT --format insightface --out model.pt   # r18…r200, mbf
     model = load_embedding_model("m/")      # the network in eval mode; model.embed(images)
 
 The folder holds ``embedding_model.pt`` (the network's state dict, weights only) and
@@ -22,7 +23,7 @@ import torch
 
 from faceignite import __version__
 from faceignite.checkpoint import load_checkpoint, safe_load
-from faceignite.data.transforms import MEAN, STD
+from faceignite.data.normalization import Normalization, of_checkpoint_config, of_export
 from faceignite.cli import exits_on_error
 from faceignite.config import add_options
 from faceignite.errors import FaceIgniteError
@@ -51,13 +52,23 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def model_from_weights(architecture: str, embedding_dim: int, weights: Mapping,
-                       source: str) -> EmbeddingModel:
+                       source: str, normalization: Normalization | None = None) -> EmbeddingModel:
     """The embedding network of ``architecture`` (any in :data:`faceignite.models.ARCHITECTURES`)
-    in eval mode holding ``weights``; one clear error if they do not fit."""
+    in eval mode holding ``weights``; one clear error if they do not fit.  ``normalization``:
+    the input convention it was trained with (default: the architecture's own)."""
     model = build_model(architecture, int(embedding_dim))
+    if normalization is not None:
+        model.normalization = normalization
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
+        from faceignite.models.registry import SPECS, canonical
+        from faceignite.models.weight_files import identify
+
+        found = identify(weights)
+        if found and SPECS.get(found[0]) and canonical(found[0]) != canonical(architecture):
+            raise FaceIgniteError(f"{source}: weights do not fit {architecture}: this file holds "
+                                  f"{found[1]}: use --model {found[0]}") from None
         raise FaceIgniteError(f"{source}: weights do not fit {architecture} with embedding size "
                               f"{embedding_dim}: {str(exc).splitlines()[0]}") from None
     return model.eval()
@@ -79,8 +90,9 @@ def export_embedding_model(checkpoint: str | Mapping, out_dir: str, which: str =
     ckpt = (load_checkpoint(checkpoint, option="--checkpoint", which=which)
             if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
     source = str(ckpt.get("path", "checkpoint"))
+    normalization = of_checkpoint_config(ckpt.get("config"))
     model = model_from_weights(ckpt["model_architecture"], ckpt["embedding_dimension"],
-                               ckpt["model_state_dict"], source)
+                               ckpt["model_state_dict"], source, normalization)
     weights = prepare_output_file(os.path.join(out_dir, WEIGHTS_FILE), "--out")
     buffer = io.BytesIO()  # serialised first: torch.save's own writer hides "no space left"
     torch.save(model.state_dict(), buffer)
@@ -93,8 +105,10 @@ def export_embedding_model(checkpoint: str | Mapping, out_dir: str, which: str =
         "architecture": ckpt["model_architecture"],
         "embedding_dim": int(ckpt["embedding_dimension"]),
         "image_size": settings["image_size"],
-        "input": {"color": "RGB", "normalise": "(pixel / 255 - mean) / std", "mean": list(MEAN),
-                  "std": list(STD), "layout": "NCHW float32", "crop": "aligned face, resized"},
+        "input": {"color": "RGB", "normalise": "(pixel / 255 - mean) / std",
+                  "mean": list(normalization.unit_mean()), "std": list(normalization.unit_std()),
+                  "normalize": normalization.name, "layout": "NCHW float32",
+                  "crop": "aligned face, resized"},
         "output": "L2-normalised embedding: model.embed(images)",
         "distance": settings["distance"],
         "lfw_flip": settings["lfw_flip"],
@@ -136,9 +150,38 @@ def load_embedding_model(path: str, device: str | torch.device = "cpu") -> Embed
     if info.get("sha256") and _sha256(weights) != info["sha256"]:
         raise FaceIgniteError(f"{weights} does not match {config_path} (SHA-256 differs): "
                               f"corrupt or replaced; export again")
-    model = model_from_weights(info["architecture"], info["embedding_dim"], safe_load(weights), weights)
+    model = model_from_weights(info["architecture"], info["embedding_dim"], safe_load(weights),
+                               weights, of_export(info))
     model.export_config = info
     return model.to(device)
+
+
+def export_field_backbone(checkpoint: str | Mapping, out_file: str, which: str = "best") -> str:
+    """Write the network of ``checkpoint`` as the field's own file: an arcface_torch backbone
+    file (``get_model(name).load_state_dict(torch.load(out_file), strict=True)``) for r18 … r200
+    and mbf, a facenet-pytorch state dict for inception_resnet_v1.  Returns ``out_file``."""
+    from faceignite.models import weight_files
+    from faceignite.models.registry import spec
+
+    ckpt = (load_checkpoint(checkpoint, option="--checkpoint", which=which)
+            if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
+    architecture = ckpt["model_architecture"]
+    family = spec(architecture).family
+    if family not in weight_files.PREFIXES:
+        raise FaceIgniteError(f"--format insightface: {architecture} has no insightface / "
+                              f"facenet-pytorch counterpart (r18, r34, r50, r100, r200, mbf, "
+                              f"inception_resnet_v1 have); use the default --format folder")
+    source = str(ckpt.get("path", "checkpoint"))
+    model = model_from_weights(architecture, ckpt["embedding_dimension"],
+                               ckpt["model_state_dict"], source)
+    state = weight_files.to_field(family, model.state_dict())
+    out_file = prepare_output_file(out_file, "--out")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(out_file, lambda tmp: _write_bytes(tmp, buffer.getvalue()), "--out")
+    logger.info("%s of %s written in the field's format to %s (input: %s normalisation)",
+                architecture, source, out_file, of_checkpoint_config(ckpt.get("config")).name)
+    return out_file
 
 
 @exits_on_error
@@ -147,9 +190,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--checkpoint", required=True,
                         help="A training/best checkpoint, or a run folder (its best: --which)")
     add_options(parser, ("which",))
-    parser.add_argument("--out", required=True, help="Output folder")
+    parser.add_argument("--out", required=True,
+                        help="Output folder (--format folder) or .pt file (--format insightface)")
+    parser.add_argument("--format", choices=("folder", "insightface"), default="folder",
+                        help="folder: faceignite's weights + JSON (default); insightface: the "
+                             "backbone file arcface_torch's get_model(name) loads strictly "
+                             "(facenet-pytorch's state dict for inception_resnet_v1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.format == "insightface":
+        out = export_field_backbone(args.checkpoint, args.out, args.which)
+        print(out)
+        return out
     out = export_embedding_model(args.checkpoint, args.out, args.which)
     print(os.path.join(out, CONFIG_FILE))
     return out

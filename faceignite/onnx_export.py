@@ -4,6 +4,8 @@
 
 The graph maps ``images`` (N x 3 x S x S float32, RGB normalised as in training: see
 ``faceignite.data.transforms``) to ``embeddings`` (N x D, L2-normalised): ``model.embed``.
+The normalisation (name, mean, std in pixel units) is recorded in the graph's metadata
+(``faceignite.input``), where ``python -m faceignite.evaluate --onnx`` reads it.
 Needs ``pip install onnx onnxscript`` (torch's exporter); the check needs ``onnxruntime``.
 """
 from __future__ import annotations
@@ -58,7 +60,14 @@ def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 18) -
         program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset,
                                     input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={"images": {0: batch}})
-    write_atomic(path, lambda tmp: program.save(tmp, external_data=False), "--out")
+    from faceignite.data.normalization import of_model
+    from faceignite.eval_models import write_metadata
+
+    def save(tmp: str) -> None:
+        program.save(tmp, external_data=False)
+        write_metadata(tmp, of_model(model), image_size)
+
+    write_atomic(path, save, "--out")
     logger.info("ONNX model (opset %d, input %s: N x 3 x %d x %d) written to %s", opset, INPUT,
                 image_size, image_size, path)
     return path
@@ -94,6 +103,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="Output .onnx file")
     p.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's)")
+    p.add_argument("--normalize", type=str, default=None,
+                   help="Input normalisation recorded in the file (default: the one the model "
+                        "was trained with)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     p.add_argument("--no_check", action="store_true",
                    help="Skip the ONNX Runtime comparison (done when onnxruntime is installed)")
@@ -108,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     prepare_output_file(args.out, "--out")  # before the export: a bad path fails at once
-    model, info = load_inference_model(args.checkpoint, "cpu")
+    model, info = load_inference_model(args.checkpoint, "cpu", normalize=args.normalize)
     size = args.image_size or info["image_size"]
     export_onnx(model, args.out, size, args.opset)
     if args.no_check:

@@ -6,6 +6,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from faceignite.errors import FaceIgniteError
 from faceignite.losses.protocol import center_parameters, model_parameters
 
 
@@ -37,16 +38,39 @@ def build_optimizer(name: str, params: list[dict] | Iterable[nn.Parameter], lr: 
 
 def build_optimizers(model: nn.Module, criterion: nn.Module, optimizer: str, lr: float,
                      momentum: float, weight_decay: float, center_loss_lr: float,
-                     adam_beta1: float = 0.9, adagrad_lr_decay: float = 0.0
-                     ) -> dict[str, torch.optim.Optimizer]:
+                     adam_beta1: float = 0.9, adagrad_lr_decay: float = 0.0,
+                     backbone_lr_scale: float = 1.0) -> dict[str, torch.optim.Optimizer]:
     """``{"model": ..., "centers": ...}``: the model's parameters and the criterion's
     ``model_parameters()`` in one optimizer; its ``center_parameters()`` (when it has the
-    capability, :mod:`faceignite.losses.protocol`) in a plain SGD with no weight decay."""
+    capability, :mod:`faceignite.losses.protocol`) in a plain SGD with no weight decay.
+
+    ``backbone_lr_scale`` (``--backbone_lr_scale``) != 1: the network's groups carry
+    ``lr_scale`` and learn at that fraction of the classifier's LR (:func:`apply_lr_scales`)."""
     named = list(model.named_parameters())
-    named += [(f"criterion.{i}", p) for i, p in enumerate(model_parameters(criterion))]
-    optimizers = {"model": build_optimizer(optimizer, _decay_groups(named, weight_decay), lr,
-                                           momentum, weight_decay, adam_beta1, adagrad_lr_decay)}
+    head = [(f"criterion.{i}", p) for i, p in enumerate(model_parameters(criterion))]
+    if backbone_lr_scale == 1:  # the two groups of every earlier checkpoint
+        groups = _decay_groups(named + head, weight_decay)
+    else:
+        if not head:
+            raise FaceIgniteError("--backbone_lr_scale needs a loss with a classifier (center, "
+                                  "ArcFace, CosFace): the triplet loss trains the network alone")
+        groups = ([{**g, "lr_scale": backbone_lr_scale, "lr": lr * backbone_lr_scale}
+                   for g in _decay_groups(named, weight_decay)]
+                  + [{**g, "lr_scale": 1.0} for g in _decay_groups(head, weight_decay)])
+    optimizers = {"model": build_optimizer(optimizer, groups, lr, momentum, weight_decay,
+                                           adam_beta1, adagrad_lr_decay)}
     centers = center_parameters(criterion)
     if centers:
         optimizers["centers"] = torch.optim.SGD(centers, lr=center_loss_lr)
     return optimizers
+
+
+def apply_lr_scales(optimizer: torch.optim.Optimizer) -> None:
+    """Set each group that carries ``lr_scale`` to that fraction of the LR the schedule gave the
+    unscaled (classifier) groups; run after the schedule's step.  A no-op without scales."""
+    scaled = [g for g in optimizer.param_groups if g.get("lr_scale", 1.0) != 1.0]
+    base = next((g["lr"] for g in optimizer.param_groups if g.get("lr_scale", 1.0) == 1.0), None)
+    if not scaled or base is None:
+        return
+    for group in scaled:
+        group["lr"] = base * group["lr_scale"]

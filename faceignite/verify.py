@@ -76,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Decision threshold (default: the checkpoint's lfw_threshold)")
     p.add_argument("--distance", choices=tuple(DISTANCES), default=None,
                    help="Distance (default: the one the run validated with)")
+    p.add_argument("--normalize", type=str, default=None,
+                   help="Input normalisation: insightface, facenet, imagenet or MEAN,STD in pixel "
+                        "units (default: the one the model was trained with)")
     p.add_argument("--image_size", type=int, default=None,
                    help="Input size (default: the checkpoint's)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -90,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> Verification:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device, which=args.which)
+    model, info = load_inference_model(args.checkpoint, device, which=args.which,
+                                       normalize=args.normalize)
     distance = args.distance or info["distance"]
     if args.distance and args.distance != info["distance"] and args.threshold is None:
         raise FaceIgniteError(f"the threshold of {info['source']} is for the "

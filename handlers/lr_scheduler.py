@@ -8,6 +8,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import (ConcatScheduler, CosineAnnealingScheduler, LRScheduler,
                              PiecewiseLinear, create_lr_scheduler_with_warmup)
 
+from faceignite.optim import apply_lr_scales
+
 
 def milestones_in_epochs(milestones: Sequence[float], epochs: int) -> list[float]:
     """Milestones below 1 are fractions of the run (0.5 → half-way), others are epochs."""
@@ -59,4 +61,6 @@ def attach(trainer: Engine, optimizer: torch.optim.Optimizer, lr: float, epochs:
     """
     scheduler = build(optimizer, lr, epochs, epoch_length, **kwargs)
     trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
+    if any("lr_scale" in g for g in optimizer.param_groups):  # --backbone_lr_scale, after it
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda _: apply_lr_scales(optimizer))
     return scheduler

@@ -35,6 +35,7 @@ from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory, describe_recipe
 from faceignite.models import build_model
+from faceignite.models.weight_files import load_field_classifier
 from faceignite.optim import build_optimizers
 from faceignite.run import Run, default_run_name, parallel, run_folder, session
 from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
@@ -82,13 +83,17 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     data = build_face_data(cfg, val_indices=val_indices, num_replicas=run.world_size,
                            rank=run.rank)
     model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                        image_size=cfg.image_size).to(run.device)
+                        image_size=cfg.image_size, normalize=getattr(cfg, "normalize", None)).to(run.device)
     if cfg.channels_last:  # once, before DDP builds its gradient buckets
         to_channels_last(model)
-    criterion = criterion_factory(cfg, data.num_classes).to(run.device)
+    criterion = criterion_factory(cfg, data.num_classes)
+    if cfg.pretrained and os.path.isfile(cfg.pretrained):  # a facenet-pytorch file, same classes:
+        load_field_classifier(criterion, cfg.pretrained)    # its logits are the classifier
+    criterion = criterion.to(run.device)
     optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                   cfg.weight_decay, cfg.center_loss_lr,
-                                  cfg.adam_beta1, cfg.adagrad_lr_decay)
+                                  cfg.adam_beta1, cfg.adagrad_lr_decay,
+                                  getattr(cfg, "backbone_lr_scale", 1.0))
     optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
     # several processes train DDP modules (the criterion too: the classifier and centres get
     # all-reduced gradients; not a --partial_fc one: it is sharded); evaluators and checkpoints

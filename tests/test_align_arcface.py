@@ -80,6 +80,11 @@ def test_second_run_skips_everything(raw_run, caplog):
     assert align.main([str(src), str(dst), "--template", "arcface", "--device", "cpu",
                        "--no_progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in dst.rglob("*.jpg")} == before
+    # the folder says which crop it holds: training defaults to --augment flip on it
+    from faceignite.config import default_augment
+    from faceignite.data.crop_mark import read_template_mark
+
+    assert read_template_mark(str(dst)) == "arcface" and default_augment(str(dst)) == "flip"
 
 
 def test_already_cropped_160px_faces_become_five_point_crops(tmp_path):

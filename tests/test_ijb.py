@@ -272,6 +272,16 @@ def test_image_path_end_to_end(ijb, checkpoint, image_run):
     assert len(labels) == 28 and 0.0 <= result.auc <= 1.0
 
 
+def test_bare_weights_file_embeds_like_its_checkpoint(ijb, checkpoint, image_run, tmp_path):
+    """``--model NAME --weights FILE``: the checkpoint's network as a bare state dict."""
+    weights = tmp_path / "weights.pt"
+    torch.save(checkpoint[1].state_dict(), weights)
+    _, scores, _ = run_cli(["--model", "resnet34", "--weights", weights, "--ijb", ijb["root"],
+                            "--image_size", SIZE, "--device", "cpu", "--batch_size", "8", "--num_workers", "0"],
+                           tmp_path)
+    np.testing.assert_allclose(scores, image_run[1], atol=1e-5, rtol=0)
+
+
 def test_missing_crop_or_landmark_row_is_one_line_or_skipped(ijb, checkpoint, image_run,
                                                              tmp_path, caplog):
     names = [n for n, _, _ in ijb["faces"]]

@@ -17,6 +17,7 @@ from faceignite.align.five_point import (similarity_transform, template_points,
                                          transform_points)
 from faceignite.align.files import (FAILED_FILE, NO_FACE_FILE, LandmarkWriter, landmark_row,
                                     load_image, output_name, read_list, save_image, write_lines)
+from faceignite.data.crop_mark import write_template_mark
 from faceignite.data.index import IMAGE_EXTENSIONS, list_images
 from faceignite.errors import FaceIgniteError
 
@@ -143,6 +144,7 @@ def align_folder(src: str, dst: str, *, image_size: int = 160, margin: int = 32,
     logger.info("%d images under %s: %d to align, %d already done", len(files), src, len(todo),
                 summary.skipped)
     os.makedirs(dst, exist_ok=True)
+    write_template_mark(dst, template, image_size)  # training picks --augment from it
     detector = load_detector(device, min_face_size, thresholds, factor) if todo else None
     marks = LandmarkWriter(landmarks)
     new_no_face: list[str] = []

@@ -52,6 +52,18 @@ def checkpoint_position(ckpt: Mapping) -> str:
     return f"epoch {epoch} iteration {iteration}"
 
 
+def keep_input_convention(ckpt: Mapping, cfg: argparse.Namespace) -> None:
+    """A resumed run goes on with the checkpoint's ``--normalize`` and ``--augment``; a
+    checkpoint from before those options was trained with ImageNet's and the box pipeline."""
+    config = ckpt.get("config") or {}
+    for name, before in (("normalize", "imagenet"), ("augment", "box")):
+        if name in vars(cfg):
+            value = config.get(name) or before
+            if getattr(cfg, name) != value:
+                logger.info("--%s %s: as the checkpoint's run", name, value)
+            setattr(cfg, name, value)
+
+
 class Resume:
     """``--resume_path`` / ``--finetune`` for an experiment: read the file before the data is
     built (to reuse its split), then :meth:`restore` once every object exists.
@@ -84,6 +96,7 @@ class Resume:
             if length and done.get("iteration", 0) >= cfg.epochs * length:
                 raise FaceIgniteError(f"{ckpt['path']} has already trained {ckpt.get('epoch')} "
                                       f"epochs; pass --epochs above {ckpt.get('epoch')} to go on")
+            keep_input_convention(ckpt, cfg)
         before = (ckpt.get("config") or {}).get("epochs")
         if not cfg.finetune and before not in (None, cfg.epochs):
             logger.warning("--epochs %s (the checkpoint's run: %s): the LR schedule goes on as "

@@ -23,6 +23,7 @@ from faceignite.data.record_index import (RecordIndex, load_or_build_record_inde
 from faceignite.data.sampler import EpochSampler
 from faceignite.data.split import stratified_split
 from faceignite.data.triplet_sampler import RandomTripletSampler
+from faceignite.data.normalization import resolve as resolve_normalization
 from faceignite.data.transforms import eval_transform, train_transform
 from faceignite.errors import FaceIgniteError
 
@@ -175,8 +176,11 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
     samples = index.samples()
     read = {"read": index.image_reader()} if isinstance(index, RecordIndex) else {}
     pin = torch.cuda.is_available() and cfg.device != "cpu"
-    train_set = FaceImageDataset([samples[i] for i in train_idx], train_transform(cfg.image_size),
-                                 **read)
+    normalization = resolve_normalization(getattr(cfg, "normalize", None),
+                                          getattr(cfg, "model", "resnet34"))
+    augment = getattr(cfg, "augment", None) or "box"
+    train_set = FaceImageDataset([samples[i] for i in train_idx],
+                                 train_transform(cfg.image_size, normalization, augment), **read)
     if getattr(cfg, "triplet_mining", None) == "random":  # --n_triplets random triplets
         triplets = per_process_batch_size(cfg.batch_size, num_replicas)  # triplets per batch
         sampler = RandomTripletSampler(train_set.targets, cfg.n_triplets or len(train_set),
@@ -200,12 +204,13 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
                                    pin_memory=pin)
     val_loader = None
     if val_idx:
-        val_set = FaceImageDataset([samples[i] for i in val_idx], eval_transform(cfg.image_size),
+        val_set = FaceImageDataset([samples[i] for i in val_idx], eval_transform(cfg.image_size, normalization),
                                    **read)
         val_loader = make_loader(val_set, max(1, cfg.batch_size // num_replicas), cfg.num_workers,
                                  EpochSampler(len(val_set), cfg.seed, False, num_replicas, rank),
                                  drop_last=False, pin_memory=pin)
-    logger.info("data: %d identities, %d training / %d held-out images at %d px",
-                len(index.classes), len(train_idx), len(val_idx), cfg.image_size)
+    logger.info("data: %d identities, %d training / %d held-out images at %d px, --augment %s, "
+                "--normalize %s", len(index.classes), len(train_idx), len(val_idx),
+                cfg.image_size, augment, normalization.name)
     return FaceData(index, train_loader, val_loader, train_idx, val_idx, cfg.image_size,
                     lfw_dir, lfw_pairs, builtin)

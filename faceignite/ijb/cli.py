@@ -43,6 +43,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_options(p, ("which",))
     source.add_argument("--embeddings", help="Precomputed image features (.npy, one row per "
                                              "image, any order; needs --names)")
+    source.add_argument("--weights", help="A bare weights file of --model (arcface_torch "
+                                          "backbone file, facenet-pytorch file, faceignite "
+                                          "weights): embeds the loose crops")
+    source.add_argument("--onnx", help="An ONNX embedding model (ONNX Runtime; input size from "
+                                       "the graph): embeds the loose crops")
+    from faceignite.evaluate import add_weights_options
+    add_weights_options(p)
     p.add_argument("--names",
                    help="With --embeddings: one image name per row, as in the meta files")
     p.add_argument("--ijb", required=True,
@@ -56,6 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_missing", action="store_true",
                    help="Skip (and count) images without crop, landmark row or feature, and the "
                         "pairs of templates left empty, instead of failing")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="With --weights of a network that takes any size: its input size "
+                        "(default: 112; 160 for inception_resnet_v1)")
     p.add_argument("--batch_size", type=int, default=128, help="Crops per batch (default: 128)")
     p.add_argument("--num_workers", type=int, default=default_num_workers(),
                    help="Image loading workers (default: half the CPUs, max 8)")
@@ -163,15 +173,15 @@ def embed_checkpoint(args: argparse.Namespace, files: MetaFiles, tm: TemplateMed
     crops have no row: their faces are counted when the features are scored."""
     import torch
 
-    from faceignite.embed import load_inference_model
     from faceignite.engine import resolve_device
+    from faceignite.evaluate import load_evaluated_model
     from faceignite.ijb.images import embed_crops
 
     names, paths, points, _ = crops_to_embed(tm, landmarks, files.crops, args.skip_missing)
     device = resolve_device(args.device)
-    model, info = load_inference_model(args.checkpoint, device, which=args.which)
+    model, info = load_evaluated_model(args, device)
     size = info["image_size"]
-    logger.info("checkpoint %s: %s, %d-d, %d px; embedding %d %s crops (flip added) on %s",
+    logger.info("model %s: %s, %d-d, %d px; embedding %d %s crops (flip added) on %s",
                 info["source"], model.architecture, model.embedding_dim, size, len(paths),
                 files.target, device)
     stem = os.path.join(out_dir, f"{files.target.lower()}_features")
@@ -190,10 +200,11 @@ def evaluate(args: argparse.Namespace) -> tuple[IJBResult, dict[str, str]]:
     out_dir = args.out or os.path.join("runs", f"ijb-{files.target.lower()}")
     tm = read_template_media(files.face_tid_mid)  # every meta file is checked before embedding
     pairs = read_template_pairs(files.pairs, tm.templates)
-    need_landmarks = args.checkpoint or not args.no_detector_score
+    model_file = args.checkpoint or args.weights or args.onnx
+    need_landmarks = model_file or not args.no_detector_score
     landmarks = read_landmarks(files.landmarks) if need_landmarks else None
     settings: dict = {}
-    if args.checkpoint:
+    if model_file:
         embeddings, names, settings = embed_checkpoint(args, files, tm, landmarks, out_dir)
     else:
         embeddings, names = args.embeddings, args.names
@@ -206,7 +217,7 @@ def evaluate(args: argparse.Namespace) -> tuple[IJBResult, dict[str, str]]:
     result.skipped_pairs = skipped_pairs
     result.settings = {**settings, "embeddings": embeddings, "norm_score": not args.no_norm_score,
                        "detector_score": not args.no_detector_score}
-    source = args.checkpoint or args.embeddings
+    source = model_file or args.embeddings
     return result, save_results(result, scores, labels, out_dir, source)
 
 
@@ -216,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> IJBResult:
     args = parser.parse_args(argv)
     if args.embeddings and not args.names:
         parser.error("--embeddings needs --names (one image name per row)")
+    from faceignite.evaluate import check_weights_options
+    check_weights_options(parser, args)
     if args.batch_size < 1 or args.num_workers < 0:
         parser.error("--batch_size must be >= 1 and --num_workers >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -229,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> IJBResult:
             f"detector score {'off' if args.no_detector_score else 'on'}")
     skipped = (f"; skipped {result.skipped_images} face rows, {result.skipped_pairs} pairs"
                if result.skipped_images or result.skipped_pairs else "")
-    print(f"{args.checkpoint or args.embeddings} on {result.target} ({mode}{skipped})\n"
+    source = args.checkpoint or args.weights or args.onnx or args.embeddings
+    print(f"{source} on {result.target} ({mode}{skipped})\n"
           f"{result.table()}\nscores {paths['scores']}\nROC curve {paths['roc']}", flush=True)
     return result
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from faceignite.align.five_point import warp_to_template
 from faceignite.data.dataset import read_rgb
+from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.cli import progress_enabled
 from faceignite.errors import FaceIgniteError
@@ -34,11 +35,12 @@ class AlignedCrops(Dataset):
     """``(normalised CHW tensor, index)`` of each crop aligned by its landmarks; ``(None,
     index)`` when the file does not decode."""
 
-    def __init__(self, paths: Sequence[str], landmarks: np.ndarray, image_size: int):
+    def __init__(self, paths: Sequence[str], landmarks: np.ndarray, image_size: int,
+                 normalization: Normalization | None = None):
         self.paths = list(paths)
         self.landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
         self.image_size = image_size
-        self.transform = eval_transform(image_size)  # resize is a no-op after the warp
+        self.transform = eval_transform(image_size, normalization)  # resize is a no-op after the warp
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -84,7 +86,7 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
     device = torch.device(device)
     model = model.to(device).eval()
     dim = int(getattr(model, "embedding_dim", 0)) or None
-    loader = DataLoader(AlignedCrops(paths, landmarks, image_size), batch_size=batch_size,
+    loader = DataLoader(AlignedCrops(paths, landmarks, image_size, of_model(model)), batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, collate_fn=_collate_with_index,
                         pin_memory=device.type == "cuda")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

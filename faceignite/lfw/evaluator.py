@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from faceignite.checkpoint import unwrap
 from faceignite.cli import progress_enabled
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
+from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.runtime import eval_autocast_context, prepare_images
 from faceignite.errors import FaceIgniteError
@@ -182,14 +183,16 @@ class PairsEvaluator:
 
 
 def image_loader(paths: list[str], image_size: int, batch_size: int, num_workers: int = 0,
-                 pin_memory: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+                 pin_memory: bool = False, num_replicas: int = 1, rank: int = 0,
+                 normalization: Normalization | None = None) -> DataLoader:
     """Batches ``(images, image indices, skipped)`` of ``paths`` in order, resized and
-    normalised as for training (:func:`~faceignite.data.transforms.eval_transform`).
+    normalised as for training (:func:`~faceignite.data.transforms.eval_transform`;
+    ``normalization``: the model's convention, ImageNet's when None).
 
     With ``num_replicas > 1``: only this ``rank``'s share, every ``num_replicas``-th image
     (indices stay those of ``paths``)."""
     samples = [(p, i) for i, p in enumerate(paths)][rank::num_replicas]
-    dataset = FaceImageDataset(samples, eval_transform(image_size))
+    dataset = FaceImageDataset(samples, eval_transform(image_size, normalization))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_skip_bad, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
@@ -218,7 +221,7 @@ def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None, dev
                      skip_undecodable=skip_missing if skip_undecodable is None else skip_undecodable
                      ).attach(engine, "verification")
     loader = image_loader(paths, image_size, batch_size, num_workers, device.type == "cuda",
-                          idist.get_world_size(), idist.get_rank())
+                          idist.get_world_size(), idist.get_rank(), of_model(model))
     logger.info("pairs set %s: %d pairs in %d folds over %d unique images (%d slots), %d px%s",
                 path, len(pairs), pairs.num_folds, len(paths), 2 * len(pairs), image_size,
                 ", flip TTA" if flip else "")

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad, read_rgb
 from faceignite.data.decode import decode_rgb
+from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw.bin_set import load_bin
@@ -245,11 +246,11 @@ def best_metric(best_by: str | None, names: Sequence[str]) -> str | None:
 
 def target_loader(target: VerificationTarget, image_size: int, batch_size: int,
                   num_workers: int = 0, pin_memory: bool = False, num_replicas: int = 1,
-                  rank: int = 0) -> DataLoader:
+                  rank: int = 0, normalization: Normalization | None = None) -> DataLoader:
     """Batches ``(images, image indices, skipped)`` of the target's images in order, resized and
-    normalised as for training; with ``num_replicas > 1`` this ``rank``'s share only."""
+    normalised as for training (``normalization``: the model's; ImageNet's when None); with ``num_replicas > 1`` this ``rank``'s share only."""
     samples = [(s, i) for i, s in enumerate(target.sources)][rank::num_replicas]
-    dataset = FaceImageDataset(samples, eval_transform(image_size), read=target.read)
+    dataset = FaceImageDataset(samples, eval_transform(image_size, normalization), read=target.read)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_skip_bad, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
@@ -270,6 +271,6 @@ def create_target_evaluator(model: nn.Module | Callable, target: VerificationTar
     PairVerification(target.pairs, names, distance,
                      skip_undecodable=skip_undecodable).attach(engine, "verification")
     loader = target_loader(target, image_size, batch_size, num_workers, device.type == "cuda",
-                           idist.get_world_size(), idist.get_rank())
+                           idist.get_world_size(), idist.get_rank(), of_model(model))
     return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs,
                           name=target.name)

@@ -7,8 +7,11 @@
   starting with stride 2: 112 → 56 → 28 → 14 → 7;
 * output head ("E"): BN → Dropout → FC (512·7·7 → embedding) → BN.
 
-Units per stage: iresnet18 2-2-2-2, iresnet34 3-4-6-3, iresnet50 3-4-14-3, iresnet100 3-13-30-3;
-with a 512-d embedding about 24.0, 34.1, 43.6 and 65.2 M parameters.
+Units per stage: r18 2-2-2-2, r34 3-4-6-3, r50 3-4-14-3, r100 3-13-30-3, r200 6-26-60-6
+(insightface's names; ``iresnet18`` ... ``iresnet200`` are aliases); with a 512-d embedding about
+24.0, 34.1, 43.6, 65.2 and 118.8 M parameters.  The trunk's module names are arcface_torch's,
+and the head's ``embedding.1`` / ``embedding.2`` are its ``fc`` / ``features``
+(:mod:`faceignite.models.weight_files` maps its files on load and export).
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from torch import nn
 
 from faceignite.models.base import EmbeddingModel, init_weights
 
-UNITS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
-         "iresnet100": (3, 13, 30, 3)}
+UNITS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3),
+         "r200": (6, 26, 60, 6)}
+UNITS.update({f"iresnet{name[1:]}": units for name, units in list(UNITS.items())})  # aliases
 WIDTHS = (64, 128, 256, 512)
 INPUT_SIZE = 112
 OUTPUT_GRID = INPUT_SIZE // 16   # 7: four stride-2 stages

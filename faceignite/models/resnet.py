@@ -61,10 +61,9 @@ def read_weights_file(pretrained: str) -> dict:
     unwrapped)."""
     if not os.path.isfile(pretrained):
         raise FaceIgniteError(f"--pretrained weights file not found: {pretrained}")
-    try:
-        state = torch.load(pretrained, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FaceIgniteError(f"cannot read --pretrained weights {pretrained}: {exc}") from exc
+    from faceignite.checkpoint.files import safe_load  # code is refused, never run
+
+    state = safe_load(pretrained)
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

@@ -1,0 +1,152 @@
+"""``python -m faceignite.evaluate --model NAME --weights FILE`` and ``--onnx FILE``: a bare
+weights file and an ONNX embedding model (with or without our metadata, fixed or dynamic batch
+axis) evaluate on real LFW crops to the same accuracy and AUC; a faceignite checkpoint from
+before ``--normalize`` still evaluates as before (ImageNet normalisation)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import one_error, shared_path
+from faceignite.evaluate import main as evaluate
+from faceignite.models import build_model
+
+pytest.importorskip("onnxruntime", reason="pip install onnxruntime")
+
+
+def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str, str]:
+    """A pairs file of the first ``per_fold`` same and different pairs of LFW's first folds."""
+    lines = shared_path("lfw", "pairs.txt").read_text().splitlines()[1:]
+    kept = []
+    for fold in range(folds):
+        block = lines[fold * 600:(fold + 1) * 600]
+        kept += block[:per_fold] + block[300:300 + per_fold]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{folds}\t{per_fold}\n" + "\n".join(kept) + "\n")
+    return str(shared_path("lfw", "lfw-mtcnn-160")), str(pairs)
+
+
+def lfw_bin(tmp_path: Path, lfw: tuple[str, str]) -> str:
+    """The pairs of ``lfw`` as an insightface verification ``.bin`` (JPEG bytes, issame)."""
+    import pickle
+
+    from faceignite.lfw.pairs import read_pairs, resolve_images
+
+    pairs, paths = resolve_images(read_pairs(lfw[1]), lfw[0], False)
+    images, issame = [], []
+    for left, right, same in zip(pairs.left, pairs.right, pairs.issame):
+        images += [Path(paths[left]).read_bytes(), Path(paths[right]).read_bytes()]
+        issame.append(bool(same))
+    path = tmp_path / "subset.bin"
+    path.write_bytes(pickle.dumps((images, issame), protocol=2))
+    return str(path)
+
+
+def field_style_onnx(model: torch.nn.Module, path: Path, batch: int | None) -> Path:
+    """An ONNX file as insightface's torch2onnx.py writes one: raw embedding, no metadata,
+    input ``input.1``, batch axis fixed (``batch``) or dynamic (None)."""
+    dynamic = {"input.1": {0: "None"}, "fc1": {0: "None"}} if batch is None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.randn(batch or 2, 3, 112, 112),), str(path),
+                          dynamo=False, input_names=["input.1"], output_names=["fc1"],
+                          dynamic_axes=dynamic)
+    return path
+
+
+def run(tmp_path: Path, lfw: tuple[str, str], *source: str):
+    return evaluate([*source, "--lfw", lfw[0], "--lfw_pairs", lfw[1], "--device", "cpu",
+                     "--output_dir", str(tmp_path / "out"), "--lfw_batch_size", "16"])
+
+
+def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
+    lfw = lfw_subset(tmp_path)
+    torch.manual_seed(0)
+    model = build_model("tiny", 64)
+    with torch.no_grad():  # non-trivial BN statistics
+        model.train()(torch.randn(8, 3, 112, 112))
+    weights = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    native = run(tmp_path, lfw, "--model", "tiny", "--weights", str(weights),
+                 "--normalize", "insightface")
+    assert native.num_pairs == 40 and 0 < native.auc < 1
+    for batch in (1, None):  # insightface's packs: fixed batch 1, or dynamic
+        onnx_file = field_style_onnx(model, tmp_path / f"b{batch}.onnx", batch)
+        result = run(tmp_path, lfw, "--onnx", str(onnx_file))  # no metadata: insightface's
+        assert result.accuracy == pytest.approx(native.accuracy, abs=1e-9)
+        assert result.auc == pytest.approx(native.auc, abs=1e-6)
+    # --val_targets (.bin) and --lfw_flip: the same pairs as a .bin, both ways equal too
+    target = lfw_bin(tmp_path, lfw)
+    flip = ["--val_targets", target, "--lfw_flip"]
+    by_weights = evaluate(["--model", "tiny", "--weights", str(weights), "--normalize",
+                           "insightface", *flip, "--device", "cpu",
+                           "--output_dir", str(tmp_path / "out")])["subset"]
+    by_onnx = evaluate(["--onnx", str(tmp_path / "b1.onnx"), *flip, "--device", "cpu",
+                        "--output_dir", str(tmp_path / "out")])["subset"]
+    assert by_onnx.num_pairs == 40 and by_onnx.auc == pytest.approx(by_weights.auc, abs=1e-6)
+    assert by_onnx.accuracy == pytest.approx(by_weights.accuracy, abs=1e-9)
+    # the normalisation matters: ImageNet's gives other embeddings
+    other = run(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"), "--normalize", "imagenet")
+    assert other.auc != pytest.approx(native.auc, abs=1e-6)
+
+
+def test_our_onnx_export_records_its_normalisation(tmp_path):
+    pytest.importorskip("onnxscript", reason="pip install onnx onnxscript")
+    from faceignite.eval_models import read_metadata
+    from faceignite.onnx_export import main as onnx_export
+
+    lfw = lfw_subset(tmp_path, per_fold=5)
+    torch.manual_seed(1)
+    model = build_model("tiny", 32)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 112, 112))
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
+                "embedding_dimension": 32, "image_size": 112,
+                "config": {"normalize": "facenet", "image_size": 112}}, ckpt)
+    out = tmp_path / "tiny.onnx"
+    onnx_export(["--checkpoint", str(ckpt), "--out", str(out)])
+    recorded = read_metadata(str(out))
+    assert recorded["normalize"] == "facenet" and recorded["std"] == [128.0] * 3
+    from_onnx = run(tmp_path, lfw, "--onnx", str(out))
+    from_checkpoint = run(tmp_path, lfw, "--checkpoint", str(ckpt))
+    assert from_onnx.auc == pytest.approx(from_checkpoint.auc, abs=1e-6)
+
+
+def test_a_checkpoint_from_before_normalize_evaluates_as_before(tmp_path):
+    """No ``normalize`` in its options: trained with ImageNet's; evaluated with it."""
+    lfw = lfw_subset(tmp_path, per_fold=3)
+    torch.manual_seed(2)
+    model = build_model("mobilefacenet", 128)  # insightface's convention by default now
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 112, 112))
+    ckpt = tmp_path / "old.pt"
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "mobilefacenet",
+                "embedding_dimension": 128, "image_size": 112,
+                "config": {"image_size": 112, "model": "mobilefacenet"}}, ckpt)
+    old = run(tmp_path, lfw, "--checkpoint", str(ckpt))
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    as_imagenet = run(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights),
+                      "--normalize", "imagenet")
+    as_insightface = run(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights))
+    assert old.auc == pytest.approx(as_imagenet.auc, abs=1e-9)
+    assert old.auc != pytest.approx(as_insightface.auc, abs=1e-6)
+
+
+def test_weights_needs_model_and_a_fitting_file(tmp_path, capsys, caplog):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate(["--weights", str(tmp_path / "x.pt"), "--lfw", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--weights needs --model" in capsys.readouterr().err
+    weights = tmp_path / "mbf.pt"
+    torch.save(build_model("mobilefacenet", 128).state_dict(), weights)
+    lfw = lfw_subset(tmp_path, per_fold=1, folds=1)
+    with pytest.raises(SystemExit) as exit_:
+        run(tmp_path, lfw, "--model", "mbf", "--weights", str(weights))
+    assert exit_.value.code == 2
+    line = one_error(caplog)
+    assert "mbf.pt: weights do not fit mbf" in line and "use --model mobilefacenet" in line
