@@ -166,8 +166,8 @@ class PairsEvaluator:
         if progress_enabled(self.progress) and idist.get_rank() == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(self.loader), unit="batch", leave=False,
-                       desc=self.name or os.path.basename(self.pairs.path))
+            bar = tqdm(total=len(self.loader), unit="batch", leave=False, mininterval=0,
+                       desc=self.name or os.path.basename(self.pairs.path))  # every batch
             handle = self.engine.add_event_handler(Events.ITERATION_COMPLETED,
                                                    lambda _: bar.update())
         try:
