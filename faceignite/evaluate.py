@@ -145,7 +145,7 @@ def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: 
     line printed (name, accuracy, TAR@FAR, AUC ...) and its ROC PNG written."""
     lfw = (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs else None
     specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing)
-    targets = [spec.load() for spec in specs]
+    targets = [spec.load(check_images=False) for spec in specs]
     model, image_size = load_checkpoint_model(cfg, device)
     stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.checkpoint)))[0]
     results: dict[str, VerificationResult] = {}

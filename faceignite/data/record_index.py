@@ -85,6 +85,9 @@ class RecordImageReader:
         except FaceIgniteError as exc:
             logger.warning("%s", exc)
             return None
+        except OSError as exc:  # a record that fails to read mid-epoch: skipped and counted
+            logger.warning("%s: cannot read (%s)", self.describe(key), exc.strerror or exc)
+            return None
         return decode_rgb(data)
 
 
