@@ -23,6 +23,7 @@ from torch.multiprocessing import ProcessExitedException
 from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import write_error
+from faceignite.run_lock import RunLock, lock_run_folder
 from faceignite.runtime import resolve_device
 
 logger = logging.getLogger("faceignite")
@@ -289,6 +290,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         except OSError as exc:
             setup_logging(rank=rank)
             fail(FaceIgniteError(write_error(exc, run_dir, "--resume_path")))
+    lock = take_run_lock(run_dir, "--output_dir" if new else "--resume_path", rank,
+                         world_size, remove_if_empty=new)
     files = None
     if deferred:
         setup_logging(None, rank)
@@ -318,9 +321,40 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         if files is not None and not files.done:
             files.discard()
             if new:  # refused before anything was written: leave no empty run folder
+                if lock is not None:
+                    lock.release()
                 with contextlib.suppress(OSError):
                     os.rmdir(run_dir)
         fail(exc)
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
         logger.warning("%s", exc or "interrupted")
         raise SystemExit(getattr(exc, "exit_code", 130)) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_run_lock(run_dir: str, option: str, rank: int = 0, world_size: int = 1,
+                  remove_if_empty: bool = False) -> RunLock | None:
+    """Rank 0 takes the run folder's exclusive lock (:func:`faceignite.run_lock.lock_run_folder`)
+    for every place a run starts writing a run folder, new or resumed; every process learns
+    whether it got it.  A second writer ends here with one line naming the other (pid, host);
+    ``remove_if_empty``: a folder this run just made is removed then.  The lock (rank 0's;
+    None elsewhere) is released when the run ends, however it ends."""
+    lock, answer = None, ""
+    if rank == 0:
+        try:
+            lock = lock_run_folder(run_dir, option)
+            answer = "ok:"
+        except FaceIgniteError as exc:
+            answer = f"error:{exc}"
+    if world_size > 1:
+        answer = str(idist.broadcast(answer, src=0))
+    kind, _, refusal = answer.partition(":")
+    if kind == "error":
+        setup_logging(rank=rank)
+        if remove_if_empty and rank == 0:
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)
+        fail(FaceIgniteError(refusal))
+    return lock

@@ -2,18 +2,26 @@
 sets written by pickle, JPEG folders), real runs of the tiny model, real second processes."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_subset, one_error, shared_path
+from conftest import REPO, copy_subset, one_error, shared_path
 from faceignite.data.pack import main as pack_main
+from faceignite.errors import FaceIgniteError
+from faceignite.run_lock import LOCK_NAME, lock_run_folder
 from handlers.standard import main
 
-PYTHON = os.environ.get("PYTHON", None)
+PYTHON = sys.executable
 
 
 def faces(dest: Path, identities: int = 4, images: int = 3) -> Path:
@@ -113,3 +121,95 @@ def test_issame_as_0_1_integers_is_accepted(tmp_path):
     root = faces(tmp_path / "data")
     target = bin_set(tmp_path / "ok.bin", root, issame=[1, 0] * 10)
     assert load_bin(str(target)).issame.tolist() == [True, False] * 10
+
+
+# ------------------------------------------------ item 3: one writer per run folder
+def start_run(argv: list[str], log: Path) -> subprocess.Popen:
+    """A real training process of this checkout (``experiments/resnet34_center.py``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_OFFLINE_MODE": "1"}
+    with open(log, "w") as f:
+        return subprocess.Popen([PYTHON, str(REPO / "experiments" / "resnet34_center.py"),
+                                 *argv], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def wait_for(found, timeout: float = 120.0, proc: subprocess.Popen | None = None):
+    """Poll ``found()`` (the run's own files) until it gives something."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = found()
+        if value:
+            return value
+        assert proc is None or proc.poll() is None, "the run ended early"
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_a_second_writer_of_a_live_run_folder_is_refused_naming_it(tmp_path):
+    root = faces(tmp_path / "data")
+    out = tmp_path / "runs"
+    first = start_run(args(root, out, "--epochs", "100000"), tmp_path / "first.log")
+    try:
+        ckpt = wait_for(lambda: checkpoints(out), proc=first)[0]  # it trains and saves
+        run_dir = ckpt.parent
+        lock = json.loads((run_dir / LOCK_NAME).read_text())
+        assert (lock["pid"], lock["host"]) == (first.pid, socket.gethostname())
+        config, log = (run_dir / "config.json").read_text(), (run_dir / "run.log").read_text()
+        second = subprocess.run(
+            [PYTHON, str(REPO / "experiments" / "resnet34_center.py"),
+             *args(root, out, "--epochs", "100000", "--resume_path", str(run_dir))],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+            text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        (line,) = [x for x in second.stderr.splitlines() if "error:" in x]
+        assert str(run_dir) in line and f"pid {first.pid} on host {socket.gethostname()}" in line
+        assert (run_dir / "config.json").read_text() == config  # the live run's, untouched
+        assert (run_dir / "run.log").read_text().startswith(log)
+        assert "output in" not in (run_dir / "run.log").read_text()[len(log):]
+        assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == first.pid
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM  # the live run checkpointed and stopped
+    assert not (run_dir / LOCK_NAME).exists()  # released on exit
+
+
+def write_lock(run_dir: Path, pid: int, host: str, age: float) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host,
+                                                 "heartbeat": time.time() - age}))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lock_whose_pid_is_gone_on_this_host_is_taken_over(tmp_path, caplog):
+    write_lock(tmp_path, dead_pid(), socket.gethostname(), age=1)
+    with caplog.at_level(logging.WARNING):
+        lock = lock_run_folder(str(tmp_path))
+    assert "stale" in caplog.text and "is gone" in caplog.text
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_from_another_node_is_refused_until_its_heartbeat_is_old(tmp_path):
+    write_lock(tmp_path, 4242, "node-17", age=30)  # a live run elsewhere: pid unknowable here
+    with pytest.raises(FaceIgniteError) as exc:
+        lock_run_folder(str(tmp_path), "--resume_path")
+    assert "pid 4242 on host node-17" in str(exc.value) and "--resume_path" in str(exc.value)
+    write_lock(tmp_path, 4242, "node-17", age=600)  # requeued: the old node's run is dead
+    lock = lock_run_folder(str(tmp_path))
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == socket.gethostname()
+    lock.release()
+
+
+def test_the_heartbeat_is_refreshed_while_the_lock_is_held(tmp_path):
+    lock = lock_run_folder(str(tmp_path), heartbeat_s=0.1)
+    first = json.loads((tmp_path / LOCK_NAME).read_text())["heartbeat"]
+    later = wait_for(lambda: json.loads((tmp_path / LOCK_NAME).read_text())["heartbeat"]
+                     > first, timeout=10)
+    assert later
+    lock.release()
