@@ -289,6 +289,10 @@ OPTIONS: tuple[Option, ...] = (
            "offline", "auto", type=str, choices=("auto", "online", "offline", "off")),
     Option(("--clearml_upload_model",), "tracking", "Register the best checkpoint as a ClearML "
            "output model", False, action="store_true"),
+    Option(("--clearml_store_diff",), "tracking", "Store the git repository, commit and "
+           "uncommitted diff of the working tree with the ClearML task (off: the task holds "
+           "only the run's options and metrics, no code, no environment variables)", False,
+           action="store_true"),
     Option(("--tensorboard",), "tracking", "Also log to TensorBoard in DIR", None, type=str,
            metavar="DIR"),
 )

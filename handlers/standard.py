@@ -162,7 +162,8 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                              tags=tags, hparams=vars(cfg), log_interval=cfg.log_interval,
                              optimizers=parts.optimizers,
                              best_checkpoint=lambda: attached.checkpoints.best_checkpoint,
-                             upload_model=cfg.clearml_upload_model)
+                             upload_model=cfg.clearml_upload_model,
+                             store_diff=cfg.clearml_store_diff)
     if tracker is not None:
         attached.trackers.append(tracker)
     if cfg.tensorboard:  # one sub-folder per run: tensorboard --logdir DIR compares them

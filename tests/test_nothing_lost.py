@@ -213,3 +213,66 @@ def test_the_heartbeat_is_refreshed_while_the_lock_is_held(tmp_path):
                      > first, timeout=10)
     assert later
     lock.release()
+
+
+# ------------------------------------------------ item 4: ClearML stores no diff, no environment
+SECRET, ENV_SECRET = "sk-live-4c6f0ff1ce5ecret", "env-secret-77aa91"
+
+
+def git_repo_with_a_secret(repo: Path) -> Path:
+    """A git repository holding the training script, and an uncommitted edit with a secret."""
+    repo.mkdir()
+    (repo / "train.py").write_text((REPO / "experiments" / "resnet34_center.py").read_text())
+    (repo / "settings.py").write_text("API_TOKEN = 'fill me in'\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "start"], check=True)
+    (repo / "settings.py").write_text(f"API_TOKEN = '{SECRET}'\n")  # not committed
+    return repo
+
+
+def files_holding(folder: Path, *secrets: str) -> list[str]:
+    """Every file under ``folder`` (zip members too) in which one of ``secrets`` occurs."""
+    import zipfile
+
+    found = []
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        data = [(str(path), path.read_bytes())]
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                data += [(f"{path}:{n}", zf.read(n)) for n in zf.namelist()]
+        found += [name for name, blob in data for s in secrets if s.encode() in blob]
+    return found
+
+
+def clearml_run(tmp_path: Path, *extra: str) -> tuple[Path, Path]:
+    """A real run of a script inside a git repo with an uncommitted secret, tracked offline;
+    (run folder, ClearML cache folder)."""
+    root = faces(tmp_path / "data", 2, 3)
+    repo = git_repo_with_a_secret(tmp_path / "repo")
+    cache = tmp_path / "clearml-cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_CACHE_DIR": str(cache),
+           "CLEARML_LOG_ENVIRONMENT": "*", "FACEIGNITE_TEST_SECRET": ENV_SECRET}
+    env.pop("CLEARML_OFFLINE_MODE", None)
+    argv = [a for a in args(root, tmp_path / "runs", *extra) if a not in ("--clearml", "off")]
+    done = subprocess.run([PYTHON, "train.py", *argv, "--clearml", "offline"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert list(run_dir.glob("clearml/offline/*.zip")), done.stderr[-3000:]
+    return run_dir, cache
+
+
+def test_clearml_stores_no_uncommitted_diff_and_no_environment(tmp_path):
+    run_dir, cache = clearml_run(tmp_path)
+    assert files_holding(run_dir, SECRET, ENV_SECRET) == []
+    assert files_holding(cache, SECRET, ENV_SECRET) == [] if cache.exists() else True
+
+
+def test_clearml_store_diff_stores_the_diff_when_asked(tmp_path):
+    run_dir, _ = clearml_run(tmp_path, "--clearml_store_diff")
+    assert files_holding(run_dir, SECRET)  # the diff: so the test above can fail
+    assert files_holding(run_dir, ENV_SECRET) == []  # never the environment
