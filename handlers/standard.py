@@ -40,6 +40,7 @@ from handlers import (checkpoint, clearml, control, events, holdout, interrupt, 
                       progress, tensorboard, verification)
 
 Hook = Callable[[Engine, TrainingState], None]
+VALIDATION_AGREE_EVERY = 10  # batches between a validation's signal checks (several processes)
 
 
 @dataclass
@@ -135,18 +136,20 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                               if checkpoints else None)
     scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
                                     len(data.train_loader), **lr_scheduler.schedule_options(cfg))
+    validations = []  # (name, evaluator engine): a signal stops them at their next batch
     if data.val_loader is not None and is_classifying(parts.criterion):
-        holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
-                       every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,
-                       channels_last=cfg.channels_last)
+        evaluator = holdout.attach(trainer, parts.model, parts.criterion, data.val_loader,
+                                   run.device, every_epochs=1, every_iterations=cfg.val_interval,
+                                   amp=cfg.amp, channels_last=cfg.channels_last)
+        validations.append(("held-out validation", evaluator))
     if targets:
-        verification.attach(trainer, parts.model, [t.load() for t in targets], run.device,
-                            cfg.image_size, batch_size=cfg.lfw_batch_size,
-                            every_epochs=cfg.lfw_validation_epoch_interval,
-                            every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
-                            distance=cfg.distance, output_dir=run.output_dir,
-                            num_workers=cfg.num_workers, amp=cfg.amp,
-                            channels_last=cfg.channels_last)
+        evaluators = verification.attach(
+            trainer, parts.model, [t.load() for t in targets], run.device, cfg.image_size,
+            batch_size=cfg.lfw_batch_size, every_epochs=cfg.lfw_validation_epoch_interval,
+            every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
+            output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
+            channels_last=cfg.channels_last)
+        validations += [(f"{name} validation", e.engine) for name, e in evaluators.items()]
     progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
@@ -156,6 +159,8 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
                             stop_check=controls["stop_check"])
+    for what, evaluator in validations:  # a long validation does not delay the checkpoint
+        stop.guard(evaluator, every=VALIDATION_AGREE_EVERY, what=what)
     attached = Attached(state, scheduler, checkpoints[0], stop)
     tags = [cfg.model, type(parts.criterion).__name__]
     tracker = clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=name,
