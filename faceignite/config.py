@@ -12,6 +12,7 @@ from it.  An experiment changes a default by passing ``name=value`` to :func:`pa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -69,6 +70,19 @@ def fraction(v: Any) -> str | None:
 
 def rate(v: Any) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def between(low: float, high: float, why: str = "") -> Check:
+    """``low <= v <= high``."""
+    return lambda v: None if low <= v <= high else f"must be in [{low}, {high}]{why}"
+
+
+def momentum_range(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1) (0.9 is usual)"
+
+
+MAX_IMAGE_SIZE = 1024      # pixels: a batch of 64 such images is 0.8 GB of float32 input
+MAX_EMBEDDING_DIM = 8192   # the field uses 128-512; a classifier row per identity of this size
 
 
 def all_non_negative(v: Any) -> str | None:
@@ -149,7 +163,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--valid_split",), "data", "Fraction of each identity held out for validation", 0.01,
            builtin=0.2, type=float, check=fraction),
     Option(("--image_size",), "data", "Input size in pixels: 224, 160 or 112", 224, builtin=64,
-           type=int, check=positive, default_text="224; a RecordIO --dataroot's size from its "
+           type=int, check=between(1, MAX_IMAGE_SIZE, " pixels"),
+           default_text="224; a RecordIO --dataroot's size from its "
            "property file (112 for insightface's sets); 64 for the built-in dataset"),
     Option(("--batch_size",), "data", "Batch size of all processes together", 64, builtin=32,
            type=int, check=at_least(2, " (BatchNorm needs two images)")),
@@ -162,7 +177,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--model",), "model", "The model architecture for training", "resnet34", type=str,
            choices=ARCHITECTURES),
     Option(("--embedding_dim",), "model", "Dimension of the embedding vector", 128, type=int,
-           check=positive),
+           check=between(1, MAX_EMBEDDING_DIM)),
     Option(("--pretrained",), "model", "ImageNet weights for the backbone: a local .pth file, or "
            "'download' for torchvision's weights", None, type=str,
            default_text="none, random initialisation", original="flag (download)",
@@ -178,7 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--lr",), "optim", "Peak learning rate of the model", 0.1, type=float, check=positive,
            original="0.05 (Adam)", why="standard ResNet SGD rate at batch 64; scale linearly "
            "with the global batch"),
-    Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=at_least(0)),
+    Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=momentum_range),
     Option(("--weight_decay",), "optim", "Weight decay of the model, never of the centres", 5e-4,
            type=float, check=at_least(0), original="0",
            why="the field's value; none on biases/BN/centres (decaying centres pulls them to 0)"),
@@ -222,7 +237,7 @@ OPTIONS: tuple[Option, ...] = (
            "step uses (every class of the batch plus random others)", 1.0, type=float,
            check=rate),
     # runtime
-    Option(("--seed",), "runtime", "Random seed", 0, type=int),
+    Option(("--seed",), "runtime", "Random seed", 0, type=int, check=between(0, 2**32 - 1)),
     Option(("--device",), "runtime", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
            "auto", type=str),
     Option(("--amp",), "runtime", "Automatic mixed precision on CUDA", "off", type=str,
@@ -382,7 +397,12 @@ def check_options(cfg: argparse.Namespace | Mapping[str, Any]) -> None:
     values = vars(cfg) if isinstance(cfg, argparse.Namespace) else cfg
     for name, value in values.items():
         option = BY_NAME.get(name)
-        if option is None or option.check is None or value is None:
+        if option is None or value is None:
+            continue
+        values_ = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values_):
+            raise FaceIgniteError(f"{option.flags[0]} {_plain(value)}: must be a finite number")
+        if option.check is None:
             continue
         problem = option.check(value)
         if problem:

@@ -1,0 +1,122 @@
+"""Issue 30 items 5-11: bad inputs end with one line naming the option, file or record and exit
+code 2, before training where they can be found then; real files made with the project's own
+writers (pack, IndexedRecordWriter), real runs of the tiny model."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_subset, one_error, shared_path
+from faceignite.data.pack import main as pack_main
+from faceignite.data.recordio import IndexedRecordWriter, pack_payload
+from handlers.standard import main
+
+
+def faces(dest: Path, identities: int = 4, images: int = 3) -> Path:
+    return copy_subset(shared_path("celeba_subset", "aligned-160"), dest, identities, images)
+
+
+def args(root: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["--dataroot", str(root), "--output_dir", str(out), "--model", "tiny",
+            "--image_size", "32", "--batch_size", "4", "--epochs", "1", "--valid_split", "0",
+            "--num_workers", "0", "--clearml", "off", "--device", "cpu", "--log_interval", "0",
+            *extra]
+
+
+def refused(argv: list[str], caplog) -> str:
+    """Run ``main(argv)``: it must exit 2 with one error line, which is returned."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return one_error(caplog)
+
+
+def nothing_trained(out: Path) -> bool:
+    return not out.exists() or not list(out.glob("*/training_checkpoint_*.pt"))
+
+
+# ------------------------------------------------ item 5: RecordIO sets
+def jpegs(tmp_path: Path, n: int = 6) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(faces(tmp_path / "src", 2, 3).rglob("*.jpg"))][:n]
+
+
+def write_set(folder: Path, header, identities, images: list[bytes], labels) -> Path:
+    """An insightface-layout set: record 0 ``header``, images 1..N with ``labels``, then one
+    identity record per ``identities`` range, written with the project's RecordIO writer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with IndexedRecordWriter(str(folder / "train.rec"), str(folder / "train.idx")) as w:
+        w.write(0, pack_payload(header, b""))
+        for key, (image, label) in enumerate(zip(images, labels), start=1):
+            w.write(key, pack_payload(label, image, id=key))
+        for i, rng in enumerate(identities):
+            w.write(len(images) + 1 + i, pack_payload(rng, b""))
+    return folder
+
+
+def good_header(n: int, k: int) -> list[int]:
+    return [n + 1, n + 1 + k]
+
+
+def test_a_property_file_with_absurd_sizes_is_refused(tmp_path, caplog):
+    dst = tmp_path / "packed"
+    assert pack_main([str(faces(tmp_path / "src", 2, 2)), str(dst), "--no_progress"]) == 0
+    (dst / "property").write_text("6,100000,100000\n")
+    argv = [a for a in args(dst, tmp_path / "runs") if a not in ("--image_size", "32")]
+    line = refused(argv, caplog)
+    assert str(dst / "property") in line and "6,100000,100000" in line
+
+
+def test_train_idx_without_train_rec_says_so(tmp_path, caplog):
+    dst = tmp_path / "packed"
+    assert pack_main([str(faces(tmp_path / "src", 2, 2)), str(dst), "--no_progress"]) == 0
+    (dst / "train.rec").unlink()
+    line = refused(args(dst, tmp_path / "runs"), caplog)
+    assert str(dst) in line and "train.idx but no train.rec" in line
+
+
+def test_dataroot_naming_the_idx_file_points_to_its_folder(tmp_path, caplog):
+    dst = tmp_path / "packed"
+    assert pack_main([str(faces(tmp_path / "src", 2, 2)), str(dst), "--no_progress"]) == 0
+    line = refused(args(dst / "train.idx", tmp_path / "runs"), caplog)
+    assert "--dataroot" in line and str(dst / "train.idx") in line and "its folder" in line
+
+
+@pytest.mark.parametrize("case", ["overlap", "empty_identity", "header_order", "nan_label"])
+def test_damaged_record_layouts_are_refused_naming_the_record(tmp_path, caplog, case):
+    images = jpegs(tmp_path)
+    n = len(images)
+    header, identities, labels = good_header(n, 2), [[1, 4], [4, 7]], [0, 0, 0, 1, 1, 1]
+    if case == "overlap":
+        identities, want = [[1, 5], [4, 7]], "overlap"
+    elif case == "empty_identity":
+        identities, want = [[1, 4], [7, 7]], f"key {n + 2}: identity range"
+    elif case == "header_order":
+        header, want = [n + 3, n + 1], "key 0: header range"
+    else:
+        labels, want = [float("nan"), 0, 0, 1, 1, 1], "key 1: label nan"
+    folder = write_set(tmp_path / case, header, identities, images, labels)
+    out = tmp_path / "runs"
+    line = refused(args(folder, out), caplog)
+    assert str(folder / "train.rec") in line and want in line
+    assert nothing_trained(out)
+
+
+# ------------------------------------------------ item 9: options checked in the one config path
+@pytest.mark.parametrize("option, value, want", [
+    ("--seed", "-1", "--seed -1: must be in [0, 4294967295]"),
+    ("--seed", str(2**32), f"--seed {2**32}: must be in"),
+    ("--warmup_epochs", "inf", "--warmup_epochs inf: must be a finite number"),
+    ("--lr", "nan", "--lr nan: must be a finite number"),
+    ("--image_size", "100000", "--image_size 100000: must be in [1, 1024]"),
+    ("--embedding_dim", "100000000", "--embedding_dim 100000000: must be in [1, 8192]"),
+    ("--momentum", "50", "--momentum 50.0: must be in [0, 1)"),
+])
+def test_out_of_range_options_are_one_line_before_anything(tmp_path, caplog, option, value, want):
+    out = tmp_path / "runs"
+    line = refused(args(tmp_path / "nodata", out, option, value), caplog)
+    assert want in line
+    assert not out.exists()  # refused before any folder was made
