@@ -120,3 +120,60 @@ def test_out_of_range_options_are_one_line_before_anything(tmp_path, caplog, opt
     line = refused(args(tmp_path / "nodata", out, option, value), caplog)
     assert want in line
     assert not out.exists()  # refused before any folder was made
+
+
+# ------------------------------------------------ item 7: pack
+def pack(capsys, *argv: str) -> tuple[int, str, str]:
+    code = pack_main([*map(str, argv), "--no_progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_pack_refuses_an_existing_destination_unless_overwrite(tmp_path, capsys):
+    src, dst = faces(tmp_path / "src", 2, 2), tmp_path / "dst"
+    assert pack(capsys, src, dst)[0] == 0
+    before = (dst / "train.rec").read_bytes()
+    code, _, err = pack(capsys, faces(tmp_path / "other", 3, 2), dst)
+    assert code == 2 and str(dst) in err and "--overwrite" in err and err.count("\n") == 1
+    assert (dst / "train.rec").read_bytes() == before  # nothing lost
+    assert pack(capsys, src, dst, "--overwrite")[0] == 0
+
+
+def test_pack_removes_a_killed_packs_temporary_files(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    src, dst = faces(tmp_path / "src", 2, 2), tmp_path / "dst"
+    dst.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = [dst / f".{name}.{gone.pid}.tmp" for name in ("train.rec", "train.idx")]
+    for path in left:
+        path.write_bytes(b"half")
+    assert pack(capsys, src, dst)[0] == 0
+    assert not any(p.exists() for p in left) and not list(dst.glob("*.tmp"))
+
+
+def test_pack_skips_an_empty_first_image_and_prints_one_summary(tmp_path, capsys, caplog):
+    src = faces(tmp_path / "src", 2, 3)
+    first = sorted(src.rglob("*.jpg"))[0]
+    first.write_bytes(b"")
+    code, out, err = pack(capsys, src, tmp_path / "dst")
+    assert code == 0
+    assert out.count("packed 5 images of 2 identities") == 1 and "1 empty" in out
+    logged = [r.getMessage() for r in caplog.records]
+    assert f"skipped {first}: empty file" in logged and not any("packed" in m for m in logged)
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_pack_into_a_file_or_a_virtual_file_system_is_one_line(tmp_path, capsys, where):
+    src = faces(tmp_path / "src", 2, 2)
+    if where == "file":
+        dst = tmp_path / "a-file"
+        dst.write_text("keep me")
+    else:
+        dst = Path("/proc/faceignite-pack")
+    code, _, err = pack(capsys, src, dst)
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and str(dst) in err
+    if where == "file":
+        assert dst.read_text() == "keep me"
