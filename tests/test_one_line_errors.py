@@ -177,3 +177,54 @@ def test_pack_into_a_file_or_a_virtual_file_system_is_one_line(tmp_path, capsys,
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and str(dst) in err
     if where == "file":
         assert dst.read_text() == "keep me"
+
+
+# ------------------------------------------------ item 11: symlink loops, permission errors
+def test_symlink_loops_in_a_data_folder_are_skipped_naming_them(tmp_path, caplog):
+    root = faces(tmp_path / "data", 2, 3)
+    (root / "loop").symlink_to(root / "loop")  # an identity folder that is a loop
+    person = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())[0]
+    (person / "self.jpg").symlink_to(person / "self.jpg")
+    out = tmp_path / "runs"
+    with caplog.at_level(logging.WARNING):
+        main(args(root, out))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(root / "loop") in w and "symbolic links" in w for w in warned)
+    assert any(str(person / "self.jpg") in w and "symbolic links" in w for w in warned)
+    assert not nothing_trained(out)  # trained on the 6 real images
+
+
+def test_an_unreadable_file_is_reported_as_permission_denied(tmp_path):
+    """Read by a process of another user (root reads every file): forked, then setuid."""
+    import shutil
+    import tempfile
+
+    from faceignite.data.dataset import DENIED, read_rgb_checked
+
+    if os.getuid() != 0 and not hasattr(os, "setuid"):
+        pytest.skip("needs a user without read permission")
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        image = folder / "face.jpg"
+        shutil.copy(sorted(faces(tmp_path / "data", 1, 1).rglob("*.jpg"))[0], image)
+        image.chmod(0o000)
+        if os.getuid() != 0:  # this user cannot read it
+            assert read_rgb_checked(str(image)) == (None, DENIED)
+            return
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: nobody
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                os.write(write_end, str(read_rgb_checked(str(image))[1]).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        assert os.read(read_end, 100).decode() == DENIED
+        image.chmod(0o644)
+        assert read_rgb_checked(str(image))[1] is None  # readable: it decodes
+    finally:
+        shutil.rmtree(folder)
