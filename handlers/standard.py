@@ -134,6 +134,7 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                               score_name=best_by, score_event=best_event, every=agree_every,
                               last_checkpoint=lambda: checkpoints[0].last_checkpoint
                               if checkpoints else None)
+    control.attach_first_epoch_check(trainer)  # exit 2, not 0, when nothing decodes
     scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
                                     len(data.train_loader), **lr_scheduler.schedule_options(cfg))
     validations = []  # (name, evaluator engine): a signal stops them at their next batch

@@ -228,3 +228,15 @@ def test_an_unreadable_file_is_reported_as_permission_denied(tmp_path):
         assert read_rgb_checked(str(image))[1] is None  # readable: it decodes
     finally:
         shutil.rmtree(folder)
+
+
+# ------------------------------------------------ item 6: a set in which no image decodes
+def test_a_set_in_which_no_image_decodes_exits_2_after_the_first_epoch(tmp_path, caplog):
+    root = faces(tmp_path / "data", 2, 3)
+    for path in root.rglob("*.jpg"):
+        path.write_bytes(b"not a picture")
+    out = tmp_path / "runs"
+    line = refused(args(root, out, "--epochs", "3"), caplog)
+    assert "epoch 1 trained on nothing" in line and "0 image(s)" in line and "6 skipped" in line
+    assert nothing_trained(out)
+    assert not any("epoch 2" in r.getMessage() for r in caplog.records)
