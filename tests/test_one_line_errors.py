@@ -240,3 +240,30 @@ def test_a_set_in_which_no_image_decodes_exits_2_after_the_first_epoch(tmp_path,
     assert "epoch 1 trained on nothing" in line and "0 image(s)" in line and "6 skipped" in line
     assert nothing_trained(out)
     assert not any("epoch 2" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------ item 10: resume with another loss
+@pytest.mark.parametrize("older", [False, True])
+def test_resuming_an_arcface_checkpoint_with_center_loss_names_both_losses(tmp_path, caplog,
+                                                                          older):
+    import torch
+
+    root = faces(tmp_path / "data", 2, 3)
+    out = tmp_path / "runs"
+    main(args(root, out, "--epochs", "1", "--lr", "0.003"), name="resnet34_arcface",
+         loss="arcface")
+    (ckpt,) = sorted(out.glob("*/training_checkpoint_*.pt"))
+    if older:  # a checkpoint written before criterion_class was saved
+        saved = torch.load(ckpt, weights_only=True)
+        del saved["criterion_class"]
+        torch.save(saved, ckpt)
+    before = ckpt.read_bytes()
+    line = refused(args(root, out, "--epochs", "2", "--lr", "0.003", "--resume_path",
+                        str(ckpt)), caplog)
+    assert str(ckpt) in line
+    if older:
+        assert "does not fit this run's loss SoftmaxCenterLoss" in line
+    else:
+        assert "trained with ArcFace" in line and "loss is SoftmaxCenterLoss" in line
+        assert "resnet34_arcface.py" in line
+    assert ckpt.read_bytes() == before and len(list(out.glob("*/*.pt"))) == 1
