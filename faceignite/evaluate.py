@@ -87,9 +87,11 @@ def load_embeddings(embeddings: str, names: str, mmap_mode: str | None = None
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise FaceIgniteError(f"cannot read --embeddings {embeddings} as a .npy array "
                               f"(no pickles): {reason}") from None
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D numeric array "
-                              f"(images x dimensions), got {array.dtype} {array.shape}")
+    if (array.ndim != 2 or not np.issubdtype(array.dtype, np.number)
+            or np.issubdtype(array.dtype, np.complexfloating) or array.shape[1] == 0):
+        raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D array of real numbers "
+                              f"(images x dimensions, at least one), got {array.dtype} "
+                              f"{array.shape}")
     try:
         with open(names, encoding="utf-8-sig") as f:  # a byte-order mark is accepted
             rows = [line.strip() for line in f if line.strip()]
