@@ -95,7 +95,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
                                    optimizers=optimizers,
                                    best_checkpoint=lambda: saved.best_checkpoint,
                                    upload_model=cfg.clearml_upload_model,
-                             store_diff=cfg.clearml_store_diff)]
+                                   store_diff=cfg.clearml_store_diff)]
         if cfg.tensorboard:
             trackers.append(tensorboard.attach(
                 trainer, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
