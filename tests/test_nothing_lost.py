@@ -316,3 +316,48 @@ def test_sigterm_during_a_long_validation_checkpoints_within_seconds(tmp_path):
     assert "slow validation stopped at batch" in text and "result is discarded" in text
     assert "slow  epoch 1" not in text  # no metrics from a validation cut short
     assert f"checkpoint saved to {ckpt}" in text
+
+
+def validation_signal_worker(local_rank: int, out_dir: str) -> None:
+    """Each of 2 processes: a trainer whose epoch end runs a validation of 100 (rank 0) or 97
+    (rank 1) batches; rank 1 alone receives SIGTERM at validation batch 3."""
+    import ignite.distributed as idist
+    import torch
+    from ignite.engine import Engine, Events
+
+    from handlers import interrupt
+
+    trainer, evaluator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    saved, seen = [], []
+    stop = interrupt.attach(trainer, lambda e: saved.append(e.state.iteration) or "ckpt.pt")
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED,
+                                lambda e: seen.append(e.state.iteration))
+    stop.guard(evaluator, every=10)
+
+    @evaluator.on(Events.ITERATION_COMPLETED(once=3))
+    def _signal(_) -> None:
+        if idist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    batches = 100 if idist.get_rank() == 0 else 97
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(range(batches)))
+    code = 0
+    try:
+        trainer.run(range(4), max_epochs=2)
+    except interrupt.TrainingInterrupted as exc:
+        code = exc.exit_code
+    torch.save({"validated": seen[-1], "saved": saved, "code": code},
+               os.path.join(out_dir, f"rank{idist.get_rank()}.pt"))
+
+
+def test_a_signal_to_one_process_stops_every_validation_at_its_agreement_point(tmp_path):
+    import ignite.distributed as idist
+    import torch
+
+    from faceignite.run import _free_port
+
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
+        parallel.run(validation_signal_worker, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # both stop at batch 10 (not 97/100), save the trainer's iteration 4, exit 143
+    assert ranks == [{"validated": 10, "saved": [4], "code": 128 + signal.SIGTERM}] * 2
