@@ -292,29 +292,34 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             fail(FaceIgniteError(write_error(exc, run_dir, "--resume_path")))
     lock = take_run_lock(run_dir, "--output_dir" if new else "--resume_path", rank,
                          world_size, remove_if_empty=new)
-    files = None
-    if deferred:
-        setup_logging(None, rank)
-        if rank == 0:
-            files = DeferredRunFiles(run_dir, cfg)
-    else:
-        setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
-    manual_seed(vars(cfg).get("seed", seed))
-    if world_size > 1 and device.type == "cuda":
-        if device != idist.device() and device.index is not None:
-            logger.warning("--device %s ignored: process %d trains on %s", device, rank,
-                           idist.device())
-        device = idist.device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
-    if rank == 0 and not deferred:
-        with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(vars(cfg), f, indent=2, default=str)
-    where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
-             if world_size > 1 else "")
-    logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
+    try:  # a failure before the run starts releases the lock too
+        files = None
+        if deferred:
+            setup_logging(None, rank)
+            if rank == 0:
+                files = DeferredRunFiles(run_dir, cfg)
+        else:
+            setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
+        manual_seed(vars(cfg).get("seed", seed))
+        if world_size > 1 and device.type == "cuda":
+            if device != idist.device() and device.index is not None:
+                logger.warning("--device %s ignored: process %d trains on %s", device, rank,
+                               idist.device())
+            device = idist.device()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
+        if rank == 0 and not deferred:
+            with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(vars(cfg), f, indent=2, default=str)
+        where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
+                 if world_size > 1 else "")
+        logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         yield Run(name, run_dir, device, cfg, rank, world_size, files)
     except FaceIgniteError as exc:

@@ -213,7 +213,8 @@ class TrainingState:
                                   f"{', '.join(missing)}): use --finetune to load its backbone")
         path = ckpt.get("path", "checkpoint")
         then, now = ckpt.get("criterion_class"), criterion_name(self.criterion)
-        if then is not None and then != now:
+        same = LOSS_OF_CRITERION.get(then, then) == LOSS_OF_CRITERION.get(now, now)
+        if then is not None and not same:  # Partial FC and the plain loss resume each other
             raise FaceIgniteError(f"{path} was trained with {describe_loss(then)}; this run's "
                                   f"loss is {describe_loss(now)}: resume it with its own loss, "
                                   f"or pass --finetune to start this loss from its backbone")
