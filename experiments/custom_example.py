@@ -96,7 +96,8 @@ def training(local_rank: int, cfg, result: dict) -> None:
                                    hparams=vars(cfg), log_interval=cfg.log_interval,
                                    optimizers=optimizers,
                                    best_checkpoint=lambda: saved.best_checkpoint,
-                                   upload_model=cfg.clearml_upload_model)]
+                                   upload_model=cfg.clearml_upload_model,
+                                   store_diff=cfg.clearml_store_diff)]
         if cfg.tensorboard:
             trackers.append(tensorboard.attach(
                 trainer, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),

@@ -12,6 +12,7 @@ from it.  An experiment changes a default by passing ``name=value`` to :func:`pa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -82,6 +83,19 @@ def normalization(v: Any) -> str | None:
     except FaceIgniteError:
         return "use insightface, facenet, imagenet, or MEAN,STD in pixel units (e.g. 127.5,128)"
     return None
+
+
+def between(low: float, high: float, why: str = "") -> Check:
+    """``low <= v <= high``."""
+    return lambda v: None if low <= v <= high else f"must be in [{low}, {high}]{why}"
+
+
+def momentum_range(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1) (0.9 is usual)"
+
+
+MAX_IMAGE_SIZE = 1024      # pixels: a batch of 64 such images is 0.8 GB of float32 input
+MAX_EMBEDDING_DIM = 8192   # the field uses 128-512; a classifier row per identity of this size
 
 
 def all_non_negative(v: Any) -> str | None:
@@ -168,7 +182,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--valid_split",), "data", "Fraction of each identity held out for validation", 0.01,
            builtin=0.2, type=float, check=fraction),
     Option(("--image_size",), "data", "Input size in pixels: 224, 160 or 112", 224, builtin=64,
-           type=int, check=positive, default_text="224; a RecordIO --dataroot's size from its "
+           type=int, check=between(1, MAX_IMAGE_SIZE, " pixels"),
+           default_text="224; a RecordIO --dataroot's size from its "
            "property file (112 for insightface's sets); 64 for the built-in dataset"),
     Option(("--batch_size",), "data", "Batch size of all processes together", 64, builtin=32,
            type=int, check=at_least(2, " (BatchNorm needs two images)")),
@@ -187,7 +202,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--model",), "model", "The model architecture for training", "resnet34", type=str,
            choices=ARCHITECTURES),
     Option(("--embedding_dim",), "model", "Dimension of the embedding vector", None, type=int,
-           check=positive, default_text="MODEL_EMBEDDING",  # from the registry, by _help
+           check=between(1, MAX_EMBEDDING_DIM),
+           default_text="MODEL_EMBEDDING",  # from the registry, by _help
            original="128", why="the architecture's own size, so published weights fit: 512 for "
            "the iResNets (insightface's), 128 for the ResNets and MobileFaceNet (as before)"),
     Option(("--pretrained",), "model", "ImageNet weights for the backbone: a local .pth file, or "
@@ -212,7 +228,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--backbone_lr_scale",), "optim", "LR of the backbone (and embedding) relative to "
            "--lr, e.g. 0.1 to fine-tune a loaded network under a new classifier", 1.0,
            type=float, check=at_least(0)),
-    Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=at_least(0)),
+    Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=momentum_range),
     Option(("--adam_beta1",), "optim", "Adam's beta1", 0.9, type=float, check=fraction),
     Option(("--adagrad_lr_decay",), "optim", "Adagrad's lr_decay", 0.0, type=float,
            check=at_least(0)),
@@ -265,7 +281,7 @@ OPTIONS: tuple[Option, ...] = (
            "step uses (every class of the batch plus random others)", 1.0, type=float,
            check=rate),
     # runtime
-    Option(("--seed",), "runtime", "Random seed", 0, type=int),
+    Option(("--seed",), "runtime", "Random seed", 0, type=int, check=between(0, 2**32 - 1)),
     Option(("--device",), "runtime", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
            "auto", type=str),
     Option(("--gpus",), "runtime", "GPUs to train on, one process each, e.g. 0,1 (the second "
@@ -348,6 +364,10 @@ OPTIONS: tuple[Option, ...] = (
            "offline", "auto", type=str, choices=("auto", "online", "offline", "off")),
     Option(("--clearml_upload_model",), "tracking", "Register the best checkpoint as a ClearML "
            "output model", False, action="store_true"),
+    Option(("--clearml_store_diff",), "tracking", "Store the git repository, commit and "
+           "uncommitted diff of the working tree with the ClearML task (off: the task holds "
+           "only the run's options and metrics, no code, no environment variables)", False,
+           action="store_true"),
     Option(("--tensorboard",), "tracking", "Also log to TensorBoard in DIR", None, type=str,
            metavar="DIR"),
 )
@@ -476,7 +496,12 @@ def check_options(cfg: argparse.Namespace | Mapping[str, Any]) -> None:
     values = vars(cfg) if isinstance(cfg, argparse.Namespace) else cfg
     for name, value in values.items():
         option = BY_NAME.get(name)
-        if option is None or option.check is None or value is None:
+        if option is None or value is None:
+            continue
+        values_ = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values_):
+            raise FaceIgniteError(f"{option.flags[0]} {_plain(value)}: must be a finite number")
+        if option.check is None:
             continue
         problem = option.check(value)
         if problem:

@@ -101,9 +101,11 @@ def load_embeddings(embeddings: str, names: str, mmap_mode: str | None = None
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise FaceIgniteError(f"cannot read --embeddings {embeddings} as a .npy array "
                               f"(no pickles): {reason}") from None
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D numeric array "
-                              f"(images x dimensions), got {array.dtype} {array.shape}")
+    if (array.ndim != 2 or not np.issubdtype(array.dtype, np.number)
+            or np.issubdtype(array.dtype, np.complexfloating) or array.shape[1] == 0):
+        raise FaceIgniteError(f"--embeddings {embeddings}: expected a 2-D array of real numbers "
+                              f"(images x dimensions, at least one), got {array.dtype} "
+                              f"{array.shape}")
     try:
         with open(names, encoding="utf-8-sig") as f:  # a byte-order mark is accepted
             rows = [line.strip() for line in f if line.strip()]
@@ -211,7 +213,7 @@ def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: 
     line printed (name, accuracy, TAR@FAR, AUC ...) and its ROC PNG written."""
     lfw = (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs else None
     specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing, cfg.val_pairs)
-    targets = [spec.load() for spec in specs]
+    targets = [spec.load(check_images=False) for spec in specs]
     model, image_size = load_checkpoint_model(cfg, device)
     stem = os.path.splitext(os.path.basename(os.path.normpath(model_source(cfg))))[0]
     results: dict[str, VerificationResult] = {}

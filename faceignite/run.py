@@ -24,6 +24,7 @@ from torch.multiprocessing import ProcessExitedException
 from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import write_error
+from faceignite.run_lock import RunLock, lock_run_folder
 from faceignite.runtime import resolve_device, resolve_gpus
 
 logger = logging.getLogger("faceignite")
@@ -408,34 +409,43 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         except OSError as exc:
             setup_logging(rank=rank)
             fail(FaceIgniteError(write_error(exc, run_dir, "--resume_path")))
-    files = None
-    if deferred:
-        setup_logging(None, rank)
-        if rank == 0:
-            files = DeferredRunFiles(run_dir, cfg)
-    else:
-        setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
-    manual_seed(vars(cfg).get("seed", seed))
-    if world_size > 1 and device.type == "cuda":
-        if device != idist.device() and device.index is not None:
-            logger.warning("--device %s ignored: process %d trains on %s", device, rank,
-                           idist.device())
-        device = idist.device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
-    if rank == 0 and not deferred:
-        write_config(run_dir, vars(cfg))
-    where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
-             if world_size > 1 else "")
-    logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
+    lock = take_run_lock(run_dir, "--output_dir" if new else "--resume_path", rank,
+                         world_size, remove_if_empty=new)
+    try:  # a failure before the run starts releases the lock too
+        files = None
+        if deferred:
+            setup_logging(None, rank)
+            if rank == 0:
+                files = DeferredRunFiles(run_dir, cfg)
+        else:
+            setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
+        manual_seed(vars(cfg).get("seed", seed))
+        if world_size > 1 and device.type == "cuda":
+            if device != idist.device() and device.index is not None:
+                logger.warning("--device %s ignored: process %d trains on %s", device, rank,
+                               idist.device())
+            device = idist.device()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
+        if rank == 0 and not deferred:
+            write_config(run_dir, vars(cfg))
+        where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
+                 if world_size > 1 else "")
+        logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         yield Run(name, run_dir, device, cfg, rank, world_size, files)
     except FaceIgniteError as exc:
         if files is not None and not files.done:
             files.discard()
             if new:  # refused before anything was written: leave no empty run folder
+                if lock is not None:
+                    lock.release()
                 with contextlib.suppress(OSError):
                     os.rmdir(run_dir)
         elif new and rank == 0:  # failed before it wrote a result: no folder of nothing
@@ -444,3 +454,32 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where
         logger.warning("%s", exc or "interrupted")
         raise SystemExit(getattr(exc, "exit_code", 130)) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_run_lock(run_dir: str, option: str, rank: int = 0, world_size: int = 1,
+                  remove_if_empty: bool = False) -> RunLock | None:
+    """Rank 0 takes the run folder's exclusive lock (:func:`faceignite.run_lock.lock_run_folder`)
+    for every place a run starts writing a run folder, new or resumed; every process learns
+    whether it got it.  A second writer ends here with one line naming the other (pid, host);
+    ``remove_if_empty``: a folder this run just made is removed then.  The lock (rank 0's;
+    None elsewhere) is released when the run ends, however it ends."""
+    lock, answer = None, ""
+    if rank == 0:
+        try:
+            lock = lock_run_folder(run_dir, option)
+            answer = "ok:"
+        except FaceIgniteError as exc:
+            answer = f"error:{exc}"
+    if world_size > 1:
+        answer = str(idist.broadcast(answer, src=0))
+    kind, _, refusal = answer.partition(":")
+    if kind == "error":
+        setup_logging(rank=rank)
+        if remove_if_empty and rank == 0:
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)
+        fail(FaceIgniteError(refusal))
+    return lock

@@ -19,7 +19,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-from faceignite.tracking.clearml_session import MODES, start_task
+from faceignite.tracking.clearml_session import MODES, no_frameworks, start_task
 from handlers import tracking
 
 logger = logging.getLogger("faceignite")
@@ -99,10 +99,15 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
            hparams: Mapping[str, Any] | None = None, log_interval: int = 50,
            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
            best_checkpoint: Callable[[], str | None] | None = None, upload_model: bool = False,
-           timeout: float = 10.0, init_timeout: float = 60.0) -> ClearMLTracking | None:
+           timeout: float = 10.0, init_timeout: float = 60.0,
+           store_diff: bool = False) -> ClearMLTracking | None:
     """Track the run in ClearML: ``hparams`` (the parsed options), the scalars of
     :mod:`handlers.tracking`, each verification target's ROC image (title: the target) and,
     with ``upload_model``, the file ``best_checkpoint()`` when the run closes.
+
+    The task stores nothing of the machine: no environment variables, and no code (git
+    repository, commit, uncommitted diff, script) unless ``store_diff`` (``--clearml_store_diff``:
+    an uncommitted file may hold a secret).
 
     ``timeout`` (s) bounds the server probe, ``init_timeout`` (s) the online ``Task.init``.  An
     offline session goes to ``<output_dir>/clearml``.  A task that already exists in the process
@@ -125,7 +130,8 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
     if owns_task:
         started = start_task(mode, output_dir, dict(
             project_name=project, task_name=task_name, tags=list(tags), reuse_last_task_id=False,
-            auto_connect_frameworks=False, auto_connect_arg_parser=False),
+            auto_connect_frameworks=no_frameworks(detect_repository=store_diff),
+            auto_connect_arg_parser=False),
             timeout=timeout, init_timeout=init_timeout, upload_model=upload_model)
         if started is None:
             return None

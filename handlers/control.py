@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, TerminateOnNan
 
 from faceignite.engine import STOP_CODES, TrainerEvents, register_trainer_events
+from faceignite.errors import FaceIgniteError
 from handlers import events
 
 logger = logging.getLogger("faceignite")
@@ -215,3 +216,59 @@ def attach_last(trainer: Engine, attached: dict) -> None:
     """After every other handler: read the NaN flag when a later handler stopped the trainer."""
     trainer.add_event_handler(Events.ITERATION_COMPLETED, attached["stop_check"].after_others)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, attached["stop_check"].after_others)
+
+
+class FirstEpochCheck:
+    """A run never ends "done" having trained on nothing: at the end of its first whole epoch
+    (a resumed run's partial epoch is not judged), when
+    the epoch decoded fewer than two images or images of fewer than two identities (all
+    processes together), it stops with one :class:`FaceIgniteError` line (exit code 2),
+    before any validation or checkpoint of that epoch.  Reads the labels of each batch the
+    loader gave (on the host: no device read), during the first epoch only."""
+
+    def __init__(self) -> None:
+        self.decoded, self.skipped, self.labels = 0, 0, set()
+        self.iterations, self.done = 0, False
+
+    def on_iteration(self, engine: Engine) -> None:
+        if self.done:
+            return
+        self.iterations += 1
+        batch = engine.state.batch
+        if isinstance(batch, (tuple, list)) and len(batch) == 3:
+            _, labels, skipped = batch
+            self.decoded += int(labels.numel())
+            self.skipped += int(skipped)
+            if len(self.labels) < 2:
+                self.labels.update(labels[:64].tolist())
+
+    def on_epoch(self, engine: Engine) -> None:
+        if self.done:
+            return
+        if self.iterations < (engine.state.epoch_length or 0):  # a resumed, partial epoch:
+            self.__init__()                                      # judge the next, whole one
+            return
+        self.done = True
+        found = sorted(self.labels)[:2]
+        mine = torch.tensor([self.decoded, self.skipped] + found + [-1] * (2 - len(found)),
+                            dtype=torch.float64)
+        if idist.get_world_size() > 1:
+            every = idist.all_gather(mine.to(idist.device())).reshape(-1, 4).cpu()
+            decoded, skipped = int(every[:, 0].sum()), int(every[:, 1].sum())
+            identities = {int(v) for v in every[:, 2:].flatten().tolist() if v >= 0}
+        else:
+            decoded, skipped, identities = self.decoded, self.skipped, set(found)
+        if decoded < 2 or len(identities) < 2:
+            raise FaceIgniteError(
+                f"epoch {engine.state.epoch} trained on nothing: {decoded} image(s) of "
+                f"{len(identities)} identit{'y' if len(identities) == 1 else 'ies'} decoded, "
+                f"{skipped} skipped as unreadable (each named above); training needs at least "
+                "2 images of 2 identities: check --dataroot")
+
+
+def attach_first_epoch_check(trainer: Engine) -> FirstEpochCheck:
+    """Attach :class:`FirstEpochCheck`: before every validation and checkpoint handler."""
+    check = FirstEpochCheck()
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, check.on_iteration)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, check.on_epoch)
+    return check

@@ -84,6 +84,40 @@ class GracefulInterrupt:
         if signum is not None:
             self.stop(engine, signum)
 
+    def guard(self, evaluator: Engine, every: int = 10, what: str = "validation") -> None:
+        """Let a signal stop ``evaluator``, a validation that runs inside one of the trainer's
+        handlers: at the next batch (one process), or at the next agreement point of the
+        validation itself, every ``every`` batches (several processes: one all-reduce there, at
+        batches every process has), the validation's result is discarded, the trainer saves
+        its checkpoint and the run stops (:meth:`stop`), rather than after the whole
+        validation."""
+        distributed = idist.get_world_size() > 1
+        common = {"batches": 0}
+
+        def started(engine: Engine) -> None:
+            if distributed:  # shards may differ by a batch: agree only where all have one
+                mine = torch.tensor([engine.state.epoch_length or 0], device=idist.device())
+                common["batches"] = int(idist.all_reduce(mine, op="MIN").item())
+
+        def check(engine: Engine) -> None:
+            i = engine.state.iteration
+            if distributed:
+                if i % max(1, every) or i > common["batches"]:
+                    return
+                agreed = idist.all_reduce(torch.tensor([self.received or 0],
+                                                       device=idist.device()), op="MAX")
+                signum = int(agreed.item()) or None
+            else:
+                signum = self.received
+            if signum is not None:
+                logger.warning("%s stopped at batch %d of %s by %s: its result is discarded",
+                               what, i, engine.state.epoch_length,
+                               signal.Signals(signum).name)
+                self.stop(self.trainer, signum)  # saves the trainer's state and raises
+
+        evaluator.add_event_handler(Events.STARTED, started)
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED, check)
+
     def stop(self, engine: Engine, signum: int) -> None:
         """Save (nothing newer after a NaN loss: the checkpointer refuses) and raise."""
         path = self.save(engine)

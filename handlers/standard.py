@@ -44,6 +44,7 @@ from handlers import (checkpoint, clearml, control, events, holdout, interrupt, 
 
 Hook = Callable[[Engine, TrainingState], None]
 logger = logging.getLogger("faceignite")
+VALIDATION_AGREE_EVERY = 10  # batches between a validation's signal checks (several processes)
 
 
 @dataclass
@@ -145,20 +146,23 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                               score_name=best_by, score_event=best_event, every=agree_every,
                               last_checkpoint=lambda: checkpoints[0].last_checkpoint
                               if checkpoints else None)
+    control.attach_first_epoch_check(trainer)  # exit 2, not 0, when nothing decodes
     scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
                                     len(data.train_loader), **lr_scheduler.schedule_options(cfg))
+    validations = []  # (name, evaluator engine): a signal stops them at their next batch
     if data.val_loader is not None and is_classifying(parts.criterion):
-        holdout.attach(trainer, parts.model, parts.criterion, data.val_loader, run.device,
-                       every_epochs=1, every_iterations=cfg.val_interval, amp=cfg.amp,
-                       channels_last=cfg.channels_last)
+        evaluator = holdout.attach(trainer, parts.model, parts.criterion, data.val_loader,
+                                   run.device, every_epochs=1, every_iterations=cfg.val_interval,
+                                   amp=cfg.amp, channels_last=cfg.channels_last)
+        validations.append(("held-out validation", evaluator))
     if targets:
-        verification.attach(trainer, parts.model, [t.load() for t in targets], run.device,
-                            cfg.image_size, batch_size=cfg.lfw_batch_size,
-                            every_epochs=cfg.lfw_validation_epoch_interval,
-                            every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
-                            distance=cfg.distance, output_dir=run.output_dir,
-                            num_workers=cfg.num_workers, amp=cfg.amp,
-                            channels_last=cfg.channels_last)
+        evaluators = verification.attach(
+            trainer, parts.model, [t.load() for t in targets], run.device, cfg.image_size,
+            batch_size=cfg.lfw_batch_size, every_epochs=cfg.lfw_validation_epoch_interval,
+            every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
+            output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
+            channels_last=cfg.channels_last)
+        validations += [(f"{name} validation", e.engine) for name, e in evaluators.items()]
     stats = progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
@@ -168,13 +172,16 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
                             stop_check=controls["stop_check"])
+    for what, evaluator in validations:  # a long validation does not delay the checkpoint
+        stop.guard(evaluator, every=VALIDATION_AGREE_EVERY, what=what)
     attached = Attached(state, scheduler, checkpoints[0], stop, stats=stats)
     tags = [cfg.model, type(parts.criterion).__name__]
     tracker = clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=name,
                              tags=tags, hparams=vars(cfg), log_interval=cfg.log_interval,
                              optimizers=parts.optimizers,
                              best_checkpoint=lambda: attached.checkpoints.best_checkpoint,
-                             upload_model=cfg.clearml_upload_model)
+                             upload_model=cfg.clearml_upload_model,
+                             store_diff=cfg.clearml_store_diff)
     if tracker is not None:
         attached.trackers.append(tracker)
     if cfg.tensorboard:  # one sub-folder per run: tensorboard --logdir DIR compares them

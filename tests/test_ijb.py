@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -376,3 +377,76 @@ def test_command_exits_2_with_one_line(ijb, tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: {root / 'meta' / 'ijbc_template_pair_label.txt'} line 1: template 555 has no "
         f"image in the face_tid_mid file"]
+
+
+# --------------------------------------------------------------------------- issue 30 item 8
+def refused_ijb(args, caplog) -> str:
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*map(str, args)])
+    assert exit_info.value.code == 2
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_nan_or_infinite_features_are_one_line_naming_the_image(ijb, tmp_path, caplog, bad):
+    _, npy, txt = write_features(ijb, tmp_path)
+    features = np.load(npy)
+    features[2, 5] = float(bad)
+    np.save(npy, features)
+    name = txt.read_text().split()[2]
+    out = tmp_path / "out"
+    message = refused_ijb(["--embeddings", npy, "--names", txt, "--ijb", ijb["root"],
+                           "--out", out], caplog)
+    assert f"image {name} (row 3 of --names {txt})" in message and "NaN or infinity" in message
+    assert not list(out.glob("*"))
+
+
+@pytest.mark.parametrize("kind", ["no_columns", "complex"])
+def test_empty_or_complex_features_are_refused(ijb, tmp_path, caplog, kind):
+    _, npy, txt = write_features(ijb, tmp_path)
+    features = np.load(npy)
+    np.save(npy, features[:, :0] if kind == "no_columns" else features.astype(np.complex64))
+    message = refused_ijb(["--embeddings", npy, "--names", txt, "--ijb", ijb["root"],
+                           "--out", tmp_path / "out"], caplog)
+    assert f"--embeddings {npy}" in message and "real numbers" in message
+
+
+def test_a_negative_detector_score_is_refused_naming_its_line(ijb, tmp_path, caplog):
+    _, npy, txt = write_features(ijb, tmp_path)
+    root = copy_case(ijb, tmp_path)
+    path = root / "meta" / "ijbc_name_5pts_score.txt"
+    lines = path.read_text().splitlines()
+    lines[3] = " ".join(lines[3].split()[:-1] + ["-1"])
+    path.write_text("\n".join(lines) + "\n")
+    message = refused_ijb(["--embeddings", npy, "--names", txt, "--ijb", root,
+                           "--out", tmp_path / "out"], caplog)
+    assert f"{path} line 4: detector_score -1" in message
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_out_on_a_file_or_virtual_file_system_is_one_line(ijb, tmp_path, caplog, where):
+    _, npy, txt = write_features(ijb, tmp_path)
+    out = tmp_path / "a-file" if where == "file" else Path("/proc/faceignite-ijb")
+    if where == "file":
+        out.write_text("keep me")
+    message = refused_ijb(["--embeddings", npy, "--names", txt, "--ijb", ijb["root"],
+                           "--out", out], caplog)
+    assert f"--out {out}" in message or f"{out} (--out)" in message
+    if where == "file":
+        assert out.read_text() == "keep me"
+
+
+def test_earlier_results_in_out_are_kept_unless_overwrite(ijb, tmp_path, caplog):
+    _, npy, txt = write_features(ijb, tmp_path)
+    args = ["--embeddings", npy, "--names", txt, "--ijb", ijb["root"], "--out", tmp_path / "out"]
+    cli.main([*map(str, args)])
+    metrics = (tmp_path / "out" / "ijbc_metrics.json").read_bytes()
+    message = refused_ijb([*args, "--no_norm_score"], caplog)
+    assert f"--out {tmp_path / 'out'} already holds ijbc_scores.npy" in message
+    assert "--overwrite" in message
+    assert (tmp_path / "out" / "ijbc_metrics.json").read_bytes() == metrics  # nothing lost
+    cli.main([*map(str, args), "--no_norm_score", "--overwrite"])
+    assert (tmp_path / "out" / "ijbc_metrics.json").read_bytes() != metrics

@@ -128,21 +128,39 @@ def test_flip_tta_makes_an_image_and_its_mirror_embed_alike(pairs_root, tmp_path
         assert torch.allclose(emb[0], emb[1], atol=1e-4) == flip
 
 
-def test_undecodable_image_is_skipped_in_training_but_fails_a_plain_evaluation(pairs_root, tmp_path,
-                                                                               caplog):
+def test_undecodable_image_fails_before_training_unless_skip_missing(pairs_root, tmp_path,
+                                                                     caplog):
+    """Issue 30 item 2: every image is decoded when the target is attached; one that does not
+    decode fails there (a pair dropped is no longer the protocol), or with skip_missing its
+    pairs are dropped before training and counted.  One that goes bad while the run goes on is
+    skipped and counted; a plain evaluation fails on it."""
     root = tmp_path / "lfw"
     shutil.copytree(pairs_root, root)
     bad = root / "Synthetic_Person001" / "Synthetic_Person001_0002.jpg"
+    good = bad.read_bytes()
     bad.write_bytes(b"not a jpeg")
+    with pytest.raises(FaceIgniteError, match=f"{bad} of pair on line .* does not decode"):
+        lfw.attach(idle_trainer(), PixelProjection(), str(root), "cpu", 32, batch_size=128,
+                   every_epochs=1, flip=False, distance="l2")
+    trainer = idle_trainer()
+    with caplog.at_level(logging.INFO):
+        lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128,
+                   every_epochs=1, flip=False, distance="l2", skip_missing=True)
+        trainer.run([0] * 2, max_epochs=1)
+    assert "verification target lfw: 6 of 600 pairs dropped before training" in caplog.text
+    assert "lfw_accuracy" in trainer.state.metrics
+    assert re.search(r"lfw  epoch 1 .* (\d+) pairs skipped", caplog.text)
+
+    bad.write_bytes(good)  # decodes when attached, goes bad before the validation
     trainer = idle_trainer()
     lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128, every_epochs=1,
                flip=False, distance="l2")
+    bad.write_bytes(b"not a jpeg")
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         trainer.run([0] * 2, max_epochs=1)
     assert "1 of 240 images missing (truncated, undecodable or removed: each named above)" in caplog.text
-    assert str(bad) in caplog.text
-    assert "lfw_accuracy" in trainer.state.metrics
-    assert re.search(r"lfw  epoch 1 .* (\d+) pairs skipped", caplog.text)
+    assert str(bad) in caplog.text and "lfw_accuracy" in trainer.state.metrics
 
     evaluator = create_pairs_evaluator(PixelProjection(), str(root), "cpu", 32)
     with pytest.raises(FaceIgniteError, match=f"1 of 240 images .* undecodable.*{bad}"):

@@ -73,6 +73,26 @@ def num_classes_of(criterion: nn.Module) -> int | None:
     return int(centers.shape[0]) if centers is not None else None
 
 
+LOSS_OF_CRITERION = {"SoftmaxCenterLoss": "center", "ArcFace": "arcface", "CosFace": "cosface",
+                     "TripletLoss": "triplet", "PartialFC(softmax)": "center",
+                     "PartialFC(arcface)": "arcface", "PartialFC(cosface)": "cosface"}
+
+
+def criterion_name(criterion: nn.Module) -> str:
+    """The criterion's class, with its head for Partial FC (``PartialFC(arcface)``)."""
+    criterion = unwrap(criterion)
+    name = type(criterion).__name__
+    head = getattr(criterion, "head", None)
+    return f"{name}({head})" if name == "PartialFC" and isinstance(head, str) else name
+
+
+def describe_loss(name: str) -> str:
+    """``ArcFace (the arcface experiments, e.g. experiments/resnet34_arcface.py)``."""
+    loss = LOSS_OF_CRITERION.get(name)
+    return (f"{name} (loss '{loss}': the {loss} experiments, e.g. "
+            f"experiments/resnet34_{loss}.py)" if loss else name)
+
+
 def dataset_split(data: Any) -> dict:
     """The train/validation split of a :class:`~faceignite.data.FaceData`, as tensors, with the
     index's size and digest (to refuse a resume on changed data)."""
@@ -169,6 +189,7 @@ class TrainingState:
             "world_size": self.world_size,
             "optimizer_classes": {k: type(o).__name__ for k, o in self.optimizers.items()},
             "criterion_state_dict": criterion_state,
+            "criterion_class": criterion_name(criterion),
             "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else {},
             "trainer_state_dict": dict(self.trainer.state_dict()),
             "sampler_state_dict": self.sampler.state_dict() if self.sampler is not None else None,
@@ -191,6 +212,12 @@ class TrainingState:
             raise FaceIgniteError(f"{ckpt.get('path', 'checkpoint')} cannot resume a run (no "
                                   f"{', '.join(missing)}): use --finetune to load its backbone")
         path = ckpt.get("path", "checkpoint")
+        then, now = ckpt.get("criterion_class"), criterion_name(self.criterion)
+        same = LOSS_OF_CRITERION.get(then, then) == LOSS_OF_CRITERION.get(now, now)
+        if then is not None and not same:  # Partial FC and the plain loss resume each other
+            raise FaceIgniteError(f"{path} was trained with {describe_loss(then)}; this run's "
+                                  f"loss is {describe_loss(now)}: resume it with its own loss, "
+                                  f"or pass --finetune to start this loss from its backbone")
         saved = ckpt.get("optimizer_classes") or {}
         for name, opt in self.optimizers.items():
             if saved.get(name, type(opt).__name__) != type(opt).__name__:
@@ -219,10 +246,18 @@ class TrainingState:
         unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
         criterion = unwrap(self.criterion)
         sharded = is_sharded(criterion)  # this process's rows of the full tensors
-        if sharded:
-            criterion.load_full_state_dict(ckpt["criterion_state_dict"])
-        else:
-            criterion.load_state_dict(ckpt["criterion_state_dict"])
+        try:
+            if sharded:
+                criterion.load_full_state_dict(ckpt["criterion_state_dict"])
+            else:
+                criterion.load_state_dict(ckpt["criterion_state_dict"])
+        except (RuntimeError, KeyError) as exc:  # a checkpoint older than criterion_class
+            keys = ", ".join(sorted(ckpt["criterion_state_dict"])[:4]) or "none"
+            raise FaceIgniteError(
+                f"{ckpt.get('path', 'checkpoint')}: its loss state (keys {keys}) does not fit "
+                f"this run's loss {describe_loss(criterion_name(criterion))} "
+                f"({str(exc).splitlines()[0][:120]}); resume it with the loss it was trained "
+                "with, or pass --finetune to start this loss from its backbone") from None
         for name, key in (("model", "optimizer_model_state_dict"),
                           ("centers", "optimizer_centerloss_state_dict")):
             if name in self.optimizers and ckpt.get(key) is not None:

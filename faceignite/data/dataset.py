@@ -17,7 +17,10 @@ cv2.setNumThreads(1)  # one decode thread per loader worker: workers give the pa
 
 
 MISSING, TRUNCATED, UNDECODABLE = "missing", "truncated", "undecodable"
+DENIED, UNREADABLE = "permission denied", "unreadable"
 PROBLEMS = {MISSING: "missing (removed since the folder was indexed)",
+            DENIED: "permission denied (the file cannot be read by this user)",
+            UNREADABLE: "cannot be read (an I/O error)",
             TRUNCATED: "truncated (the file ends before the image does)",
             UNDECODABLE: "does not decode (not a JPEG/PNG image, or corrupt)"}
 _JPEG_SOI, _JPEG_EOI, _JPEG_SOS = b"\xff\xd8", b"\xff\xd9", 0xDA
@@ -64,7 +67,7 @@ def is_truncated(data: bytes) -> bool:
 
 def read_rgb_checked(path: str) -> tuple[np.ndarray | None, str | None]:
     """``(RGB uint8 array, None)``, or ``(None, problem)`` with ``problem`` one of
-    :data:`MISSING`, :data:`TRUNCATED`, :data:`UNDECODABLE`.
+    :data:`MISSING`, :data:`DENIED`, :data:`UNREADABLE`, :data:`TRUNCATED`, :data:`UNDECODABLE`.
 
     The file is read once; a truncated JPEG/PNG is refused before decoding (OpenCV would fill
     the missing part with grey and warn without naming the file)."""
@@ -73,8 +76,10 @@ def read_rgb_checked(path: str) -> tuple[np.ndarray | None, str | None]:
             data = f.read()
     except FileNotFoundError:
         return None, MISSING
+    except PermissionError:
+        return None, DENIED
     except OSError:
-        return None, UNDECODABLE
+        return None, UNREADABLE
     if is_truncated(data):
         return None, TRUNCATED
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None

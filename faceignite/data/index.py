@@ -68,11 +68,21 @@ def list_images(root: str, exclude: str | None = None) -> list[str]:
     return sorted(found)
 
 
+def _entry_is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_dir()`` (``kind`` "dir") or ``entry.is_file()``; False, with a warning naming
+    it, for an entry that cannot be followed (a symbolic link loop, ELOOP; a broken mount)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as exc:
+        logger.warning("skipping %s: %s", entry.path, exc.strerror or exc)
+        return False
+
+
 def _identity_folders(root: str) -> list[tuple[str, int]]:
     """``(name, modification time in ns)`` of every non-hidden sub-folder of ``root``, sorted."""
     with os.scandir(root) as entries:
         return sorted((e.name, e.stat().st_mtime_ns) for e in entries
-                      if e.is_dir() and not e.name.startswith("."))
+                      if not e.name.startswith(".") and _entry_is(e, "dir"))
 
 
 def folder_fingerprint(root: str, folders: list[tuple[str, int]] | None = None) -> str:
@@ -100,7 +110,7 @@ def scan_identity_folders(root: str) -> ImageIndex:
     classes, files = [], []
     for name, _ in folders:
         with os.scandir(os.path.join(root, name)) as entries:
-            images = sorted(e.name for e in entries if e.is_file() and is_image(e.name))
+            images = sorted(e.name for e in entries if is_image(e.name) and _entry_is(e, "file"))
         if images:
             classes.append(name)
             files.append(images)

@@ -11,7 +11,9 @@ the source file's bytes unchanged, so decoding gives exactly the source pixels);
 names, as ``--dataroot SRC`` would number them.
 
 Atomic: everything is written under temporary names in DST and renamed at the end, so an
-interrupted run leaves no half-written ``train.rec`` (re-run it to start over).
+interrupted run leaves no half-written ``train.rec``; the next pack into DST removes a killed
+pack's temporary files.  A packed set already in DST is replaced only with ``--overwrite``.
+Empty or unreadable image files are skipped, each named in a warning, and counted.
 """
 from __future__ import annotations
 
@@ -27,51 +29,118 @@ from tqdm import tqdm
 from faceignite.data.index import scan_identity_folders
 from faceignite.data.recordio import EXACT_FLOAT_LIMIT, IndexedRecordWriter, pack_payload
 from faceignite.errors import FaceIgniteError
+from faceignite.output_files import write_error
 
 logger = logging.getLogger("faceignite")
 OUTPUTS = ("train.rec", "train.idx", "property")
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise FaceIgniteError(f"cannot decode {path}: the first image sets the property file's size")
-    return image.shape[0], image.shape[1]
+def _image_size(paths: list[str]) -> tuple[int, int]:
+    """``(height, width)`` of the first of ``paths`` that decodes (the ``property`` file's)."""
+    for path in paths:
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            return image.shape[0], image.shape[1]
+    raise FaceIgniteError(f"none of the {len(paths)} images decodes: nothing to pack")
 
 
-def pack_folder(src: str, dst: str, progress: bool = True) -> dict[str, int]:
+def _leftovers(dst: str) -> list[str]:
+    """Temporary files of an earlier pack into ``dst`` that was killed (its pid is gone)."""
+    found = []
+    for name in os.listdir(dst):
+        parts = name.split(".")  # .train.rec.<pid>.tmp
+        if (len(parts) >= 4 and name.startswith(".") and parts[-1] == "tmp"
+                and ".".join(parts[1:-2]) in OUTPUTS and parts[-2].isdigit()):
+            try:
+                os.kill(int(parts[-2]), 0)
+                continue  # a pack still running
+            except ProcessLookupError:
+                found.append(os.path.join(dst, name))
+            except PermissionError:
+                continue
+    return found
+
+
+def _prepare_destination(src: str, dst: str, overwrite: bool) -> None:
+    """Make ``dst``; refuse it when it is ``src``, a file, not writable, or already holds a
+    packed set (unless ``overwrite``); remove a killed pack's temporary files."""
+    try:
+        os.makedirs(dst, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FaceIgniteError(f"DST {dst}: a file is in the way at or above it (give a "
+                              "folder)") from None
+    except OSError as exc:
+        raise FaceIgniteError(write_error(exc, dst, "DST")) from None
+    if os.path.samefile(os.path.abspath(src), os.path.abspath(dst)):
+        raise FaceIgniteError(f"DST {dst} is SRC: write the packed files to another folder")
+    existing = [n for n in OUTPUTS if os.path.exists(os.path.join(dst, n))]
+    if existing and not overwrite:
+        raise FaceIgniteError(f"DST {dst} already holds {', '.join(existing)}: pass --overwrite "
+                              "to replace them, or choose another folder")
+    for path in _leftovers(dst):
+        os.remove(path)
+        logger.info("removed %s, left by an interrupted pack", path)
+    if not os.access(dst, os.W_OK):
+        raise FaceIgniteError(f"cannot write {dst} (DST): permission denied")
+
+
+def _packable(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
+    """The samples whose file is non-empty and readable; the others are skipped (each named in
+    a warning) and counted."""
+    kept, skipped = [], 0
+    for path, label in samples:
+        try:
+            empty = os.path.getsize(path) == 0
+            readable = os.access(path, os.R_OK)
+        except OSError as exc:
+            empty, readable = False, False
+            logger.warning("skipped %s: %s", path, exc.strerror or exc)
+        if empty or not readable:
+            if empty or os.path.exists(path):
+                logger.warning("skipped %s: %s", path, "empty file" if empty
+                               else "permission denied")
+            skipped += 1
+            continue
+        kept.append((path, label))
+    return kept, skipped
+
+
+def pack_folder(src: str, dst: str, progress: bool = True,
+                overwrite: bool = False) -> dict[str, int]:
     """Write ``dst/train.rec``, ``train.idx`` and ``property`` from the identity folders of
-    ``src``; returns ``{"images": N, "identities": K, "bytes": size of train.rec}``."""
+    ``src``; returns ``{"images": N, "identities": K, "bytes": size of train.rec, "skipped":
+    empty or unreadable files (each named in a warning)}``.  A packed set already in ``dst`` is
+    replaced only with ``overwrite``; a killed pack's temporary files there are removed."""
     index = scan_identity_folders(src)
-    samples = index.samples()
-    n, k = len(samples), len(index.classes)
+    samples, skipped = _packable(index.samples())
+    labels = sorted({label for _, label in samples})
+    renumber = {old: new for new, old in enumerate(labels)}  # identities left without images
+    n, k = len(samples), len(labels)
+    if not n:
+        raise FaceIgniteError(f"{src}: no image to pack ({skipped} empty or unreadable)")
     if k >= EXACT_FLOAT_LIMIT or n + k + 1 >= EXACT_FLOAT_LIMIT:
         raise FaceIgniteError(f"{src}: {n} images of {k} identities: the layout stores keys and "
                               "labels as float32, exact only below 2^24; split the data")
-    os.makedirs(dst, exist_ok=True)
-    if os.path.samefile(os.path.abspath(src), os.path.abspath(dst)):
-        raise FaceIgniteError(f"DST {dst} is SRC: write the packed files to another folder")
-    height, width = _image_size(samples[0][0])
+    _prepare_destination(src, dst, overwrite)
+    height, width = _image_size([p for p, _ in samples])
     tmp = {name: os.path.join(dst, f".{name}.{os.getpid()}.tmp") for name in OUTPUTS}
     try:
         with IndexedRecordWriter(tmp["train.rec"], tmp["train.idx"]) as writer:
             writer.write(0, pack_payload([n + 1, n + 1 + k], b""))
-            ranges: list[tuple[int, int]] = []
-            key = 1
+            ranges: list[list[int]] = [[0, 0] for _ in range(k)]
             bar = tqdm(total=n, unit="img", desc="pack", disable=not progress)
-            for label, names in enumerate(index.files):
-                first = key
-                for name in names:
-                    path = os.path.join(index.root, index.classes[label], name)
-                    try:
-                        with open(path, "rb") as f:
-                            data = f.read()
-                    except OSError as exc:
-                        raise FaceIgniteError(f"cannot read {path}: {exc}") from exc
-                    writer.write(key, pack_payload(label, data, id=key))
-                    key += 1
-                    bar.update()
-                ranges.append((first, key))
+            for key, (path, old) in enumerate(samples, start=1):
+                label = renumber[old]
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError as exc:
+                    raise FaceIgniteError(f"cannot read {path}: {exc.strerror or exc}") from None
+                writer.write(key, pack_payload(label, data, id=key))
+                if not ranges[label][0]:
+                    ranges[label][0] = key
+                ranges[label][1] = key + 1
+                bar.update()
             bar.close()
             for label, (first, end) in enumerate(ranges):
                 writer.write(n + 1 + label, pack_payload([first, end], b"", id=n + 1 + label))
@@ -79,14 +148,14 @@ def pack_folder(src: str, dst: str, progress: bool = True) -> dict[str, int]:
             f.write(f"{k},{height},{width}\n")
         for name in OUTPUTS:  # the index and property last: no .idx without its complete .rec
             os.replace(tmp[name], os.path.join(dst, name))
+    except OSError as exc:
+        raise FaceIgniteError(write_error(exc, dst, "DST")) from None
     finally:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
     size = os.path.getsize(os.path.join(dst, "train.rec"))
-    logger.info("packed %d images of %d identities from %s into %s (%.1f MB)", n, k, src, dst,
-                size / 1e6)
-    return {"images": n, "identities": k, "bytes": size}
+    return {"images": n, "identities": k, "bytes": size, "skipped": skipped}
 
 
 def pack_bin(args: argparse.Namespace) -> int:
@@ -115,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with a DST ending in .bin: write an insightface verification .bin of "
                         "SRC (an LFW-format folder) and this pairs file (default: pairs.txt in "
                         "SRC)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a packed set (train.rec, train.idx, property) already in DST")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.dst.lower().endswith(".bin"):  # a verification set, not a training set
@@ -124,12 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"set); {args.dst} would be a training set", file=sys.stderr)
         return 2
     try:
-        stats = pack_folder(args.src, args.dst, progress=not args.no_progress)
+        stats = pack_folder(args.src, args.dst, progress=not args.no_progress,
+                            overwrite=args.overwrite)
     except FaceIgniteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{stats['images']} images of {stats['identities']} identities -> "
-          f"{os.path.join(args.dst, 'train.rec')} ({stats['bytes'] / 1e6:.1f} MB)")
+    skipped = f", {stats['skipped']} empty or unreadable skipped" if stats["skipped"] else ""
+    print(f"packed {stats['images']} images of {stats['identities']} identities from "
+          f"{args.src} -> {os.path.join(args.dst, 'train.rec')} ({stats['bytes'] / 1e6:.1f} MB"
+          f"{skipped})")
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger(__name__)
 RECORD_INDEX_VERSION = 1
+MAX_PROPERTY_SIZE = 4096  # pixels: a property file stating more is damaged
 
 
 def record_files(dataroot: str) -> tuple[str, str, str | None] | None:
@@ -41,7 +43,13 @@ def record_files(dataroot: str) -> tuple[str, str, str | None] | None:
     if os.path.isdir(path):
         rec = os.path.join(path, "train.rec")
         if not os.path.isfile(rec):
+            if os.path.isfile(os.path.join(path, "train.idx")):
+                raise FaceIgniteError(f"--dataroot {path} holds train.idx but no train.rec (the "
+                                      "records it indexes): copy train.rec beside it")
             return None
+    elif path.lower().endswith(".idx") and os.path.isfile(path):
+        raise FaceIgniteError(f"--dataroot {path} is a RecordIO index: give its folder or the "
+                              f".rec file ({os.path.splitext(path)[0]}.rec)")
     elif path.lower().endswith(".rec"):
         rec = path
         if not os.path.isfile(rec):
@@ -65,7 +73,12 @@ def read_property(path: str) -> tuple[int, int, int]:
             raise ValueError(values)
     except (OSError, ValueError, UnicodeDecodeError):
         raise FaceIgniteError(f"{path}: expected one line 'num_classes,height,width'") from None
-    return values[0], values[1], values[2]
+    classes, height, width = values
+    if classes < 1 or not (1 <= height <= MAX_PROPERTY_SIZE and 1 <= width <= MAX_PROPERTY_SIZE):
+        raise FaceIgniteError(f"{path}: 'num_classes,height,width' = {classes},{height},{width}: "
+                              f"expected at least one class and sizes of 1-{MAX_PROPERTY_SIZE} "
+                              "pixels (insightface's sets say 112,112)")
+    return classes, height, width
 
 
 class RecordImageReader:
@@ -84,6 +97,9 @@ class RecordImageReader:
             _, data = self.records.header(int(key))
         except FaceIgniteError as exc:
             logger.warning("%s", exc)
+            return None
+        except OSError as exc:  # a record that fails to read mid-epoch: skipped and counted
+            logger.warning("%s: cannot read (%s)", self.describe(key), exc.strerror or exc)
             return None
         return decode_rgb(data)
 
@@ -104,7 +120,11 @@ class RecordIndex(ImageIndex):
 
 
 def _label_of(reader: IndexedRecordReader, key: int) -> float:
-    return reader.header_only(key).first_label
+    label = reader.header_only(key).first_label
+    if not math.isfinite(label) or label < 0:
+        raise FaceIgniteError(f"{reader.rec_path} key {key}: label {label}: an identity label is "
+                              "a non-negative number")
+    return label
 
 
 def _check_exact(path: str, what: str, value: float) -> None:
@@ -128,17 +148,34 @@ def scan_record_file(rec: str, idx: str, prop: str | None = None) -> RecordIndex
         if len(label) < 2:
             raise FaceIgniteError(f"{rec} key 0: header record with {len(label)} label value(s), "
                                   "expected [first identity record, end]")
+        if not all(math.isfinite(v) for v in label[:2]):
+            raise FaceIgniteError(f"{rec} key 0: header range {list(label[:2])} is not a pair of "
+                                  "numbers")
         start, end = int(label[0]), int(label[1])
+        if start < 1 or end < start:
+            raise FaceIgniteError(f"{rec} key 0: header range [{start}, {end}) is out of order: "
+                                  "expected [first identity record, end] with 1 <= first <= end")
         _check_exact(rec, "record 0's key range end", max(start, end))
         image_keys = keys[(keys >= 1) & (keys < start)]
         identity_keys = keys[(keys >= start) & (keys < end)]
         if len(identity_keys):
+            ranges: list[tuple[int, int, int]] = []
             for ident in identity_keys:
                 h, _ = reader.header(int(ident))
                 if h.flag < 2:
                     raise FaceIgniteError(f"{rec} key {int(ident)}: identity record without a "
                                           "[start, end) key range")
-                lo, hi = image_keys.searchsorted([int(h.label[0]), int(h.label[1])])
+                if not all(math.isfinite(v) for v in h.label[:2]) or h.label[1] <= h.label[0]:
+                    raise FaceIgniteError(f"{rec} key {int(ident)}: identity range "
+                                          f"{list(h.label[:2])} is empty or out of order")
+                ranges.append((int(h.label[0]), int(h.label[1]), int(ident)))
+            ranges.sort()
+            for (_, a_end, a), (b_start, _, b) in zip(ranges, ranges[1:]):
+                if b_start < a_end:
+                    raise FaceIgniteError(f"{rec}: the identity ranges of keys {a} and {b} "
+                                          "overlap (an image would belong to two identities)")
+            for first, stop, _ in ranges:
+                lo, hi = image_keys.searchsorted([first, stop])
                 members = image_keys[lo:hi]  # keys in [start, end): image_keys is sorted
                 if len(members):
                     by_label[_label_of(reader, int(members[0]))].extend(int(k) for k in members)

@@ -167,6 +167,7 @@ class IndexedRecordReader:
                                   f"{self.rec_path})")
         self._keys, self._offsets = read_idx(self.idx_path)
         self.size = os.path.getsize(self.rec_path)
+        self.check_offsets()
         self._file: BinaryIO | None = None
         self._pid = -1
 
@@ -192,6 +193,20 @@ class IndexedRecordReader:
         if i >= len(self._keys) or int(self._keys[i]) != key:
             raise FaceIgniteError(f"{self.rec_path} key {key}: no such key in {self.idx_path}")
         return int(self._offsets[i])
+
+    def check_offsets(self) -> None:
+        """Fail now, naming the first bad record and both files, when an offset of the
+        ``.idx`` is negative or leaves no room for a record header in the ``.rec`` (a damaged or
+        mismatched index): found when the index is read, never mid-epoch."""
+        bad = np.flatnonzero((self._offsets < 0) | (self._offsets + 8 > self.size))
+        if bad.size:
+            i = int(bad[0])
+            more = f" ({bad.size} records like it)" if bad.size > 1 else ""
+            offset = int(self._offsets[i])
+            where = "negative" if offset < 0 else f"past the end of the {self.size}-byte file"
+            raise FaceIgniteError(
+                f"{self.rec_path} key {int(self._keys[i])}: {os.path.basename(self.idx_path)} "
+                f"gives offset {offset}, {where}{more} (a damaged .idx, or one of another .rec)")
 
     def check_end(self) -> None:
         """Fail now, naming the key, when the ``.idx`` points past the end of the ``.rec`` or the

@@ -23,6 +23,7 @@ import numpy as np
 from faceignite.config import add_options, default_num_workers
 from faceignite.errors import FaceIgniteError
 from faceignite.evaluate import load_embeddings
+from faceignite.output_files import write_error
 from faceignite.ijb.meta import (TARGETS, Landmarks, MetaFiles, TemplateMedia, TemplatePairs,
                                  meta_files, read_landmarks, read_template_media,
                                  read_template_pairs)
@@ -71,7 +72,39 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Image loading workers (default: half the CPUs, max 8)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--out", default=None, help="Output folder (default: runs/ijb-<target>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace the results of an earlier evaluation in --out")
     return p
+
+
+def output_names(target: str, checkpoint: bool) -> list[str]:
+    """The files an evaluation of ``target`` writes into ``--out``."""
+    kinds = ["scores.npy", "labels.npy", "roc.png", "metrics.json"]
+    kinds += ["features.npy", "features.txt"] if checkpoint else []
+    return [f"{target.lower()}_{kind}" for kind in kinds]
+
+
+def prepare_out(out_dir: str, names: Sequence[str], overwrite: bool) -> None:
+    """Make ``--out`` before any work, or one line: a file in the way, a read-only or virtual
+    file system, or earlier results there (replaced only with ``overwrite``)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FaceIgniteError(f"--out {out_dir}: a file is in the way at or above it (give a "
+                              "folder)") from None
+    except OSError as exc:
+        raise FaceIgniteError(write_error(exc, out_dir, "--out")) from None
+    probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise FaceIgniteError(write_error(exc, out_dir, "--out")) from None
+    existing = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
+    if existing and not overwrite:
+        raise FaceIgniteError(f"--out {out_dir} already holds {', '.join(existing)} of an earlier "
+                              "evaluation: pass --overwrite to replace them, or another --out")
 
 
 def _face_line(tm: TemplateMedia, name: str) -> int:
@@ -149,6 +182,21 @@ def face_rows(tm: TemplateMedia, feature_names: Sequence[str], names_file: str,
     return keep, rows[keep], None if scores is None else scores[keep]
 
 
+def check_finite(features: np.ndarray, rows: np.ndarray, feature_names: Sequence[str],
+                 names_file: str, chunk: int = 65_536) -> None:
+    """One line naming the first image whose feature row holds NaN or infinity (read in
+    ``chunk``-row blocks: the features may be a memory-mapped file)."""
+    used = np.unique(rows)
+    for start in range(0, len(used), chunk):
+        block = np.asarray(features[used[start:start + chunk]])
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            row = int(used[start + int(np.flatnonzero(bad)[0])])
+            raise FaceIgniteError(f"the feature of image {feature_names[row]} (row {row + 1} of "
+                                  f"--names {names_file}) holds NaN or infinity; "
+                                  f"{int(bad.sum())}+ rows like it: recompute the features")
+
+
 def score_features(tm: TemplateMedia, pairs: TemplatePairs, features: np.ndarray,
                    feature_names: Sequence[str], names_file: str, landmarks: Landmarks | None,
                    norm_score: bool, skip_missing: bool
@@ -157,6 +205,7 @@ def score_features(tm: TemplateMedia, pairs: TemplatePairs, features: np.ndarray
 
     ``landmarks`` None: no detector-score weighting."""
     keep, rows, scores = face_rows(tm, feature_names, names_file, landmarks, skip_missing)
+    check_finite(features, rows, feature_names, names_file)
     ids, feats = template_features(features, rows, tm.templates[keep], tm.medias[keep], scores,
                                    norm_score)
     usable = np.isin(pairs.first, ids) & np.isin(pairs.second, ids)
@@ -203,6 +252,7 @@ def evaluate(args: argparse.Namespace) -> tuple[IJBResult, dict[str, str]]:
     model_file = args.checkpoint or args.weights or args.onnx
     need_landmarks = model_file or not args.no_detector_score
     landmarks = read_landmarks(files.landmarks) if need_landmarks else None
+    prepare_out(out_dir, output_names(files.target, bool(args.checkpoint)), args.overwrite)
     settings: dict = {}
     if model_file:
         embeddings, names, settings = embed_checkpoint(args, files, tm, landmarks, out_dir)

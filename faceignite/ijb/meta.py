@@ -204,6 +204,9 @@ def read_landmarks(path: str) -> Landmarks:
         row[name] = len(names)
         names.append(name)
         values.append([_number(path, number, v, c, float) for v, c in zip(fields[1:], columns[1:])])
+        if not 0.0 <= values[-1][-1] <= 1.0:
+            raise FaceIgniteError(f"{path} line {number}: detector_score {fields[-1]} is not a "
+                                  "probability in [0, 1]")
     if not names:
         raise FaceIgniteError(f"{path} holds no landmark rows")
     table = np.array(values, dtype=np.float32)

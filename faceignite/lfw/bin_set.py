@@ -134,6 +134,32 @@ def _as_bytes(path: str, i: int, item: Any) -> bytes:
                           "uint8 array")
 
 
+def _is_label(value: Any) -> bool:
+    """A boolean, or the integer 0 or 1 (never a string such as ``'False'``, which is truthy)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return isinstance(value, (int, np.integer)) and int(value) in (0, 1)
+
+
+def issame_labels(path: str, issame: Any) -> np.ndarray:
+    """``issame`` as a bool array; anything but booleans or 0/1 integers is one line naming the
+    file and the first bad pair."""
+    if isinstance(issame, np.ndarray):
+        values = issame.reshape(-1).tolist() if issame.dtype != object else None
+    elif isinstance(issame, (list, tuple)):
+        values = list(issame)
+    else:
+        values = None
+    if values is None:
+        raise FaceIgniteError(f"{path}: issame is a {type(issame).__name__}, expected a list of "
+                              "booleans (or 0/1)")
+    for pair, value in enumerate(values):
+        if not _is_label(value):
+            raise FaceIgniteError(f"{path}: issame of pair {pair} is {value!r} "
+                                  f"({type(value).__name__}): only booleans or 0/1 are labels")
+    return np.asarray(values, dtype=bool).reshape(-1)
+
+
 def load_bin(path: str) -> BinSet:
     """Read a verification ``.bin`` with :class:`BinUnpickler` (Python 2 strings as bytes).
 
@@ -158,11 +184,11 @@ def load_bin(path: str) -> BinSet:
         raise FaceIgniteError(f"{path}: expected a pickled (images, issame) pair, got a "
                               f"{type(content).__name__}")
     images, issame = content
+    labels = issame_labels(path, issame)
     try:
-        labels = np.asarray(issame, dtype=bool).reshape(-1)
         images = list(images)
-    except (TypeError, ValueError):
-        raise FaceIgniteError(f"{path}: issame is not a list of booleans") from None
+    except TypeError:
+        raise FaceIgniteError(f"{path}: images is a {type(images).__name__}, not a list") from None
     if len(images) != 2 * len(labels) or not len(labels):
         raise FaceIgniteError(f"{path}: {len(images)} images for {len(labels)} pairs "
                               f"(expected 2 images a pair)")

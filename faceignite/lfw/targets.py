@@ -11,6 +11,7 @@ Folds: an LFW folder's as :func:`~faceignite.lfw.pairs.read_pairs` gives them; a
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, replace
@@ -32,6 +33,8 @@ from faceignite.lfw.bin_set import load_bin
 from faceignite.lfw.evaluator import PairsEvaluator, PairVerification, create_embedding_engine
 from faceignite.lfw.pairs import (NUM_FOLDS, PAIRS_FILE_NAMES, Pairs, find_pairs_file,
                                   read_pairs, resolve_images)
+
+logger = logging.getLogger("faceignite")
 
 
 class BinImageReader:
@@ -145,14 +148,60 @@ class TargetSpec:
     pairs_file: str | None = None
     skip_missing: bool = False
 
-    def load(self) -> VerificationTarget:
-        """Read it (:func:`load_target`) under this spec's name."""
+    def load(self, check_images: bool = True) -> VerificationTarget:
+        """Read it (:func:`load_target`) under this spec's name; ``check_images``: decode every
+        image now (:func:`check_decodable`), so that a bad target fails before training."""
         path = self.path
         if path is None or not (os.path.isfile(path) and path.lower().endswith(".bin")):
             find_pairs_file(path, self.pairs_file)  # a folder: --lfw's messages when it is bad
         if path is None:  # --lfw_pairs alone: the images lie beside the pairs file
             path = os.path.dirname(os.path.abspath(self.pairs_file or "."))
-        return replace(load_target(path, self.pairs_file, self.skip_missing), name=self.name)
+        target = replace(load_target(path, self.pairs_file, self.skip_missing), name=self.name)
+        return check_decodable(target, self.skip_missing) if check_images else target
+
+
+def check_decodable(target: VerificationTarget, skip_missing: bool = False,
+                    threads: int | None = None) -> VerificationTarget:
+    """Decode every image of ``target`` (in ``threads`` threads: OpenCV releases the GIL).
+
+    A verification set with a pair dropped is no longer its published protocol: an image that
+    does not decode is one :class:`FaceIgniteError` line naming the target, the pair and the
+    image, unless ``skip_missing`` (``--lfw_skip_missing``): then the pairs using such images
+    are dropped, counted in ``skipped_pairs`` and logged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decodes(source: Any) -> bool:
+        try:
+            return target.read(source) is not None
+        except Exception:  # noqa: BLE001 - any failure to read is "does not decode"
+            return False
+
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        ok = np.fromiter(pool.map(decodes, target.sources), dtype=bool,
+                         count=len(target.sources))
+    if ok.all():
+        return target
+    pairs = target.pairs
+    keep = ok[pairs.left] & ok[pairs.right]
+    first = int(np.flatnonzero(~keep)[0])
+    image = int(pairs.left[first] if not ok[pairs.left[first]] else pairs.right[first])
+    pair = (f"pair {first + 1}" if target.kind == "bin"
+            else f"pair on line {int(pairs.lines[first])} of {pairs.path}")
+    bad = f"{int((~ok).sum())} image(s) do not decode, used by {int((~keep).sum())} pair(s)"
+    if not skip_missing:
+        raise FaceIgniteError(f"verification target {target.name} ({target.path}): "
+                              f"{target.names[image]} of {pair} does not decode ({bad}); fix "
+                              f"the file or pass --lfw_skip_missing to drop such pairs")
+    if not keep.any():
+        raise FaceIgniteError(f"verification target {target.name} ({target.path}): no pair "
+                              f"left, {bad}")
+    reduced = pairs.subset(keep)
+    used = np.unique(np.concatenate([pairs.left[keep], pairs.right[keep]]))
+    logger.warning("verification target %s: %d of %d pairs dropped before training (--lfw_skip"
+                   "_missing): %s, e.g. %s", target.name, int((~keep).sum()), len(pairs), bad,
+                   target.names[image])
+    return replace(target, pairs=reduced, sources=[target.sources[i] for i in used],
+                   skipped_pairs=target.skipped_pairs + int((~keep).sum()))
 
 
 PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

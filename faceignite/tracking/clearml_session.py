@@ -139,6 +139,38 @@ def resolve_mode(mode: str, timeout: float = 10.0) -> tuple[str, str | None]:
     return "online", None
 
 
+# -- what the task stores
+# every framework binding ``Task.init(auto_connect_frameworks=...)`` knows (clearml 2.x): a key
+# left out of the dict counts as on, so all are named
+FRAMEWORKS = ("hydra", "scikit", "joblib", "matplotlib", "tensorflow", "tensorboard",
+              "tfdefines", "pytorch", "megengine", "xgboost", "catboost", "fastai", "lightgbm",
+              "gradio")
+NO_ENVIRONMENT = "FACEIGNITE_LOGS_NO_ENVIRONMENT_VARIABLE"  # a variable name nobody sets
+
+
+def no_frameworks(detect_repository: bool = False) -> dict[str, bool]:
+    """``auto_connect_frameworks`` for ``Task.init``: no framework bound; the git repository,
+    commit and uncommitted diff (and a standalone script's text) stored only with
+    ``detect_repository``."""
+    return {**dict.fromkeys(FRAMEWORKS, False), "detect_repository": detect_repository}
+
+
+@contextlib.contextmanager
+def _no_environment() -> Iterator[None]:
+    """While a task starts: ClearML logs the environment variables named in
+    ``CLEARML_LOG_ENVIRONMENT`` (else ``sdk.development.log_os_environments``); name one nobody
+    sets, so that none is stored, whatever the configuration says."""
+    before = os.environ.get("CLEARML_LOG_ENVIRONMENT")
+    os.environ["CLEARML_LOG_ENVIRONMENT"] = NO_ENVIRONMENT
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CLEARML_LOG_ENVIRONMENT", None)
+        else:
+            os.environ["CLEARML_LOG_ENVIRONMENT"] = before
+
+
 # -- the task
 def call_with_timeout(fn: Callable[[], Any], timeout: float,
                       name: str = "clearml-task-init") -> tuple[Any, str | None, bool]:
@@ -224,8 +256,9 @@ def start_task(mode: str, output_dir: str, init_kwargs: Mapping[str, Any], *,
     if resolved == "online":
         def init_online() -> Any:
             Task.set_offline(offline_mode=False)  # may reconnect old sessions: inside the bound
-            return Task.init(**init_kwargs, **_continuing(previous, "online"),
-                             output_uri=True if upload_model else None)
+            with _no_environment():
+                return Task.init(**init_kwargs, **_continuing(previous, "online"),
+                                 output_uri=True if upload_model else None)
 
         task, error, timed_out = call_with_timeout(init_online, init_timeout)
         if timed_out:  # the thread may still create a task: do not start a second one
@@ -239,7 +272,7 @@ def start_task(mode: str, output_dir: str, init_kwargs: Mapping[str, Any], *,
         try:
             _report_from_threads()
             Task.set_offline(offline_mode=True)
-            with _cache_dir(folder):
+            with _cache_dir(folder), _no_environment():
                 task = Task.init(**init_kwargs, **_continuing(previous, "offline"))
                 task.get_offline_mode_folder()  # fixed now, under ``folder``
         except Exception as exc:  # noqa: BLE001 - tracking must not stop training
