@@ -449,6 +449,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
                 with contextlib.suppress(OSError):
                     os.rmdir(run_dir)
         elif new and rank == 0:  # failed before it wrote a result: no folder of nothing
+            if lock is not None:
+                lock.release()  # run.lock goes first: a folder of nothing else is removed
             remove_if_only_setup(run_dir)
         fail(exc)
     except KeyboardInterrupt as exc:  # handlers.interrupt saved a checkpoint first and says where

@@ -261,7 +261,7 @@ def clearml_run(tmp_path: Path, *extra: str) -> tuple[Path, Path]:
     done = subprocess.run([PYTHON, "train.py", *argv, "--clearml", "offline"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and p.name != "cache"]
     assert list(run_dir.glob("clearml/offline/*.zip")), done.stderr[-3000:]
     return run_dir, cache
 
