@@ -26,9 +26,9 @@ def digest(path: Path) -> str:
 def test_custom_example_trains_then_resumes_in_its_folder(tmp_path, synthetic_root):
     train, _ = synthetic_root
     root = copy_subset(train, tmp_path / "data", identities=4, images=3)  # 2 iterations/epoch
-    args = ["--dataroot", str(root), "--output_dir", str(tmp_path / "runs"), "--image_size",
-            "32", "--batch_size", "4", "--valid_split", "0.34", "--num_workers", "0",
-            "--clearml", "off", "--device", "cpu", "--n_saved", "5",
+    args = ["--dataroot", str(root), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
+            "--image_size", "32", "--batch_size", "4", "--valid_split", "0.34",
+            "--num_workers", "0", "--clearml", "off", "--device", "cpu", "--n_saved", "5",
             "--tensorboard", str(tmp_path / "tb"), "--warmup_epochs", "0"]  # same schedule shape
     first = run_example(*args, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]

@@ -310,7 +310,8 @@ def test_round_trip_folder_pack_train(tmp_path):
 
     from handlers.standard import main
 
-    args = ["--dataroot", str(dst), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
+    args = ["--dataroot", str(dst), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "8", "--valid_split", "0.2", "--num_workers", "0", "--clearml", "off",
             "--device", "cpu"]
     metrics = main(args + ["--epochs", "1"])
