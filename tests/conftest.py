@@ -95,3 +95,15 @@ def nan_loss_from(call: int):
             return out
 
     return lambda cfg, n: NanFrom(n, cfg.embedding_dim, cfg.center_loss_weight)
+
+
+def record_epochs(metric: str, into: list):
+    """A standard-run hook (``main(..., hooks=[...])``): appends ``trainer.state.metrics[metric]``
+    at each epoch end (attached after the progress handler: the epoch's mean) to ``into``."""
+    from ignite.engine import Events
+
+    def hook(trainer, state) -> None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED,
+                                  lambda e: into.append(float(e.state.metrics[metric])))
+
+    return hook
