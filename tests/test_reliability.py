@@ -23,7 +23,7 @@ from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import create_pairs_evaluator, read_pairs
 from faceignite.lfw.make_pairs import main as make_pairs_main, write_pairs
-from faceignite.models import EmbeddingNet, build_model
+from faceignite.models import build_model
 
 SIZE = 32
 
@@ -37,9 +37,9 @@ def cut_in_half(path: Path) -> None:
 def checkpoint(tmp_path_factory) -> Path:
     """A real (untrained) checkpoint file, as embed/verify/evaluate read it."""
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 32).eval()
+    model = build_model("tiny", 32).eval()
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
                 "embedding_dimension": 32, "image_size": SIZE, "lfw_threshold": 1.0,
                 "config": {"distance": "l2", "lfw_flip": False, "image_size": SIZE}}, path)
     return path
@@ -254,7 +254,7 @@ def test_malicious_checkpoint_is_refused_as_such_never_advising_to_turn_safety_o
         faces, tmp_path, caplog):
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
-    torch.save({"model_state_dict": Payload(marker), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": Payload(marker), "model_architecture": "tiny",
                 "embedding_dimension": 32}, evil)
     bare = tmp_path / "bare.pt"
     bare.write_bytes(__import__("pickle").dumps({"model_state_dict": Payload(marker)}))
