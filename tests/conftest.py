@@ -1,5 +1,11 @@
 """Shared fixtures: real JPEG folders in temp dirs, the shared real-face data (skipped when absent),
-the one-error-line check and a criterion that turns NaN."""
+the one-error-line check and a criterion that turns NaN.
+
+Tiers: ``pytest -m "not slow"`` is the edit loop; ``slow`` is only for tests that must train a
+real backbone on real faces.  Every other test trains ``--model tiny`` at 32 px (``train_args``).
+One BLAS/OpenMP thread per process (this one and every process it starts): the test networks
+are too small to gain from a second thread, and on a busy machine two threads that spin-wait
+for each other made a step 20x slower."""
 from __future__ import annotations
 
 import os
@@ -11,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subprocesses inherit it
 SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -31,6 +38,14 @@ def copy_subset(source: Path, dest: Path, identities: int, images: int) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """This process's torch intra-op threads: ``OMP_NUM_THREADS`` (1 unless set)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> tuple[Path, Path]:
     """The built-in generated dataset (real JPEG files): (train root, LFW-style pairs root)."""
@@ -42,9 +57,11 @@ def synthetic_root(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def train_args(tmp_path, synthetic_root):
-    """Command-line options for a fast CPU run on the synthetic JPEG folders."""
+    """Command-line options for a fast CPU run of the tiny network on the synthetic JPEG folders
+    (run folders are still named after the experiment: ``resnet34_center-*``)."""
     train, _ = synthetic_root
-    return ["--dataroot", str(train), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
+    return ["--dataroot", str(train), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "32", "--epochs", "3", "--valid_split", "0.2", "--num_workers", "0",
             "--clearml", "off", "--device", "cpu"]
 
@@ -78,3 +95,15 @@ def nan_loss_from(call: int):
             return out
 
     return lambda cfg, n: NanFrom(n, cfg.embedding_dim, cfg.center_loss_weight)
+
+
+def record_epochs(metric: str, into: list):
+    """A standard-run hook (``main(..., hooks=[...])``): appends ``trainer.state.metrics[metric]``
+    at each epoch end (attached after the progress handler: the epoch's mean) to ``into``."""
+    from ignite.engine import Events
+
+    def hook(trainer, state) -> None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED,
+                                  lambda e: into.append(float(e.state.metrics[metric])))
+
+    return hook

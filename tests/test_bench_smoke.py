@@ -18,7 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"\|\s*\d+\.\d\dx\s*\|")
 RUNS = {
-    "bench_trainer": ["--image_size", "32", "--batch_size", "4", "--images", "4", "--classes", "10",
+    "bench_trainer": ["--model", "tiny", "--image_size", "32", "--batch_size", "4", "--images", "4", "--classes", "10",
                       "--rounds", "1", "--threads", "1", "--device", "cpu",
                       "--overhead_iterations", "50"],
     "bench_input": ["--images", "8", "--source_size", "48", "--image_size", "32",

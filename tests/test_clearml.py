@@ -314,7 +314,7 @@ def test_unreachable_server_does_not_stop_training(train_args, synthetic_root, t
     assert len(zips) == 1
     task, scalars, _, names = read_session(zips[0])
     assert task["hyperparams"]["Args"]["image_size"]["value"] == "32"
-    assert sorted(task["tags"]) == ["SoftmaxCenterLoss", "resnet34"]
+    assert sorted(task["tags"]) == ["SoftmaxCenterLoss", "tiny"]
     assert ("train", "loss") in scalars and ("holdout", "val_accuracy") in scalars
     with zipfile.ZipFile(zips[0]) as zf:
         assert not any(b"faceignite-test-secret" in zf.read(n) for n in names)

@@ -1,6 +1,9 @@
 """The command line: every original option, and one-line errors for bad input."""
+import runpy
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -16,13 +19,27 @@ def _run(*args, timeout=120):
                           timeout=timeout)
 
 
+def assert_full_help(script: str, text: str) -> None:
+    for option in ORIGINAL_OPTIONS + OUR_OPTIONS:
+        assert f" {option}" in text, f"{script}: {option} missing from -h"
+    # --model offers every registered network, the test-size one included
+    assert "resnet34" in text and "resnet101" in text and "tiny" in text
+
+
 def test_help_lists_every_original_option():
-    for script in ("resnet34_center", "resnet50_center", "resnet101_center"):
-        out = _run(f"experiments/{script}.py", "-h")
-        assert out.returncode == 0, out.stderr
-        for option in ORIGINAL_OPTIONS + OUR_OPTIONS:
-            assert f" {option}" in out.stdout, f"{script}: {option} missing from -h"
-        assert "resnet34" in out.stdout and "resnet101" in out.stdout
+    out = _run("experiments/resnet34_center.py", "-h")  # a real process, as a user runs it
+    assert out.returncode == 0, out.stderr
+    assert_full_help("resnet34_center", out.stdout)
+
+
+@pytest.mark.parametrize("script", ["resnet50_center", "resnet101_center"])
+def test_help_of_the_other_recipes_lists_every_original_option(script, monkeypatch, capsys):
+    """The same -h, run as ``__main__`` in this process (no second import of torch)."""
+    monkeypatch.setattr(sys, "argv", [f"experiments/{script}.py", "-h"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(REPO / "experiments" / f"{script}.py"), run_name="__main__")
+    assert exc.value.code == 0
+    assert_full_help(script, capsys.readouterr().out)
 
 
 def test_missing_dataroot_is_one_clear_line(tmp_path):

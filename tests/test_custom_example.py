@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import copy_subset
+from faceignite.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,26 +26,29 @@ def digest(path: Path) -> str:
 def test_custom_example_trains_then_resumes_in_its_folder(tmp_path, synthetic_root):
     train, _ = synthetic_root
     root = copy_subset(train, tmp_path / "data", identities=4, images=3)  # 2 iterations/epoch
-    args = ["--dataroot", str(root), "--output_dir", str(tmp_path / "runs"), "--image_size",
-            "32", "--batch_size", "4", "--valid_split", "0.34", "--num_workers", "0",
-            "--clearml", "off", "--device", "cpu", "--n_saved", "5",
+    args = ["--dataroot", str(root), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
+            "--image_size", "32", "--batch_size", "4", "--valid_split", "0.34",
+            "--num_workers", "0", "--clearml", "off", "--device", "cpu", "--n_saved", "5",
             "--tensorboard", str(tmp_path / "tb"), "--warmup_epochs", "0"]  # same schedule shape
     first = run_example(*args, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = next((tmp_path / "runs").glob("custom_example-*"))
     before = {p.name: digest(p) for p in run_dir.glob("*.pt")}
     assert "training_checkpoint_2.pt" in before, before
-    assert "held-out  epoch 1 iteration 2" in (run_dir / "run.log").read_text()
+    first_ckpt = load_checkpoint(str(run_dir / "training_checkpoint_2.pt"))
+    assert "val_accuracy" in first_ckpt["metrics"]  # held-out validation ran at iteration 2
     assert list((tmp_path / "tb").glob("custom_example-*/events.out.tfevents.*"))
 
     second = run_example(*args, "--epochs", "2", "--resume_path", str(run_dir))
     assert second.returncode == 0, second.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").glob("custom_example-*")] == [run_dir.name]
-    log = (run_dir / "run.log").read_text()
-    assert re.search(r"resuming from \S+training_checkpoint_2\.pt \(epoch 1 iteration 2\)", log)
-    assert "epoch 2/2" in log and "epoch 1/2" not in log  # continued from epoch 2, not again
     after = {p.name: digest(p) for p in run_dir.glob("*.pt")}
     assert "training_checkpoint_4.pt" in after
+    # continued from iteration 2 for one epoch: epoch 2 ends at iteration 4, no epoch-3 file
+    last = load_checkpoint(str(run_dir))
+    assert (last["epoch"], last["trainer_state_dict"]["iteration"]) == (2, 4)
+    assert sorted(n for n in after if n.startswith("training_checkpoint")) == [
+        "training_checkpoint_2.pt", "training_checkpoint_4.pt"]
     for name, sha in before.items():
         if name.startswith("training_checkpoint"):  # earlier checkpoints kept, not replaced
             assert after.get(name) == sha, name

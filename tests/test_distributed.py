@@ -60,7 +60,8 @@ def test_processes_share_out_the_single_process_batches(synthetic_root, tmp_path
 
 
 def run_args(root, output_dir, *extra: str) -> list[str]:
-    return ["--dataroot", str(root), "--output_dir", str(output_dir), "--image_size", "32",
+    return ["--dataroot", str(root), "--output_dir", str(output_dir), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "4", "--epochs", "1", "--valid_split", "0.25", "--num_workers", "0",
             "--clearml", "off", "--device", "cpu", "--n_saved", "1", "--log_interval", "0",
             *extra]

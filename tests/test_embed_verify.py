@@ -11,7 +11,7 @@ from conftest import shared_path
 from faceignite import embed, evaluate, verify
 from faceignite.export import export_embedding_model
 from faceignite.lfw import create_pairs_evaluator, pair_distances
-from faceignite.models import EmbeddingNet
+from faceignite.models import build_model
 
 SIZE = 32
 
@@ -26,7 +26,7 @@ def lfw_case(tmp_path_factory):
     pairs_file = tmp / "pairs.txt"
     pairs_file.write_text("\n".join(lines[1:7] + lines[301:307]) + "\n")  # 6 same + 6 different
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 32).eval()
+    model = build_model("tiny", 32).eval()
     evaluator = create_pairs_evaluator(model, str(lfw), "cpu", SIZE, str(pairs_file), batch_size=8)
     rows = {}
 
@@ -43,7 +43,7 @@ def lfw_case(tmp_path_factory):
         (images / os.path.dirname(key)).mkdir(parents=True, exist_ok=True)
         (images / f"{key}.jpg").symlink_to(path)
     checkpoint = tmp / "checkpoint.pt"
-    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
                 "embedding_dimension": 32, "image_size": SIZE, "lfw_threshold": result.threshold,
                 "config": {"distance": "l2", "lfw_flip": False, "image_size": SIZE}}, checkpoint)
     return dict(pairs=pairs, paths=evaluator.paths, embeddings=embeddings, result=result,

@@ -153,6 +153,7 @@ def test_onnx_export_of_mobilefacenet_matches_pytorch(tmp_path):
 TRAIN_IDS, PER_ID, HELD_OUT_IDS, MIN_IMAGES, EPOCHS, SEED = 12, 16, 30, 19, 4, 1
 
 
+@pytest.mark.slow  # trains MobileFaceNet at 112 px on 12 CelebA identities
 def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
     """As tests/test_real_faces.py, at the 112 px MobileFaceNet needs, on fewer images."""
     from faceignite.lfw import create_pairs_evaluator, read_pairs

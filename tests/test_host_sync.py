@@ -27,7 +27,8 @@ def tiny_root(tmp_path_factory, synthetic_root):
 
 
 def args(root, out, *extra):
-    return ["--dataroot", str(root), "--output_dir", str(out), "--image_size", "32",
+    return ["--dataroot", str(root), "--output_dir", str(out), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "2", "--epochs", "1", "--valid_split", "0.25", "--num_workers", "0",
             "--clearml", "off", "--device", "cpu", "--log_interval", "3", *extra]
 

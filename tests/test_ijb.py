@@ -22,7 +22,7 @@ from faceignite.align.five_point import warp_to_template
 from faceignite.data.transforms import MEAN, STD
 from faceignite.ijb import cli
 from faceignite.ijb.report import FAR_TARGETS, roc_report
-from faceignite.models import EmbeddingNet
+from faceignite.models import build_model
 
 SIZE = 32
 PEOPLE, PER_PERSON = 4, 5
@@ -232,9 +232,9 @@ def test_skip_missing_drops_faces_and_the_pairs_of_empty_templates(ijb, tmp_path
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", FEATURE_DIM).eval()
+    model = build_model("tiny", FEATURE_DIM).eval()
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
                 "embedding_dimension": FEATURE_DIM, "image_size": SIZE,
                 "config": {"image_size": SIZE}}, path)
     return path, model

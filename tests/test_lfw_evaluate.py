@@ -16,7 +16,7 @@ import torch
 from conftest import REPO, shared_path
 from faceignite.evaluate import main
 from faceignite.lfw import create_pairs_evaluator
-from faceignite.models import EmbeddingNet
+from faceignite.models import build_model
 
 CONTRACT = ("lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",
             "lfw_val_far1e-2", "lfw_auc", "lfw_eer")
@@ -87,7 +87,7 @@ def test_names_that_do_not_fit_the_array_exit_2_naming_both_files(embeddings_set
     assert "emb.npy has 800 rows" in caplog.text
 
 
-def _checkpoint(path, model: EmbeddingNet, **extra) -> str:
+def _checkpoint(path, model: torch.nn.Module, **extra) -> str:
     torch.save({"model_state_dict": model.state_dict(), "model_architecture": model.architecture,
                 "embedding_dimension": model.embedding_dim, "num_classes": 24, **extra}, path)
     return str(path)
@@ -101,7 +101,7 @@ def test_checkpoint_mode_matches_the_training_time_evaluator(synthetic_root, tmp
     pairs_file = tmp_path / "pairs_small.txt"
     pairs_file.write_text("10\t3\n" + "\n".join(subset) + "\n")
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 32).eval()
+    model = build_model("tiny", 32).eval()
     ckpt = _checkpoint(tmp_path / "best.pt", model, image_size=32, lfw_threshold=1.0)
     result = main(["--checkpoint", ckpt, "--lfw", pairs_root, "--lfw_pairs", str(pairs_file),
                    "--output_dir", str(tmp_path / "runs"), "--device", "cpu", "--num_workers", "0"])

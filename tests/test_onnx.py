@@ -6,7 +6,7 @@ import torch
 from faceignite.data import eval_transform
 from faceignite.data.dataset import read_rgb
 from faceignite.errors import FaceIgniteError
-from faceignite.models import EmbeddingNet
+from faceignite.models import build_model
 
 pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxscript)")
 pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install onnxscript)")
@@ -26,9 +26,9 @@ def face_batch(root, n: int) -> torch.Tensor:
 
 def test_onnx_export_matches_pytorch_for_any_batch_size(tmp_path, synthetic_root):
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 64).eval()
+    model = build_model("tiny", 64).eval()
     checkpoint = tmp_path / "checkpoint.pt"
-    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
                 "embedding_dimension": 64, "image_size": SIZE}, checkpoint)
     out = main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "model.onnx")])
     for n in (1, 5):  # dynamic batch axis
@@ -37,6 +37,6 @@ def test_onnx_export_matches_pytorch_for_any_batch_size(tmp_path, synthetic_root
         embeddings = onnx_embed(out, images.numpy())
         assert embeddings.shape == (n, 64)
         assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)  # normalised
-    other = EmbeddingNet("resnet34", 64).eval()  # other weights: the check must refuse
+    other = build_model("tiny", 64).eval()  # other weights: the check must refuse
     with pytest.raises(FaceIgniteError, match="differ from PyTorch's"):
         check_onnx(other, out, face_batch(synthetic_root[0], 2))

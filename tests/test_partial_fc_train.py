@@ -28,7 +28,8 @@ def faces(tmp_path_factory, synthetic_root):
 
 
 def run_args(root, output_dir, *extra: str) -> list[str]:
-    return ["--dataroot", str(root), "--output_dir", str(output_dir), "--image_size", "32",
+    return ["--dataroot", str(root), "--output_dir", str(output_dir), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "8", "--epochs", "2", "--valid_split", "0.25", "--num_workers", "0",
             "--embedding_dim", str(DIM), "--clearml", "off", "--device", "cpu", "--n_saved", "3",
             "--log_interval", "0", *extra]
@@ -181,7 +182,7 @@ def test_a_batch_without_images_is_skipped_with_a_collective_criterion():
     from faceignite.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("resnet34", DIM, None)
+    model = build_model("tiny", DIM, None)
     criterion = PartialFC(CLASSES, DIM, "softmax")
     calls = []
     criterion.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))

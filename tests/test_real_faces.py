@@ -1,11 +1,14 @@
 """Real faces: a short training run on CelebA identities must verify people it never saw better
-than the untrained network does (LFW-format pairs of held-out CelebA identities)."""
+than the untrained network does (LFW-format pairs of held-out CelebA identities).
+
+Marked ``slow``: it must train a real backbone (ResNet-34) on real faces."""
 from __future__ import annotations
 
 import os
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import shared_path
@@ -26,6 +29,7 @@ def split_identities(root) -> tuple[list[str], list[str]]:
     return ids[:HELD_OUT_IDS], ids[HELD_OUT_IDS:HELD_OUT_IDS + TRAIN_IDS]
 
 
+@pytest.mark.slow  # trains ResNet-34 on 60 CelebA identities
 def test_short_celeba_run_beats_untrained_model_on_held_out_identities(tmp_path):
     celeba = shared_path("celeba_subset", "aligned-160")
     held_out, trained_on = split_identities(celeba)

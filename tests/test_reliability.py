@@ -23,7 +23,7 @@ from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
 from faceignite.lfw import create_pairs_evaluator, read_pairs
 from faceignite.lfw.make_pairs import main as make_pairs_main, write_pairs
-from faceignite.models import EmbeddingNet
+from faceignite.models import build_model
 
 SIZE = 32
 
@@ -37,9 +37,9 @@ def cut_in_half(path: Path) -> None:
 def checkpoint(tmp_path_factory) -> Path:
     """A real (untrained) checkpoint file, as embed/verify/evaluate read it."""
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 32).eval()
+    model = build_model("tiny", 32).eval()
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
                 "embedding_dimension": 32, "image_size": SIZE, "lfw_threshold": 1.0,
                 "config": {"distance": "l2", "lfw_flip": False, "image_size": SIZE}}, path)
     return path
@@ -84,7 +84,8 @@ def test_resume_after_images_were_added_inside_a_folder_fails_the_data_check(tmp
 
     root = copy_subset(shared_path("celeba_subset", "aligned-160"), tmp_path / "data", 3, 4)
     out = tmp_path / "runs"
-    args = ["--dataroot", str(root), "--output_dir", str(out), "--image_size", str(SIZE),
+    args = ["--dataroot", str(root), "--output_dir", str(out), "--model", "tiny",
+            "--image_size", str(SIZE),
             "--batch_size", "4", "--epochs", "1", "--valid_split", "0.25", "--num_workers", "0",
             "--clearml", "off", "--device", "cpu"]
     main(args)
@@ -147,7 +148,7 @@ def test_lfw_batch_with_no_decodable_image_is_skipped_not_a_crash(tmp_path, capl
     cut_in_half(first)
     second.write_bytes(b"not a picture")
     torch.manual_seed(0)
-    evaluator = create_pairs_evaluator(EmbeddingNet("resnet34", 16).eval(), str(tmp_path), "cpu",
+    evaluator = create_pairs_evaluator(build_model("tiny", 16).eval(), str(tmp_path), "cpu",
                                        SIZE, batch_size=2, skip_missing=True)
     with caplog.at_level(logging.WARNING):
         result = evaluator.run()
@@ -253,7 +254,7 @@ def test_malicious_checkpoint_is_refused_as_such_never_advising_to_turn_safety_o
         faces, tmp_path, caplog):
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
-    torch.save({"model_state_dict": Payload(marker), "model_architecture": "resnet34",
+    torch.save({"model_state_dict": Payload(marker), "model_architecture": "tiny",
                 "embedding_dimension": 32}, evil)
     bare = tmp_path / "bare.pt"
     bare.write_bytes(__import__("pickle").dumps({"model_state_dict": Payload(marker)}))

@@ -22,7 +22,7 @@ from faceignite.data import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform, train_transform
 from faceignite.engine import create_evaluator, create_trainer
 from faceignite.losses import SoftmaxCenterLoss
-from faceignite.models import EmbeddingNet
+from faceignite.models import build_model
 from faceignite.run import setup_logging
 from handlers.standard import main
 
@@ -35,7 +35,8 @@ def faces(dest: Path, identities: int, images: int) -> Path:
 
 
 def args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--dataroot", str(root), "--output_dir", str(out), "--image_size", str(SIZE),
+    return ["--dataroot", str(root), "--output_dir", str(out), "--model", "tiny",
+            "--image_size", str(SIZE),
             "--batch_size", "4", "--epochs", "1", "--valid_split", "0", "--num_workers", "0",
             "--clearml", "off", "--device", "cpu", "--log_interval", "0", *extra]
 
@@ -62,7 +63,7 @@ def test_a_batch_cut_to_one_image_by_undecodable_files_is_skipped_and_counted(tm
     dataset = FaceImageDataset([(str(f), i % 2) for i, f in enumerate(files)],
                                train_transform(SIZE))
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 16)
+    model = build_model("tiny", 16)
     criterion = SoftmaxCenterLoss(2, 16, 0.01)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizers = {"model": torch.optim.SGD(model.parameters(), lr=0.1),
@@ -99,7 +100,7 @@ def test_a_held_out_batch_with_no_decodable_image_is_left_out_of_the_metrics(tmp
     spoil(files[0])
     spoil(files[1])  # the whole first batch of 2
     torch.manual_seed(0)
-    model = EmbeddingNet("resnet34", 16).eval()
+    model = build_model("tiny", 16).eval()
     criterion = SoftmaxCenterLoss(2, 16, 0.01)
 
     def evaluate(pairs):

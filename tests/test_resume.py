@@ -29,7 +29,8 @@ def small_root(tmp_path_factory, synthetic_root):
 
 
 def run_args(root, output_dir):
-    return ["--dataroot", str(root), "--output_dir", str(output_dir), "--image_size", "32",
+    return ["--dataroot", str(root), "--output_dir", str(output_dir), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "4", "--epochs", str(EPOCHS), "--valid_split", "0.34",
             "--num_workers", "0", "--clearml", "off", "--device", "cpu", "--n_saved", "3"]
 

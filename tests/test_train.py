@@ -1,39 +1,52 @@
-"""End to end: a real tiny training run on JPEG folders must learn."""
+"""End to end: a real training run of the tiny network on JPEG folders must learn; the README's
+hand-composed experiment trains, validates and saves."""
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from ignite.engine import Events
 
+from conftest import copy_subset
+from faceignite.checkpoint import load_checkpoint
 from handlers.standard import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_run_learns(train_args, tmp_path):
-    metrics = main(train_args + ["--epochs", "4"])
+def test_tiny_run_learns(train_args):
+    losses: list[float] = []
+
+    def record_losses(trainer, state) -> None:  # after the progress handler: the epoch's mean
+        trainer.add_event_handler(Events.EPOCH_COMPLETED,
+                                  lambda e: losses.append(e.state.metrics["train_loss"]))
+
+    metrics = main(train_args + ["--epochs", "4"], hooks=[record_losses])
     chance = 1 / 24
-    assert metrics["val_accuracy"] > 5 * chance, metrics
-    log = next((tmp_path / "runs").glob("resnet34_center-*/run.log")).read_text()
-    losses = [float(x) for x in re.findall(r"epoch \d+/4 \| loss ([0-9.]+)", log)]
-    # falls every epoch, by a third at least (3.53 -> 2.25 at the default λ 0.003)
+    assert metrics["val_accuracy"] > 5 * chance, metrics  # 0.79 measured: learns by far
+    # falls every epoch, by a third at least (3.30 -> 1.77 -> 1.00 -> 0.54 measured)
     assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_custom_experiment_from_the_readme_runs(train_args, synthetic_root, tmp_path):
+def test_custom_experiment_from_the_readme_runs(synthetic_root, tmp_path):
     """The README's hand-composed experiment trains, validates on LFW-format pairs and saves
-    (run as a user runs it: the file, this checkout's library)."""
-    _, pairs = synthetic_root
+    (run as a user runs it: the file, this checkout's library; tiny network, 48 JPEGs)."""
+    train, pairs = synthetic_root
+    root = copy_subset(train, tmp_path / "data", identities=6, images=8)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "experiments/custom_example.py", *train_args,
+    proc = subprocess.run([sys.executable, "experiments/custom_example.py", "--dataroot",
+                           str(root), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
+                           "--image_size", "32", "--batch_size", "4", "--valid_split", "0.25",
+                           "--num_workers", "0", "--clearml", "off", "--device", "cpu",
                            "--epochs", "2", "--lfw", str(pairs), "--tensorboard",
                            str(tmp_path / "tb")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next((tmp_path / "runs").glob("custom_example-*"))
-    log = (run_dir / "run.log").read_text()
-    assert "held-out  epoch 2" in log and re.search(r"lfw  epoch 2 .*accuracy", log), log[-2000:]
-    assert list(run_dir.glob("best_checkpoint_*.pt")) and list(run_dir.glob("roc_lfw_*.png"))
+    last = load_checkpoint(str(run_dir))  # the epoch-2 checkpoint carries both validations
+    assert last["epoch"] == 2
+    assert {"val_accuracy", "lfw_accuracy"} <= set(last["metrics"]), last["metrics"]
+    assert list(run_dir.glob("best_checkpoint_*.pt"))
+    assert list(run_dir.glob("roc_lfw_epoch002_*.png"))
     assert list((tmp_path / "tb").glob("custom_example-*/events.out.tfevents.*"))

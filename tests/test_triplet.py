@@ -1,14 +1,13 @@
 """Triplet loss: mining by hand-checked examples, P x K batches, and a short real-face run."""
 import math
 import os
-import re
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
+from conftest import record_epochs, shared_path
 from faceignite.config import parse_args
 from faceignite.data import build_face_data
 from faceignite.data.pk_sampler import PKSampler
@@ -179,23 +178,24 @@ def celeba_subset(tmp_path, identities: int = 6, images: int = 8):
     pytest.skip(f"fewer than {identities} identities with {images} images in {source}")
 
 
-def epoch_losses(run_dir, experiment: str) -> list[float]:
-    log = next(run_dir.glob(f"{experiment}-*/run.log")).read_text()
-    return [float(x) for x in re.findall(r"epoch \d+/\d+ \| loss ([0-9.]+)", log)]
-
-
 def real_face_args(root, tmp_path) -> list[str]:
-    """2 epochs of 4 batches at 32 px, at a constant learning rate (no warm-up, no decay)."""
-    return ["--dataroot", str(root), "--output_dir", str(tmp_path / "runs"), "--image_size", "32",
-            "--batch_size", "12", "--epochs", "2", "--num_workers", "0", "--clearml", "off",
-            "--device", "cpu", "--lr_scheduler", "none", "--warmup_epochs", "0"]
+    """4 epochs of 4 batches of the tiny network at 32 px, at a constant learning rate (no
+    warm-up, no decay): the loss's behaviour is the subject, not the network's."""
+    return ["--dataroot", str(root), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
+            "--image_size", "32", "--batch_size", "12", "--epochs", "4", "--num_workers", "0",
+            "--clearml", "off", "--device", "cpu", "--lr_scheduler", "none", "--warmup_epochs",
+            "0"]
+
+
+# the epoch loss falls by a quarter or more in 4 epochs (measured: triplet 0.156 -> 0.097,
+# arcface 42.6 -> 31.0, cosface 33.9 -> 22.6); 15 % leaves room for any machine's rounding
+MIN_FALL = 0.15
 
 
 def test_triplet_experiment_lowers_its_loss_on_real_faces(tmp_path):
     from handlers.standard import main  # what experiments/resnet34_triplet.py runs
 
-    metrics = main(real_face_args(celeba_subset(tmp_path), tmp_path), name="resnet34_triplet",
-                   loss="triplet")
-    losses = epoch_losses(tmp_path / "runs", "resnet34_triplet")
-    assert len(losses) == 2 and losses[1] < losses[0], losses
-    assert "train_active" in metrics and "val_accuracy" not in metrics  # no classifier
+    losses: list[float] = []
+    main(real_face_args(celeba_subset(tmp_path), tmp_path), name="resnet34_triplet",
+         loss="triplet", hooks=[record_epochs("train_loss", losses)])
+    assert len(losses) == 4 and losses[-1] < (1 - MIN_FALL) * losses[0], losses

@@ -79,7 +79,8 @@ def train_root(synthetic_root, tmp_path_factory):
 
 
 def base_args(train_root, out) -> list[str]:
-    return ["--dataroot", str(train_root), "--output_dir", str(out), "--image_size", "32",
+    return ["--dataroot", str(train_root), "--output_dir", str(out), "--model", "tiny",
+            "--image_size", "32",
             "--batch_size", "4", "--warmup_epochs", "0", "--valid_split", "0",
             "--num_workers", "0", "--clearml", "off", "--device", "cpu", "--log_interval", "0"]
 
