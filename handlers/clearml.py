@@ -19,7 +19,8 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-from faceignite.tracking.clearml_session import MODES, no_frameworks, start_task
+from faceignite.tracking.clearml_session import (MODES, drop_inherited_master, no_frameworks,
+                                                start_task)
 from handlers import tracking
 
 logger = logging.getLogger("faceignite")
@@ -126,6 +127,7 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
         logger.warning("clearml: not installed (pip install clearml); tracking off")
         return None
 
+    drop_inherited_master()  # before ClearML looks for a task of its own
     owns_task = Task.current_task() is None
     if owns_task:
         started = start_task(mode, output_dir, dict(

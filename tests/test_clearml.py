@@ -347,3 +347,24 @@ def test_resumed_run_continues_its_offline_task(train_args, synthetic_root, tmp_
     assert json.loads((run_dir / "clearml" / "task.json").read_text()) == first
     assert [p.name for p in run_dir.glob("clearml/offline/*.zip")] == [session.name]
     assert loss_events() == [1, 2, 3, 3, 4, 4]  # epoch 2 twice, not shifted by ClearML
+
+
+def test_a_run_started_from_a_process_with_a_clearml_task_gets_its_own_task(tmp_path,
+                                                                           synthetic_root):
+    """A parent's ClearML mark (CLEARML_PROC_MASTER_ID, inherited) used to give the run a stub
+    task and a crash writing its record."""
+    from conftest import REPO
+
+    root = tiny_faces(synthetic_root, tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_CACHE_DIR": str(tmp_path / "cache"),
+           "CLEARML_PROC_MASTER_ID": "1:0123456789abcdef"}  # pid 1: not this run's
+    done = subprocess.run([sys.executable, "experiments/resnet34_center.py", "--dataroot",
+                           str(root), "--model", "tiny", "--image_size", "32", "--epochs", "1",
+                           "--batch_size", "4", "--valid_split", "0", "--num_workers", "0",
+                           "--device", "cpu", "--clearml", "offline", "--output_dir",
+                           str(tmp_path / "runs")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").glob("resnet34_center-*")
+    record = json.loads((run_dir / "clearml" / "task.json").read_text())
+    assert isinstance(record["id"], str) and record["mode"] == "offline"

@@ -285,8 +285,9 @@ def test_sharded_lfw_metrics_equal_single_process(two_process_checks):
             assert {k: sharded[case][f"lfw_{k}"] for k in LFW_KEYS} == \
                    {k: single["fixed"][f"lfw_{k}"] for k in LFW_KEYS}, (rank, case)
         for k in LFW_KEYS:  # embedded by two processes in other batches: float rounding only
-            assert sharded["images"][f"lfw_{k}"] == pytest.approx(single["images"][f"lfw_{k}"],
-                                                                  rel=1e-4, abs=1e-4), (rank, k)
+            want = single["images"][f"lfw_{k}"]  # None: a TAR its impostor pairs cannot resolve
+            assert sharded["images"][f"lfw_{k}"] == (
+                want if want is None else pytest.approx(want, rel=1e-4, abs=1e-4)), (rank, k)
     assert 0.3 < single["fixed"]["lfw_accuracy"] < 0.7  # random embeddings: near chance
 
 

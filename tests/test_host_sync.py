@@ -71,9 +71,20 @@ class ReadCounter:
         for name, method in self.saved.items():
             setattr(torch.Tensor, name, method)
 
+    def _from_the_loader(self, tensor) -> bool:
+        """The loader's batch never leaves the host (the step copies it to the device): reading
+        it, e.g. the first epoch's label check, is no device read."""
+        batch = self.trainer.state.batch
+        if not isinstance(batch, (tuple, list)):
+            return False
+        ptr = tensor.untyped_storage().data_ptr()
+        return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == ptr
+                   for t in batch)
+
     def _wrap(self, name, method):
         def counted(tensor, *a, **kw):
-            if self.counting and self.trainer is not None:
+            if (self.counting and self.trainer is not None
+                    and not self._from_the_loader(tensor)):
                 self.reads[self.trainer.state.iteration] += 1
             return method(tensor, *a, **kw)
         counted.__name__ = name

@@ -277,7 +277,7 @@ def test_bare_weights_file_embeds_like_its_checkpoint(ijb, checkpoint, image_run
     """``--model NAME --weights FILE``: the checkpoint's network as a bare state dict."""
     weights = tmp_path / "weights.pt"
     torch.save(checkpoint[1].state_dict(), weights)
-    _, scores, _ = run_cli(["--model", "resnet34", "--weights", weights, "--ijb", ijb["root"],
+    _, scores, _ = run_cli(["--model", "tiny", "--weights", weights, "--ijb", ijb["root"],
                             "--image_size", SIZE, "--device", "cpu", "--batch_size", "8", "--num_workers", "0"],
                            tmp_path)
     np.testing.assert_allclose(scores, image_run[1], atol=1e-5, rtol=0)

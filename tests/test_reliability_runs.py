@@ -142,7 +142,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     out = tmp_path / "runs"
     now = int(time.time())
     # the folders a third run made in each second of the next two minutes: never to be reused
-    taken = [out / f"resnet34_center-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t))}"
+    taken = [out / f"resnet34_center-tiny-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t))}"
              for t in range(now, now + 120)]
     for folder in taken:
         folder.mkdir(parents=True)

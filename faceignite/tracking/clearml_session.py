@@ -227,6 +227,17 @@ def _report_from_threads() -> None:
         BackendTask._report_subprocess_enabled = False
 
 
+def drop_inherited_master() -> None:
+    """ClearML marks the process that started a task in ``CLEARML_PROC_MASTER_ID``
+    (``pid:task id``); a process started from it (a test runner, a notebook or a script that
+    launches this command) inherits the mark, and its ``Task.init`` then returns a stub whose id
+    is no string.  A faceignite run is its own task: a mark of another process is dropped."""
+    for name in ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID"):
+        pid = os.environ.get(name, "").partition(":")[0]
+        if pid and pid != str(os.getpid()):
+            os.environ.pop(name)
+
+
 def _continuing(previous: Mapping | None, mode: str) -> dict:
     """``Task.init`` arguments that continue the ``previous`` task when it was tracked ``mode``."""
     return {"continue_last_task": previous["id"]} if previous and previous["mode"] == mode else {}
@@ -247,6 +258,7 @@ def start_task(mode: str, output_dir: str, init_kwargs: Mapping[str, Any], *,
     """
     from clearml import Task
 
+    drop_inherited_master()
     try:
         resolved, warning = resolve_mode(mode, timeout)
     except Exception as exc:  # noqa: BLE001 - e.g. a clearml.conf that does not parse
