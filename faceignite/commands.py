@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Callable
 
 COMMANDS = {  # console script -> the module whose main() it runs
     "faceignite-align": "faceignite.align.cli",
@@ -28,40 +29,17 @@ def run(module: str) -> int:
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-def align() -> int:
-    return run(COMMANDS["faceignite-align"])
+def _entry(script: str) -> Callable[[], int]:
+    """The console-script function of ``script`` (a key of :data:`COMMANDS`)."""
+    def entry() -> int:
+        return run(COMMANDS[script])
+
+    entry.__name__ = entry.__qualname__ = script.removeprefix("faceignite-").replace("-", "_")
+    return entry
 
 
-def embed() -> int:
-    return run(COMMANDS["faceignite-embed"])
-
-
-def evaluate() -> int:
-    return run(COMMANDS["faceignite-evaluate"])
-
-
-def export() -> int:
-    return run(COMMANDS["faceignite-export"])
-
-
-def ijb() -> int:
-    return run(COMMANDS["faceignite-ijb"])
-
-
-def make_pairs() -> int:
-    return run(COMMANDS["faceignite-make-pairs"])
-
-
-def onnx_export() -> int:
-    return run(COMMANDS["faceignite-onnx-export"])
-
-
-def pack() -> int:
-    return run(COMMANDS["faceignite-pack"])
-
-
-def verify() -> int:
-    return run(COMMANDS["faceignite-verify"])
+align, embed, evaluate, export, ijb, make_pairs, onnx_export, pack, verify = (
+    _entry(script) for script in COMMANDS)
 
 
 def config() -> int:

@@ -16,7 +16,8 @@ def test_every_console_script_points_at_a_command():
     assert set(commands.COMMANDS) | {"faceignite-config"} == set(scripts)
     for name, target in scripts.items():
         module, function = target.split(":")
-        assert module == "faceignite.commands" and callable(getattr(commands, function)), name
+        assert module == "faceignite.commands", name
+        assert getattr(commands, function).__name__ == function, name  # bound to its own command
 
 
 def test_a_console_script_exits_0_with_a_result_and_2_on_bad_input(tmp_path):
