@@ -46,7 +46,8 @@ def training(local_rank: int, cfg, result: dict) -> None:
             to_channels_last(model)
         criterion = center_loss(cfg, data.num_classes).to(run.device)  # --partial_fc: sharded
         optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
-                                      cfg.weight_decay, cfg.center_loss_lr)
+                                      cfg.weight_decay, cfg.center_loss_lr,
+                                      cfg.adam_beta1, cfg.adagrad_lr_decay)
         optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
         ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
         scaler = make_grad_scaler(run.device, cfg.amp)

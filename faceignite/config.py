@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -123,6 +124,7 @@ def _plain(value: Any) -> str:
 
 
 GROUPS = {
+    "config": "configuration file",
     "data": "data",
     "model": "model",
     "optim": "optimisation (original defaults in the README)",
@@ -141,6 +143,11 @@ def _margin_text() -> str:
 
 
 OPTIONS: tuple[Option, ...] = (
+    # configuration file
+    Option(("--config",), "config", "JSON or YAML file (.json, .yaml, .yml) of option values: "
+           "these option names, or the second original system's keys (README); flags on the "
+           "command line win over it, it wins over the experiment's defaults; a run's "
+           "config.json reruns that run", None, type=str, metavar="FILE"),
     # data
     Option(("--dataroot", "-d"), "data", "Absolute path to the training folder, one sub-folder per "
            "identity; or an insightface RecordIO set: a .rec file (its .idx beside it) or a "
@@ -179,6 +186,9 @@ OPTIONS: tuple[Option, ...] = (
            original="0.05 (Adam)", why="standard ResNet SGD rate at batch 64; scale linearly "
            "with the global batch"),
     Option(("--momentum",), "optim", "SGD momentum", 0.9, type=float, check=at_least(0)),
+    Option(("--adam_beta1",), "optim", "Adam's beta1", 0.9, type=float, check=fraction),
+    Option(("--adagrad_lr_decay",), "optim", "Adagrad's lr_decay", 0.0, type=float,
+           check=at_least(0)),
     Option(("--weight_decay",), "optim", "Weight decay of the model, never of the centres", 5e-4,
            type=float, check=at_least(0), original="0",
            why="the field's value; none on biases/BN/centres (decaying centres pulls them to 0)"),
@@ -208,8 +218,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--margin",), "loss", "Margin of the loss", None, type=float, check=at_least(0),
            default_text="MARGIN"),  # filled from the loss classes by _help
     Option(("--scale",), "loss", "ArcFace/CosFace logit scale s", 64.0, type=float, check=positive),
-    Option(("--triplet_mining",), "loss", "Online triplet mining inside each batch", "semi_hard",
-           type=str, choices=("batch_hard", "semi_hard")),
+    Option(("--triplet_mining",), "loss", "Triplets: mined online inside each batch "
+           "(batch_hard, semi_hard), or --n_triplets random triplets per epoch (random, the "
+           "second original system's)", "semi_hard", type=str,
+           choices=("batch_hard", "semi_hard", "random"),
+           default_text="semi_hard; random when --n_triplets is given"),
+    Option(("--n_triplets",), "loss", "--triplet_mining random: random (anchor, positive, "
+           "negative) triplets per epoch; --batch_size then counts triplets", None, type=int,
+           check=positive, default_text="one per training image"),
     Option(("--identities_per_batch",), "loss", "P x K batches: identities per batch", None,
            type=int, metavar="P",  # checked by the P x K sampler
            default_text="--batch_size / --images_per_identity"),
@@ -225,6 +241,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--seed",), "runtime", "Random seed", 0, type=int),
     Option(("--device",), "runtime", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
            "auto", type=str),
+    Option(("--gpus",), "runtime", "GPUs to train on, one process each, e.g. 0,1 (the second "
+           "original system's gpu_id); the CPU, with a warning, on a machine without CUDA", None,
+           type=str, metavar="IDS", default_text="--device's"),
     Option(("--amp",), "runtime", "Automatic mixed precision on CUDA", "off", type=str,
            choices=("off", "bf16", "fp16")),
     Option(("--channels_last",), "runtime", "Use channels_last memory format", False,
@@ -268,7 +287,8 @@ OPTIONS: tuple[Option, ...] = (
            "without targets"),
     # checkpoints
     Option(("--resume_path",), "checkpoint", "A checkpoint (or a run folder: its latest) to "
-           "resume from, in its own run folder", None, type=str),
+           "resume from, in its own run folder; 'auto': the newest complete checkpoint under "
+           "--output_dir (given explicitly), or a new run when there is none", None, type=str),
     Option(("--finetune",), "checkpoint", "With --resume_path: load the backbone only (other "
            "classes/embedding size), in a new run folder", False, action="store_true"),
     Option(("--n_saved",), "checkpoint", "Checkpoints kept", 3, type=int, check=at_least(1)),
@@ -386,12 +406,58 @@ def check_options(cfg: argparse.Namespace | Mapping[str, Any]) -> None:
             raise FaceIgniteError(f"{option.flags[0]} {shown}: {problem}")
 
 
+def config_file_of(argv: Sequence[str]) -> str | None:
+    """The ``--config FILE`` of ``argv`` (None when not given)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=str, default=None)
+    return pre.parse_known_args(list(argv))[0].config
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The options ``argv`` sets explicitly (not left at a default)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:  # the same options, every default suppressed
+        if action.option_strings and action.dest != "help":
+            quiet._add_action(_copy_suppressed(action))
+    return set(vars(quiet.parse_known_args(list(argv))[0]))
+
+
+def _copy_suppressed(action: argparse.Action) -> argparse.Action:
+    import copy
+
+    action = copy.copy(action)
+    action.default = argparse.SUPPRESS
+    action.required = False
+    return action
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None,
                **defaults: Any) -> argparse.Namespace:
     """Parse ``argv`` with :func:`get_args_parser`, fill the data-dependent defaults
-    (:func:`resolve_defaults`) and check every range (:func:`check_options`)."""
-    cfg = resolve_defaults(get_args_parser(description, **defaults).parse_args(argv))
+    (:func:`resolve_defaults`) and check every range (:func:`check_options`).  ``--n_triplets``
+    without ``--triplet_mining`` selects ``random``.
+
+    ``--config FILE`` (:mod:`faceignite.config_file`): its values replace the experiment's
+    ``defaults``; the flags of ``argv`` replace both.  ``--resume_path auto`` needs an explicit
+    ``--output_dir`` (a flag, or ``output_dir``/``log_dir`` in the file)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = get_args_parser(description, **defaults)
+    from_file: dict[str, Any] = {}
+    path = config_file_of(argv)
+    if path:
+        from faceignite.config_file import read_options_file
+
+        from_file = read_options_file(path, BY_NAME)
+        parser.set_defaults(**from_file)
+    cfg = resolve_defaults(parser.parse_args(argv))
     check_options(cfg)
+    given = given_options(parser, argv) | set(from_file)
+    if cfg.n_triplets and "triplet_mining" not in given:  # the second system's n_triplets
+        cfg.triplet_mining = "random"
+    if cfg.resume_path == "auto" and "output_dir" not in given:
+        raise FaceIgniteError("--resume_path auto looks for the newest checkpoint under "
+                              "--output_dir: give --output_dir explicitly (log_dir in a config "
+                              "file)")
     return cfg
 
 

@@ -23,7 +23,7 @@ from torch.multiprocessing import ProcessExitedException
 from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import write_error
-from faceignite.runtime import resolve_device
+from faceignite.runtime import resolve_device, resolve_gpus
 
 logger = logging.getLogger("faceignite")
 
@@ -113,7 +113,15 @@ def make_run_dir(output_dir: str, name: str, option: str = "--output_dir") -> st
 def run_folder(cfg: argparse.Namespace, name: str) -> str | None:
     """The folder of a training run: the resumed checkpoint's folder with ``--resume_path``
     (not ``--finetune``: that is a new run); ``None`` for a new run, whose folder
-    :func:`session` creates (:func:`make_run_dir`)."""
+    :func:`session` creates (:func:`make_run_dir`).  ``--resume_path auto`` is resolved here
+    first (:mod:`faceignite.checkpoint.auto`: rank 0 picks, every process follows)."""
+    from faceignite.checkpoint.auto import resolve_auto_resume
+
+    try:
+        resolve_auto_resume(cfg, name)
+    except FaceIgniteError as exc:
+        setup_logging(rank=idist.get_rank())
+        fail(exc)
     if cfg.resume_path and not cfg.finetune:
         path = os.path.abspath(os.path.expanduser(cfg.resume_path))
         return path if os.path.isdir(path) else os.path.dirname(path)
@@ -226,6 +234,11 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
     """
     setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # ours says it
     try:
+        if getattr(cfg, "gpus", None) and launched_externally():
+            logger.warning("--gpus %s ignored: torchrun/srun started the processes, one GPU "
+                           "each", cfg.gpus)
+        else:  # --gpus 0,1: one process per GPU (the CPU when there is no CUDA)
+            resolve_gpus(cfg)
         options = parallel_options(cfg)
     except FaceIgniteError as exc:
         setup_logging()

@@ -6,7 +6,10 @@ so ``--device``, ``--amp`` and ``--channels_last`` mean the same thing everywher
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import warnings
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -15,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from faceignite.errors import FaceIgniteError
 
+logger = logging.getLogger("faceignite")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -36,6 +40,38 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise FaceIgniteError(f"--device {name}: this machine has {count} CUDA GPU(s) "
                                   f"(cuda:0 to cuda:{count - 1})")
     return device
+
+
+def resolve_gpus(cfg: Any) -> None:
+    """``--gpus 0,1`` (the second original system's ``gpu_id``): one process per named GPU.
+
+    Sets ``cfg.device`` (one GPU) or ``cfg.nproc_per_node`` and ``CUDA_VISIBLE_DEVICES``
+    (several; the spawned processes then see exactly those).  With ``--device cpu`` it is
+    ignored; on a machine without CUDA the run goes on on the CPU with one warning, as the
+    second system did; GPUs that this machine lacks are a :class:`FaceIgniteError`."""
+    text = getattr(cfg, "gpus", None)
+    if not text or str(cfg.device).startswith("cpu"):
+        return
+    try:
+        ids = [int(part) for part in str(text).replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise FaceIgniteError(f"--gpus {text}: give distinct GPU numbers separated by commas, "
+                              f"e.g. 0,1")
+    if not torch.cuda.is_available():
+        logger.warning("--gpus %s: no CUDA on this machine, training on the CPU", text)
+        cfg.device = "cpu"
+        return
+    count = torch.cuda.device_count()
+    if max(ids) >= count:
+        raise FaceIgniteError(f"--gpus {text}: this machine has {count} CUDA GPU(s) (0 to "
+                              f"{count - 1})")
+    if len(ids) == 1:
+        cfg.device = f"cuda:{ids[0]}"
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+    cfg.nproc_per_node = len(ids)
 
 
 def autocast_context(device: torch.device, amp: str):

@@ -84,7 +84,8 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
         to_channels_last(model)
     criterion = criterion_factory(cfg, data.num_classes).to(run.device)
     optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
-                                  cfg.weight_decay, cfg.center_loss_lr)
+                                  cfg.weight_decay, cfg.center_loss_lr,
+                                  cfg.adam_beta1, cfg.adagrad_lr_decay)
     optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
     # several processes train DDP modules (the criterion too: the classifier and centres get
     # all-reduced gradients; not a --partial_fc one: it is sharded); evaluators and checkpoints

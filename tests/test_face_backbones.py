@@ -75,7 +75,8 @@ def test_iresnet100_runs_one_image():
 
 
 def test_registry_is_the_one_list_and_keeps_resnet_keys():
-    assert set(PUBLISHED) | {"resnet34", "resnet50", "resnet101", "tiny"} == set(ARCHITECTURES)
+    assert set(PUBLISHED) | {"resnet34", "resnet50", "resnet101", "vgg16", "vgg16_bn", "tiny"} == set(
+        ARCHITECTURES)
     action = next(a for a in get_args_parser()._actions if a.dest == "model")
     assert tuple(action.choices) == ARCHITECTURES  # --model offers every registered network
     # checkpoints written before the package keep loading: same class, same keys

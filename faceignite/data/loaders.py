@@ -20,6 +20,7 @@ from faceignite.data.record_index import (RecordIndex, load_or_build_record_inde
                                           record_files)
 from faceignite.data.sampler import EpochSampler
 from faceignite.data.split import stratified_split
+from faceignite.data.triplet_sampler import RandomTripletSampler
 from faceignite.data.transforms import eval_transform, train_transform
 from faceignite.errors import FaceIgniteError
 
@@ -150,7 +151,14 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
     pin = torch.cuda.is_available() and cfg.device != "cpu"
     train_set = FaceImageDataset([samples[i] for i in train_idx], train_transform(cfg.image_size),
                                  **read)
-    if getattr(cfg, "images_per_identity", None):  # P x K identity-balanced batches (triplets)
+    if getattr(cfg, "triplet_mining", None) == "random":  # --n_triplets random triplets
+        triplets = per_process_batch_size(cfg.batch_size, num_replicas)  # triplets per batch
+        sampler = RandomTripletSampler(train_set.targets, cfg.n_triplets or len(train_set),
+                                       cfg.seed, num_replicas, rank)
+        logger.info("random triplets: %d per epoch, %d per batch", sampler.n_triplets, triplets)
+        train_loader = make_loader(train_set, 3 * triplets, cfg.num_workers, sampler,
+                                   drop_last=False, pin_memory=pin)
+    elif getattr(cfg, "images_per_identity", None):  # P x K identity-balanced batches (triplets)
         pk = pk_sampler_from_options(train_set.targets, cfg.batch_size, cfg.images_per_identity,
                                      cfg.identities_per_batch, cfg.seed, num_replicas, rank)
         logger.info("P x K batches: %d identities x %d images", pk.p, pk.k)

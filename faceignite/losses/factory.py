@@ -44,6 +44,10 @@ def triplet_loss(cfg: argparse.Namespace, num_classes: int) -> TripletLoss:
     if getattr(cfg, "partial_fc", False):
         raise FaceIgniteError("--partial_fc: the triplet loss has no classifier to shard; use it "
                               "with the center, arcface or cosface experiments")
+    if getattr(cfg, "n_triplets", None) and cfg.triplet_mining != "random":
+        raise FaceIgniteError(f"--n_triplets {cfg.n_triplets} is for --triplet_mining random "
+                              f"(random triplets per epoch); --triplet_mining "
+                              f"{cfg.triplet_mining} mines inside each batch: drop one of them")
     return TripletLoss(cfg.margin, cfg.triplet_mining)
 
 

@@ -7,7 +7,8 @@ indices without gradient; the loss then flows through the chosen distances only.
 * batch-hard (Hermans et al. 2017): for every anchor, its farthest positive and nearest negative;
 * semi-hard (FaceNet; as TensorFlow's ``triplet_semihard_loss``): for every anchor-positive pair,
   the nearest negative that is still farther than the positive; when there is none, the farthest
-  negative.
+  negative;
+* random (the second original system's): the batch holds random triplets, in order (``--n_triplets``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,21 @@ def semi_hard_triplets(dist: torch.Tensor, labels: torch.Tensor) -> Triplets:
     return anchors[valid], positives[valid], negatives[valid]
 
 
-MINERS = {"batch_hard": batch_hard_triplets, "semi_hard": semi_hard_triplets}
+@torch.no_grad()
+def given_triplets(dist: torch.Tensor, labels: torch.Tensor) -> Triplets:
+    """``(anchors, positives, negatives)`` as the batch holds them: images ``3i, 3i+1, 3i+2``
+    (``--triplet_mining random``, :class:`~faceignite.data.triplet_sampler.RandomTripletSampler`).
+
+    Triplets whose labels do not fit (an unreadable image left out of the batch shifted them) are
+    left out."""
+    anchors = torch.arange(0, len(labels) - len(labels) % 3, 3, device=dist.device)
+    positives, negatives = anchors + 1, anchors + 2
+    valid = (labels[anchors] == labels[positives]) & (labels[anchors] != labels[negatives])
+    return anchors[valid], positives[valid], negatives[valid]
+
+
+MINERS = {"batch_hard": batch_hard_triplets, "semi_hard": semi_hard_triplets,
+          "random": given_triplets}
 MINING = tuple(MINERS)
 
 

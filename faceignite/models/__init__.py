@@ -3,6 +3,7 @@
 * :mod:`.resnet` — torchvision ResNet-34/50/101 + Linear → BN head (``EmbeddingNet``), any size;
 * :mod:`.iresnet` — iResNet-18/34/50/100 (ArcFace's improved residual units), 112×112;
 * :mod:`.mobilefacenet` — MobileFaceNet (~1 M parameters), 112×112;
+* :mod:`.vgg` — torchvision VGG16 / VGG16-BN + Linear → BN head (the second original system), ≥ 32 px;
 * :mod:`.tiny` — a test-size network (~25 k parameters, any size) for tests and smoke runs.
 
 Every model has ``forward`` (raw embedding, for the losses), ``embed`` (L2-normalised),

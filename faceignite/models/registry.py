@@ -18,12 +18,13 @@ from faceignite.errors import FaceIgniteError
 class Architecture:
     """What the rest of faceignite needs to know about one architecture."""
 
-    family: str                 # module under faceignite.models: resnet | iresnet | mobilefacenet | tiny
+    family: str                 # module under faceignite.models: resnet | iresnet | vgg | ...
     cls: str                    # the class in that module, built as cls(name, embedding_dim)
     input_size: int | None      # the only image side (pixels) it accepts; None: any
     imagenet: bool              # torchvision ImageNet weights exist (--pretrained download)
     embedding_dim: int          # the size its papers and the field use
     crop: str                   # the alignment its recipe trains on (python -m faceignite.align)
+    min_size: int = 1           # the smallest image side (pixels) it accepts
 
 
 _BOX = "box (MTCNN box + margin, --template box)"
@@ -32,6 +33,9 @@ SPECS: dict[str, Architecture] = {
     "resnet34": Architecture("resnet", "EmbeddingNet", None, True, 128, _BOX),
     "resnet50": Architecture("resnet", "EmbeddingNet", None, True, 128, _BOX),
     "resnet101": Architecture("resnet", "EmbeddingNet", None, True, 128, _BOX),
+    # the second original system's network: torchvision VGG16 (+ BN variant), sides >= 32 px
+    "vgg16": Architecture("vgg", "VGGEmbeddingNet", None, True, 128, _BOX, min_size=32),
+    "vgg16_bn": Architecture("vgg", "VGGEmbeddingNet", None, True, 128, _BOX, min_size=32),
     "iresnet18": Architecture("iresnet", "IResNet", 112, False, 512, _FIVE),
     "iresnet34": Architecture("iresnet", "IResNet", 112, False, 512, _FIVE),
     "iresnet50": Architecture("iresnet", "IResNet", 112, False, 512, _FIVE),
@@ -54,7 +58,11 @@ def spec(architecture: str) -> Architecture:
 
 def check_image_size(architecture: str, image_size: int | None) -> None:
     """One-line :class:`FaceIgniteError` when ``architecture`` cannot take ``image_size`` pixels."""
-    needed = spec(architecture).input_size
+    facts = spec(architecture)
+    if image_size is not None and int(image_size) < facts.min_size:
+        raise FaceIgniteError(f"--model {architecture} needs --image_size {facts.min_size} or "
+                              f"more, got --image_size {image_size}")
+    needed = facts.input_size
     if needed is not None and image_size is not None and int(image_size) != needed:
         raise FaceIgniteError(f"--model {architecture} needs --image_size {needed} ({needed}x{needed} "
                               f"five-point crops: python -m faceignite.align SRC DST --template "
@@ -67,7 +75,7 @@ def build_model(architecture: str, embedding_dim: int = 128, pretrained: str | N
     ``architecture``, ``embedding_dim``).
 
     ``pretrained``: a local weights file for the backbone, ``'download'`` (torchvision ResNets
-    only) or ``None``; ``image_size``: checked against what the architecture accepts.
+    and VGGs only) or ``None``; ``image_size``: checked against what the architecture accepts.
     """
     facts = spec(architecture)
     check_image_size(architecture, image_size)
@@ -79,7 +87,7 @@ def build_model(architecture: str, embedding_dim: int = 128, pretrained: str | N
 
 
 def load_pretrained(model: Any, pretrained: str, facts: Architecture) -> None:
-    """``--pretrained`` into ``model.backbone``: ImageNet weights for the ResNets; for the face
+    """``--pretrained`` into ``model.backbone``: ImageNet weights for the ResNets and VGGs; for the face
     backbones a local file of backbone weights (keys with or without ``backbone.``)."""
     from faceignite.models import resnet
 

@@ -68,17 +68,19 @@ def read_weights_file(pretrained: str) -> dict:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def load_backbone_weights(model: EmbeddingNet, pretrained: str) -> None:
-    """Load ImageNet weights into the backbone from a local file, or ``'download'`` them."""
+def load_backbone_weights(model: EmbeddingModel, pretrained: str) -> None:
+    """Load ImageNet weights into the backbone (a torchvision ResNet or VGG trunk) from a local
+    file, or ``'download'`` them."""
     if pretrained.lower() in ("download", "true", "imagenet"):
         state = _download_imagenet_weights(model.architecture)
         source = "torchvision download"
     else:
         state = read_weights_file(pretrained)
         source = pretrained
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    head = getattr(model, "imagenet_head", "fc.")  # the ImageNet classifier: not in the trunk
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.startswith("fc.")]:
+    if unexpected or [k for k in missing if not k.startswith(head)]:
         raise FaceIgniteError(
             f"--pretrained {source} does not fit {model.architecture}: "
             f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "

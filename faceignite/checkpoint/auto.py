@@ -1,0 +1,79 @@
+"""``--resume_path auto``: the newest complete training checkpoint under ``--output_dir``.
+
+    path = newest_complete_checkpoint("runs")     # runs/<run>/training_checkpoint_<it>.pt, or None
+    path = agreed_resume_path("runs")             # the same, decided by rank 0 for every process
+
+Checkpoints are looked for in ``output_dir`` itself and in its run folders (one level down;
+given an experiment ``name``, only its own ``<name>-<time>`` folders: the second system's
+center and triplet trainers shared one ``log_dir``), newest first (file time, then iteration).  A newest file that cannot be read (cut short by a full
+disk or a killed copy, corrupt) is skipped with a warning and the one before it is used.  With
+several processes rank 0 decides and the others follow (``ignite.distributed.broadcast``), so
+that all resume the same file.  A later issue extends this for torchrun elastic restarts.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import ignite.distributed as idist
+
+from faceignite.checkpoint.files import LATEST_RE, load_checkpoint
+from faceignite.errors import FaceIgniteError
+
+logger = logging.getLogger("faceignite")
+
+AUTO = "auto"
+
+
+def candidate_checkpoints(output_dir: str, name: str | None = None) -> list[str]:
+    """Every ``training_checkpoint_<iteration>.pt`` in ``output_dir`` and its run folders (of
+    experiment ``name`` only, when given), newest first (modification time, then iteration)."""
+    root = os.path.abspath(os.path.expanduser(output_dir))
+    runs = glob.escape(name) + "-*" if name else "*"
+    found = []
+    for path in (glob.glob(os.path.join(glob.escape(root), "*.pt"))
+                 + glob.glob(os.path.join(glob.escape(root), runs, "*.pt"))):
+        match = LATEST_RE.match(os.path.basename(path))
+        if match and os.path.isfile(path):
+            try:
+                found.append((os.path.getmtime(path), int(match.group(1)), path))
+            except OSError:  # removed meanwhile (n_saved rotation)
+                continue
+    return [path for _, _, path in sorted(found, reverse=True)]
+
+
+def newest_complete_checkpoint(output_dir: str, name: str | None = None) -> str | None:
+    """The newest checkpoint under ``output_dir`` (in experiment ``name``'s run folders) that
+    reads back whole, or None when there is none (a fresh run); unreadable ones are skipped with
+    one warning each."""
+    for path in candidate_checkpoints(output_dir, name):
+        try:
+            load_checkpoint(path)
+        except FaceIgniteError as exc:
+            logger.warning("--resume_path auto: skipping %s (%s)", path, exc)
+            continue
+        return path
+    return None
+
+
+def agreed_resume_path(output_dir: str, name: str | None = None) -> str | None:
+    """:func:`newest_complete_checkpoint`, decided by rank 0 and followed by every process."""
+    path = newest_complete_checkpoint(output_dir, name) if idist.get_rank() == 0 else ""
+    if idist.get_world_size() > 1:
+        path = idist.broadcast(path or "", src=0)
+    return path or None
+
+
+def resolve_auto_resume(cfg, name: str | None = None) -> None:
+    """Replace ``cfg.resume_path == "auto"`` by the agreed checkpoint of experiment ``name``
+    under ``cfg.output_dir``, or None (a new run)."""
+    if getattr(cfg, "resume_path", None) != AUTO:
+        return
+    if getattr(cfg, "finetune", False):
+        raise FaceIgniteError("--resume_path auto continues a run; --finetune needs a checkpoint "
+                              "file")
+    cfg.resume_path = agreed_resume_path(cfg.output_dir, name)
+    if cfg.resume_path is None:
+        logger.info("--resume_path auto: no checkpoint under %s, starting a new run",
+                    cfg.output_dir)
