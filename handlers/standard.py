@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -155,7 +154,7 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                          save_interval=cfg.save_interval, best_by=best_by,
                                          best_event=best_event))
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    signals = interrupt.COMMAND_LINE_SIGNALS if handle_signals else ()
     stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
                             stop_check=controls["stop_check"])
     attached = Attached(state, scheduler, checkpoints[0], stop)
