@@ -217,3 +217,26 @@ def test_two_node_agents_train_as_one_node_and_their_checkpoint_resumes_in_one_p
     text = (single / "run.log").read_text()
     assert [at for at, _ in resumes(text)] == [mid] and f"iteration {FINAL} |" in text
     assert (single / f"training_checkpoint_{FINAL}.pt").exists()
+
+
+def test_preemption_signals_exit_75_and_ctrl_c_130():
+    from handlers.interrupt import COMMAND_LINE_SIGNALS, exit_code_of
+
+    assert {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1} <= set(COMMAND_LINE_SIGNALS)
+    assert exit_code_of(signal.SIGTERM) == exit_code_of(signal.SIGUSR1) == EXIT_PREEMPTED == 75
+    assert exit_code_of(signal.SIGINT) == 130 and exit_code_of(signal.SIGHUP) == 128 + 1
+    assert EXIT_PREEMPTED not in (0, 2, 3)
+
+
+def test_a_restartable_group_on_a_shared_rendezvous_store_is_warned(monkeypatch):
+    from faceignite.run import shared_store_warning
+
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.delenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", raising=False)
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in shared_store_warning()
+    monkeypatch.setenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    assert shared_store_warning() is None
+    monkeypatch.delenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")  # nothing restarts: nothing to warn
+    assert shared_store_warning() is None
