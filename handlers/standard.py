@@ -185,7 +185,8 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
              handle_signals: bool = False) -> dict:
     """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
     the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own.
-    ``handle_signals``: Ctrl-C/SIGTERM save a checkpoint and stop (command-line runs: :func:`main`);
+    ``handle_signals``: Ctrl-C/SIGTERM/SIGUSR1 save a checkpoint and stop (command-line runs:
+    :func:`main`; exit code 130 or 75);
     off, a library call leaves the process's signal handlers alone.
 
     A run stopped by a NaN loss ends with ``SystemExit(EXIT_NAN)`` (exit code 3), never as a
