@@ -180,8 +180,9 @@ def launched_externally() -> bool:
 def shared_store_warning() -> str | None:
     """Why torchrun ``--max_restarts`` may fail to restart this group, or None.  With the
     rendezvous store shared with the workers (torchrun's default), a restarted group can read
-    the previous group's addresses and fail to connect ("Gloo connectFullMesh failed ... Connection
-    refused"; PyTorch #135712): ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` gives each group its own."""
+    the previous group's addresses and fail to connect ("Gloo connectFullMesh failed ...
+    Connection refused"; PyTorch #135712): ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` gives each
+    group its own store."""
     if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
             or os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1"
             or os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") in ("", "0")):

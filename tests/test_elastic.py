@@ -11,6 +11,7 @@ Every kill is timed from the run's own files (the first checkpoint, a ``run.log`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -57,12 +58,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """A failed test leaves no torchrun agent or worker behind (workers run in sessions of their
+    own: killing the agent alone would leave them waiting on gloo)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            for pid in workers(proc).values():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+
+
 def start(*args: str, log: Path) -> subprocess.Popen:
     # torchrun's agent: a rendezvous store of its own per worker group, as the README says
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     with open(log, "ab") as f:
-        return subprocess.Popen([*args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([*args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+    STARTED.append(proc)
+    return proc
 
 
 def torchrun(*options: str, log: Path) -> subprocess.Popen:
@@ -101,11 +122,15 @@ def logged(out: Path, iteration: int) -> bool:
 def workers(agent: subprocess.Popen) -> dict[int, int]:
     """The worker processes of a torchrun agent: rank -> pid (from /proc)."""
     pids = []
-    for task in Path(f"/proc/{agent.pid}/task").iterdir():
-        pids += (task / "children").read_text().split()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{agent.pid}/task").iterdir():
+            pids += (task / "children").read_text().split()
     ranks = {}
     for pid in pids:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
         env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
         if "RANK" in env:
             ranks[int(env["RANK"])] = int(pid)
