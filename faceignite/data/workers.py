@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 
 
 def stop_loader_workers() -> int:
@@ -21,9 +22,10 @@ def stop_loader_workers() -> int:
     if module is None:
         return 0
     stopped = 0
-    for obj in gc.get_objects():
-        if not isinstance(obj, module.DataLoader):
-            continue
+    with warnings.catch_warnings():  # isinstance reads __class__ of deprecated objects too
+        warnings.simplefilter("ignore")  # (torch.distributed.reduce_op: a FutureWarning)
+        loaders = [obj for obj in gc.get_objects() if isinstance(obj, module.DataLoader)]
+    for obj in loaders:
         iterator = getattr(obj, "_iterator", None)  # set only with persistent_workers
         if isinstance(iterator, module._MultiProcessingDataLoaderIter):
             iterator._shutdown_workers()  # private: the only way to stop persistent workers now
