@@ -11,7 +11,6 @@ ClearML/TensorBoard work as in the standard run (``handlers/standard.py``, which
 writes out step by step).
 """
 import os
-import signal
 import sys
 
 import ignite.distributed as idist
@@ -90,7 +89,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
         saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                   save_interval=cfg.save_interval, best_by=best_by,
                                   best_event=best_event)
-        interrupt.attach(trainer, saved.save_now, signals=(signal.SIGINT, signal.SIGTERM),
+        interrupt.attach(trainer, saved.save_now, signals=interrupt.COMMAND_LINE_SIGNALS,
                          stop_check=controls["stop_check"])  # a command line: own the signals
         trackers = [clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=NAME,
                                    hparams=vars(cfg), log_interval=cfg.log_interval,

@@ -11,9 +11,12 @@ from faceignite.errors import FaceIgniteError
 logger = logging.getLogger("faceignite")
 # exit codes of the commands: 0 done; 2 a one-line error (an option, a file); 3 a training run
 # stopped on a NaN loss (no checkpoint of the poisoned weights; resume from the last one);
-# 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM) after saving a checkpoint
+# 75 pre-empted: SIGTERM or SIGUSR1 (SLURM's warning) saved a checkpoint at the next agreement
+# point; the same command with --resume_path auto continues (a SLURM script requeues on it;
+# 75 is sysexits.h's EX_TEMPFAIL, "try again later"); 130 Ctrl-C, after saving a checkpoint
 EXIT_ERROR = 2
 EXIT_NAN = 3
+EXIT_PREEMPTED = 75
 F = TypeVar("F", bound=Callable)
 
 

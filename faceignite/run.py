@@ -278,6 +278,21 @@ def launched_externally() -> bool:
             or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1)
 
 
+def shared_store_warning() -> str | None:
+    """Why torchrun ``--max_restarts`` may fail to restart this group, or None.  With the
+    rendezvous store shared with the workers (torchrun's default), a restarted group can read
+    the previous group's addresses and fail to connect ("Gloo connectFullMesh failed ...
+    Connection refused"; PyTorch #135712): ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` gives each
+    group its own store."""
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1"
+            or os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") in ("", "0")):
+        return None
+    return ("torchrun --max_restarts with the rendezvous store shared with the workers: a "
+            "restarted group may fail to connect (PyTorch #135712); export "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun")
+
+
 def resolve_backend(backend: str = "auto", nproc_per_node: int = 1,
                     device: str = "auto") -> str | None:
     """The ``idist.Parallel`` backend of ``--backend``: ``None`` runs one plain process.
@@ -434,6 +449,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
                  if world_size > 1 else "")
         logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
+        if shared_store_warning():
+            logger.warning("%s", shared_store_warning())
     except BaseException:
         if lock is not None:
             lock.release()

@@ -1,8 +1,11 @@
-"""Ctrl-C / SIGTERM during training: finish the iteration, save a checkpoint, say where, stop.
+"""Ctrl-C / SIGTERM / SIGUSR1 during training: finish the iteration, save a checkpoint, say
+where, stop.
 
 A second signal aborts at once.  The run ends with :class:`TrainingInterrupted` (a
-``KeyboardInterrupt`` carrying the checkpoint path and an exit code 128 + signal number), so that
-nothing written after ``trainer.run`` mistakes an interrupted run for a finished one.
+``KeyboardInterrupt`` carrying the checkpoint path and an exit code: 130 for Ctrl-C,
+``faceignite.cli.EXIT_PREEMPTED`` (75) for SIGTERM and SIGUSR1, the pre-emption signals of
+schedulers (SLURM ``--signal=USR1@60``), 128 + N for any other signal N), so that nothing written
+after ``trainer.run`` mistakes an interrupted run for a finished one.
 
 Distributed: the processes agree (at the agreement points of ``handlers.control.StopCheck``,
 or standalone an all-reduce every ``sync_every`` iterations and at each epoch end) so that all
@@ -21,7 +24,18 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
+from faceignite.cli import EXIT_PREEMPTED
+
 logger = logging.getLogger("faceignite")
+# a scheduler taking the machine back: save, exit EXIT_PREEMPTED, continue with --resume_path auto
+PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
+                           if hasattr(signal, name))
+COMMAND_LINE_SIGNALS = (signal.SIGINT, *PREEMPTION_SIGNALS)
+
+
+def exit_code_of(signum: int) -> int:
+    """The exit code of a run stopped by ``signum`` after saving: 75 pre-empted, else 128 + N."""
+    return EXIT_PREEMPTED if signum in PREEMPTION_SIGNALS else 128 + signum
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -31,14 +45,14 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int, checkpoint: str | None = None):
         super().__init__(message)
         self.signum, self.checkpoint = signum, checkpoint
-        self.exit_code = 128 + signum
+        self.exit_code = exit_code_of(signum)
 
 
 class GracefulInterrupt:
     """Signal handlers that only raise a flag; the trainer checks it after each iteration."""
 
     def __init__(self, trainer: Engine, save: Callable[[Engine], str],
-                 signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
+                 signals: Sequence[int] = COMMAND_LINE_SIGNALS):
         self.trainer, self.save, self.signals = trainer, save, tuple(signals)
         self.received: int | None = None
         self._pid = os.getpid()
@@ -46,7 +60,8 @@ class GracefulInterrupt:
 
     def install(self, _: Engine | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
-            logger.warning("training outside the main thread: Ctrl-C/SIGTERM will not checkpoint")
+            logger.warning("training outside the main thread: Ctrl-C/SIGTERM/SIGUSR1 will not "
+                           "checkpoint")
             return
         self.received, self._pid = None, os.getpid()
         for sig in self.signals:
@@ -54,7 +69,9 @@ class GracefulInterrupt:
             if current != self._on_signal:  # not twice (a run started again after a crash)
                 self._previous[sig] = current
             signal.signal(sig, self._on_signal)
-        logger.info("Ctrl-C or SIGTERM saves a checkpoint after the current iteration and stops")
+        names = "/".join(signal.Signals(sig).name for sig in self.signals if sig != signal.SIGINT)
+        logger.info("Ctrl-C or %s saves a checkpoint after the current iteration and stops",
+                    names or "a signal")
 
     def restore(self, _: Engine | None = None) -> None:
         for sig, previous in self._previous.items():
@@ -129,7 +146,7 @@ class GracefulInterrupt:
 
 
 def attach(trainer: Engine, save: Callable[[Engine], str],
-           signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+           signals: Sequence[int] = COMMAND_LINE_SIGNALS,
            sync_every: int = 10, stop_check: Any = None) -> GracefulInterrupt:
     """While ``trainer`` runs, turn ``signals`` into: ``save(trainer)`` at the end of the current
     iteration, then :class:`TrainingInterrupted`.  ``save`` returns the path written, e.g.

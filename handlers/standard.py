@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -169,7 +168,7 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                          save_interval=cfg.save_interval, best_by=best_by,
                                          best_event=best_event))
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    signals = interrupt.COMMAND_LINE_SIGNALS if handle_signals else ()
     stop = interrupt.attach(trainer, checkpoints[0].save_now, signals=signals,
                             stop_check=controls["stop_check"])
     for what, evaluator in validations:  # a long validation does not delay the checkpoint
@@ -203,7 +202,8 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
              handle_signals: bool = False) -> dict:
     """One training process (of ``idist.get_world_size()``); returns (and puts into ``result``)
     the final metrics.  ``hooks``: ``hook(trainer, state)`` calls to add handlers of your own.
-    ``handle_signals``: Ctrl-C/SIGTERM save a checkpoint and stop (command-line runs: :func:`main`);
+    ``handle_signals``: Ctrl-C/SIGTERM/SIGUSR1 save a checkpoint and stop (command-line runs:
+    :func:`main`; exit code 130 or 75);
     off, a library call leaves the process's signal handlers alone.
 
     A run stopped by a NaN loss ends with ``SystemExit(EXIT_NAN)`` (exit code 3), never as a

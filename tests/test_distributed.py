@@ -17,6 +17,7 @@ from conftest import copy_subset
 from handlers.standard import main
 
 from faceignite.checkpoint import unwrap  # noqa: E402
+from faceignite.cli import EXIT_PREEMPTED  # noqa: E402
 from faceignite.config import parse_args  # noqa: E402
 from faceignite.data import build_face_data  # noqa: E402
 from faceignite.engine import TrainerEvents, stop_together  # noqa: E402
@@ -298,7 +299,7 @@ def test_a_nan_in_one_process_stops_both_at_that_iteration(two_process_checks):
 
 def test_a_signal_to_one_process_stops_both_after_saving(two_process_checks):
     _, ranks = two_process_checks
-    expected = {"stopped_at": 4, "saved": [4], "exit_code": 128 + signal.SIGTERM}
+    expected = {"stopped_at": 4, "saved": [4], "exit_code": EXIT_PREEMPTED}
     assert [r["signal"] for r in ranks] == [expected] * 2
 
 
@@ -306,7 +307,7 @@ def test_batched_agreement_stops_both_at_the_next_point(two_process_checks):
     _, ranks = two_process_checks
     expected = {"nan": {"stopped_at": 4, "nan": 1, "saved": [], "exit_code": 0},
                 "signal": {"stopped_at": 8, "nan": 0, "saved": [8],
-                           "exit_code": 128 + signal.SIGTERM}}
+                           "exit_code": EXIT_PREEMPTED}}
     assert [r["every_4"] for r in ranks] == [expected] * 2
 
 

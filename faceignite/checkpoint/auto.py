@@ -8,7 +8,12 @@ given an experiment ``name``, only its own ``<name>-<time>`` folders: the second
 center and triplet trainers shared one ``log_dir``), newest first (file time, then iteration).  A newest file that cannot be read (cut short by a full
 disk or a killed copy, corrupt) is skipped with a warning and the one before it is used.  With
 several processes rank 0 decides and the others follow (``ignite.distributed.broadcast``), so
-that all resume the same file.  A later issue extends this for torchrun elastic restarts.
+that all resume the same file.
+
+torchrun ``--max_restarts N`` restarts a failed worker group with the same command line: with
+``--resume_path auto`` the restarted group continues from the newest complete checkpoint (at most
+``--save_interval`` iterations are trained again), and the resume line of ``run.log`` names the
+restart (:func:`elastic_restart`).  The same holds for a SLURM requeue after pre-emption.
 """
 from __future__ import annotations
 
@@ -24,6 +29,15 @@ from faceignite.errors import FaceIgniteError
 logger = logging.getLogger("faceignite")
 
 AUTO = "auto"
+
+
+def elastic_restart() -> str:
+    """``"torchrun restart R of N"`` in a worker group that torchrun's elastic agent restarted
+    (``TORCHELASTIC_RESTART_COUNT`` > 0), else ``""``."""
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if not count.isdigit() or int(count) == 0:
+        return ""
+    return f"torchrun restart {count} of {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}"
 
 
 def candidate_checkpoints(output_dir: str, name: str | None = None) -> list[str]:
@@ -75,5 +89,10 @@ def resolve_auto_resume(cfg, name: str | None = None) -> None:
                               "file")
     cfg.resume_path = agreed_resume_path(cfg.output_dir, name)
     if cfg.resume_path is None:
-        logger.info("--resume_path auto: no checkpoint under %s, starting a new run",
-                    cfg.output_dir)
+        restart = elastic_restart()
+        if restart:  # the first group died before its first checkpoint: all of it again
+            logger.warning("--resume_path auto (%s): no checkpoint under %s yet, starting again "
+                           "from iteration 0", restart, cfg.output_dir)
+        else:
+            logger.info("--resume_path auto: no checkpoint under %s, starting a new run",
+                        cfg.output_dir)

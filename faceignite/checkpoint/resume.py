@@ -9,6 +9,7 @@ from typing import Mapping
 
 from torch import nn
 
+from faceignite.checkpoint.auto import elastic_restart
 from faceignite.checkpoint.files import check_compatible, check_options, load_checkpoint
 from faceignite.checkpoint.state import TrainingState, unwrap
 from faceignite.errors import FaceIgniteError
@@ -101,8 +102,9 @@ class Resume:
         if not cfg.finetune and before not in (None, cfg.epochs):
             logger.warning("--epochs %s (the checkpoint's run: %s): the LR schedule goes on as "
                            "built for %s epochs", cfg.epochs, before, before)
-        logger.info("%s from %s (%s)", "finetuning" if cfg.finetune else "resuming",
-                    ckpt["path"], checkpoint_position(ckpt))
+        restart = "" if cfg.finetune else elastic_restart()
+        logger.info("%s from %s (%s)%s", "finetuning" if cfg.finetune else "resuming",
+                    ckpt["path"], checkpoint_position(ckpt), f" after {restart}" if restart else "")
         return cls(ckpt, cfg.finetune, cfg.epochs)
 
     @property
