@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None
             result, source = evaluate_embeddings_file(cfg), cfg.embeddings
         else:
             result, source = evaluate_checkpoint(cfg, run.device), model_file
-        stem = os.path.splitext(os.path.basename(source))[0]
+        stem = os.path.splitext(os.path.basename(os.path.normpath(source)))[0]  # "run/" too
         png = save_roc_curve(result, os.path.join(run.output_dir, f"roc_{stem}.png"),
                              f"{stem} on {os.path.basename(result.pairs_file)}")
         with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:

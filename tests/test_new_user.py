@@ -156,6 +156,11 @@ def test_run_folder_commands_use_the_best_checkpoint(train_root, lfw_root, tmp_p
                    caplog)
     assert str(tmp_path / "empty") in line
     assert not list((tmp_path / "ev").glob("evaluate-*"))
+    # a run folder given with a trailing slash names the ROC after the folder (not "roc_.png")
+    evaluate.main(["--checkpoint", f"{run_dir}/", "--lfw", str(lfw_root), "--output_dir",
+                   str(tmp_path / "ev"), "--device", "cpu"])
+    (ev_dir,) = (tmp_path / "ev").glob("evaluate-*")
+    assert (ev_dir / f"roc_{run_dir.name}.png").is_file()
 
 
 def test_runs_list_and_clean(tmp_path, capsys, caplog):
