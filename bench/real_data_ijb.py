@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| features | mode | " + " | ".join(f"TAR@{far_label(f)}" for f in fars) + " | AUC |")
     print("|---|---|" + "---|" * (len(fars) + 1))
     for label, mode, result in rows:
-        print(f"| {label} | {mode} | " + " | ".join(f"{100 * result.tar[f]:.2f}" for f in fars)
+        print(f"| {label} | {mode} | " + " | ".join(
+            "n/a" if result.tar[f] is None else f"{100 * result.tar[f]:.2f}" for f in fars)
               + f" | {100 * result.auc:.3f} |")
 
 

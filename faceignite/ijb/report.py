@@ -35,9 +35,9 @@ class IJBResult:
     auc: float
     num_genuine: int
     num_impostor: int
-    tar: dict[float, float]
-    far: dict[float, float]
-    threshold: dict[float, float]
+    tar: dict[float, float | None]  # None: fewer than one impostor pair at that FAR (n/a)
+    far: dict[float, float | None]
+    threshold: dict[float, float | None]
     fpr: np.ndarray = field(repr=False)
     tpr: np.ndarray = field(repr=False)
     skipped_images: int = 0
@@ -56,12 +56,13 @@ class IJBResult:
     def table(self) -> str:
         """Two-row text table, TAR in percent, as insightface prints it."""
         head = ["FAR"] + [far_label(f) for f in self.tar]
-        row = [f"TAR {self.target} %"] + [f"{100 * v:.2f}" for v in self.tar.values()]
+        row = [f"TAR {self.target} %"] + ["n/a" if v is None else f"{100 * v:.2f}"
+                                          for v in self.tar.values()]
         widths = [max(len(a), len(b)) for a, b in zip(head, row)]
         lines = [" | ".join(s.rjust(w) for s, w in zip(r, widths)) for r in (head, row)]
-        unresolved = [far_label(f) for f in self.tar if f * self.num_impostor < 1]
-        note = (f"\n(FAR {', '.join(unresolved)}: fewer than one impostor pair at that rate; the "
-                f"nearest ROC point was read)" if unresolved else "")
+        unresolved = [far_label(f) for f, v in self.tar.items() if v is None]
+        note = (f"\n(n/a: {self.num_impostor} impostor pairs resolve FAR >= "
+                f"{far_label(1.0 / self.num_impostor)} only)" if unresolved else "")
         return (f"{lines[0]}\n{lines[1]}\nAUC {100 * self.auc:.4f} %, {self.num_genuine} genuine "
                 f"+ {self.num_impostor} impostor pairs{note}")
 
@@ -81,11 +82,16 @@ def roc_report(scores: np.ndarray, labels: np.ndarray, target: str,
         raise FaceIgniteError(f"{target}: the ROC needs genuine and impostor pairs, got {genuine} "
                               f"genuine of {len(labels)}")
     fpr, tpr, thresholds = roc_curve(labels, scores)
-    picked = {far: nearest_far_point(fpr, tpr, far) for far in far_targets}
-    return IJBResult(target, float(auc(fpr, tpr)), genuine, len(labels) - genuine,
-                     {f: float(tpr[i]) for f, i in picked.items()},
-                     {f: float(fpr[i]) for f, i in picked.items()},
-                     {f: float(thresholds[i]) for f, i in picked.items()}, fpr, tpr)
+    impostor = len(labels) - genuine
+    # a FAR below one impostor pair is not measured: n/a (None), never the nearest point's figure
+    picked = {far: nearest_far_point(fpr, tpr, far) if far * impostor >= 1 else None
+              for far in far_targets}
+
+    def at(values: np.ndarray) -> dict[float, float | None]:
+        return {f: None if i is None else float(values[i]) for f, i in picked.items()}
+
+    return IJBResult(target, float(auc(fpr, tpr)), genuine, impostor, at(tpr), at(fpr),
+                     at(thresholds), fpr, tpr)
 
 
 def save_roc_png(result: IJBResult, path: str, title: str) -> str:
@@ -100,6 +106,8 @@ def save_roc_png(result: IJBResult, path: str, title: str) -> str:
     ax.plot(np.clip(result.fpr, lowest, 1.0), result.tpr, lw=2,
             label=f"AUC {100 * result.auc:.2f} %")
     for far, tar in result.tar.items():
+        if tar is None:  # n/a: not measured
+            continue
         ax.plot([max(result.far[far], lowest)], [tar], "o",
                 label=f"TAR {100 * tar:.2f} % @ FAR {far_label(far)}")
     ax.set_xscale("log")
