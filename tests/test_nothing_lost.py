@@ -70,6 +70,25 @@ def test_an_idx_offset_outside_the_rec_is_one_line_before_training(tmp_path, cap
     assert not checkpoints(out) and not any(out.glob("*/run.log"))  # refused before training
 
 
+def test_a_record_that_fails_to_read_mid_epoch_is_skipped_and_counted(tmp_path):
+    """The .rec passed its check at start, then lost its second half (a file cut on a network
+    file system): the records there are skipped and counted like undecodable images, the run
+    ends with its checkpoint."""
+    from ignite.engine import Events
+
+    dst = packed(tmp_path)
+    rec = dst / "train.rec"
+
+    def cut_after_the_first_batch(trainer, _state):
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1),
+                                  lambda _: os.truncate(rec, rec.stat().st_size // 2))
+
+    metrics = main(args(dst, tmp_path / "runs", "--seed", "3"),
+                   hooks=[cut_after_the_first_batch], handle_signals=False)
+    assert metrics["skipped_images"] > 0  # 12 images, the second half of the file gone
+    assert checkpoints(tmp_path / "runs")
+
+
 # ------------------------------------------------ item 2: verification targets checked first
 def bin_set(path: Path, root: Path, bad_image: int | None = None, issame=None) -> Path:
     """A 20-pair .bin of real JPEG bytes (pairs of 8 images), written as insightface does."""
