@@ -21,6 +21,7 @@ import pytest
 
 from conftest import REPO, copy_subset
 
+from faceignite.cli import EXIT_PREEMPTED
 from faceignite.config import parse_args
 from faceignite.errors import FaceIgniteError
 from faceignite.models.registry import SPECS
@@ -222,7 +223,7 @@ def test_interrupt_keeps_the_last_line_and_resume_names_the_same_epoch(train_roo
     argv[argv.index("--log_interval") + 1] = "5"
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_:
         train(argv, hooks=[sigterm_at_iteration_4], handle_signals=True)
-    assert exit_.value.code == 128 + signal.SIGTERM
+    assert exit_.value.code == EXIT_PREEMPTED
     (run_dir,) = runs_in(tmp_path)
     log = (run_dir / "run.log").read_text()
     assert "epoch 2 iteration 5 |" in log  # the last iteration's line, not lost

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, copy_subset, one_error, shared_path
+from faceignite.cli import EXIT_PREEMPTED
 from faceignite.data.pack import main as pack_main
 from faceignite.errors import FaceIgniteError
 from faceignite.run_lock import LOCK_NAME, lock_run_folder
@@ -188,7 +189,7 @@ def test_a_second_writer_of_a_live_run_folder_is_refused_naming_it(tmp_path):
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
-    assert first.returncode == 128 + signal.SIGTERM  # the live run checkpointed and stopped
+    assert first.returncode == EXIT_PREEMPTED  # the live run checkpointed and stopped
     assert not (run_dir / LOCK_NAME).exists()  # released on exit
 
 
@@ -328,7 +329,7 @@ def test_sigterm_during_a_long_validation_checkpoints_within_seconds(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 128 + signal.SIGTERM, (tmp_path / "run.out").read_text()[-2000:]
+    assert run.returncode == EXIT_PREEMPTED, (tmp_path / "run.out").read_text()[-2000:]
     (ckpt,) = checkpoints(out)
     assert ckpt.stat().st_mtime - signalled < 5.0  # not after the whole validation
     text = log.read_text()
@@ -378,5 +379,5 @@ def test_a_signal_to_one_process_stops_every_validation_at_its_agreement_point(t
     with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
         parallel.run(validation_signal_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    # both stop at batch 10 (not 97/100), save the trainer's iteration 4, exit 143
-    assert ranks == [{"validated": 10, "saved": [4], "code": 128 + signal.SIGTERM}] * 2
+    # both stop at batch 10 (not 97/100), save the trainer's iteration 4, exit 75 (pre-empted)
+    assert ranks == [{"validated": 10, "saved": [4], "code": EXIT_PREEMPTED}] * 2
