@@ -22,6 +22,18 @@ def write_error(exc: OSError, path: str, option: str) -> str:
     return f"cannot write {path} ({option}): {exc.strerror or exc.__class__.__name__}"
 
 
+def make_output_folder(path: str, option: str) -> None:
+    """Make the output folder ``path`` (given as ``option``), or one line: a file in the way, a
+    read-only or virtual file system."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FaceIgniteError(f"{option} {path}: a file is in the way at or above it (give a "
+                              "folder)") from None
+    except OSError as exc:
+        raise FaceIgniteError(write_error(exc, path, option)) from None
+
+
 def prepare_output_file(path: str, option: str) -> str:
     """Make the folder of output file ``path`` and check a file can be created there, before any
     work is done; return the absolute path.

@@ -25,7 +25,7 @@ from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import write_error
 from faceignite.run_lock import RunLock, lock_run_folder
-from faceignite.runtime import resolve_device, resolve_gpus
+from faceignite.runtime import rank0_decides, resolve_device, resolve_gpus
 
 logger = logging.getLogger("faceignite")
 
@@ -404,20 +404,13 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         fail(exc)
     new = run_dir is None
     if new:  # rank 0 makes it and tells the others (or the one line of why it could not)
-        made = ""
-        if rank == 0:
-            try:
-                made = "ok:" + (make_named_run_dir(cfg.output_dir, cfg.name)
-                                if getattr(cfg, "name", None)
-                                else make_run_dir(cfg.output_dir, folder_name or name))
-            except FaceIgniteError as exc:
-                made = f"error:{exc}"
-        if world_size > 1:
-            made = str(idist.broadcast(made, src=0))
-        kind, _, run_dir = made.partition(":")
-        if kind == "error":
+        try:
+            run_dir = rank0_decides(lambda: make_named_run_dir(cfg.output_dir, cfg.name)
+                                    if getattr(cfg, "name", None)
+                                    else make_run_dir(cfg.output_dir, folder_name or name))
+        except FaceIgniteError as exc:
             setup_logging(rank=rank)
-            fail(FaceIgniteError(run_dir))
+            fail(exc)
     else:
         try:
             os.makedirs(run_dir, exist_ok=True)
@@ -425,7 +418,7 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             setup_logging(rank=rank)
             fail(FaceIgniteError(write_error(exc, run_dir, "--resume_path")))
     lock = take_run_lock(run_dir, "--output_dir" if new else "--resume_path", rank,
-                         world_size, remove_if_empty=new)
+                         remove_if_empty=new)
     try:  # a failure before the run starts releases the lock too
         files = None
         if deferred:
@@ -478,27 +471,20 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             lock.release()
 
 
-def take_run_lock(run_dir: str, option: str, rank: int = 0, world_size: int = 1,
+def take_run_lock(run_dir: str, option: str, rank: int = 0,
                   remove_if_empty: bool = False) -> RunLock | None:
     """Rank 0 takes the run folder's exclusive lock (:func:`faceignite.run_lock.lock_run_folder`)
     for every place a run starts writing a run folder, new or resumed; every process learns
     whether it got it.  A second writer ends here with one line naming the other (pid, host);
     ``remove_if_empty``: a folder this run just made is removed then.  The lock (rank 0's;
     None elsewhere) is released when the run ends, however it ends."""
-    lock, answer = None, ""
-    if rank == 0:
-        try:
-            lock = lock_run_folder(run_dir, option)
-            answer = "ok:"
-        except FaceIgniteError as exc:
-            answer = f"error:{exc}"
-    if world_size > 1:
-        answer = str(idist.broadcast(answer, src=0))
-    kind, _, refusal = answer.partition(":")
-    if kind == "error":
+    taken: list[RunLock] = []  # rank 0's lock
+    try:
+        rank0_decides(lambda: taken.append(lock_run_folder(run_dir, option)) or "")
+    except FaceIgniteError as exc:
         setup_logging(rank=rank)
         if remove_if_empty and rank == 0:
             with contextlib.suppress(OSError):
                 os.rmdir(run_dir)
-        fail(FaceIgniteError(refusal))
-    return lock
+        fail(exc)
+    return taken[0] if taken else None

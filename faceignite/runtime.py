@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import ignite.distributed as idist
 import torch
@@ -116,6 +116,23 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def rank0_decides(decide: Callable[[], str]) -> str:
+    """``decide()`` in process 0, its answer shared with every process (``idist.broadcast``).  A
+    :class:`FaceIgniteError` there is raised in every process, so all of them stop alike."""
+    answer = ""
+    if idist.get_rank() == 0:
+        try:
+            answer = "ok:" + decide()
+        except FaceIgniteError as exc:
+            answer = f"error:{exc}"
+    if idist.get_world_size() > 1:
+        answer = str(idist.broadcast(answer, src=0))
+    kind, _, value = answer.partition(":")
+    if kind == "error":
+        raise FaceIgniteError(value)
+    return value
 
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:

@@ -21,10 +21,9 @@ import glob
 import logging
 import os
 
-import ignite.distributed as idist
-
 from faceignite.checkpoint.files import LATEST_RE, load_checkpoint
 from faceignite.errors import FaceIgniteError
+from faceignite.runtime import rank0_decides
 
 logger = logging.getLogger("faceignite")
 
@@ -73,10 +72,7 @@ def newest_complete_checkpoint(output_dir: str, name: str | None = None) -> str 
 
 def agreed_resume_path(output_dir: str, name: str | None = None) -> str | None:
     """:func:`newest_complete_checkpoint`, decided by rank 0 and followed by every process."""
-    path = newest_complete_checkpoint(output_dir, name) if idist.get_rank() == 0 else ""
-    if idist.get_world_size() > 1:
-        path = idist.broadcast(path or "", src=0)
-    return path or None
+    return rank0_decides(lambda: newest_complete_checkpoint(output_dir, name) or "") or None
 
 
 def resolve_auto_resume(cfg, name: str | None = None) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from faceignite.data.index import scan_identity_folders
 from faceignite.data.recordio import EXACT_FLOAT_LIMIT, IndexedRecordWriter, pack_payload
 from faceignite.errors import FaceIgniteError
-from faceignite.output_files import write_error
+from faceignite.output_files import make_output_folder, write_error
 
 logger = logging.getLogger("faceignite")
 OUTPUTS = ("train.rec", "train.idx", "property")
@@ -64,13 +64,7 @@ def _leftovers(dst: str) -> list[str]:
 def _prepare_destination(src: str, dst: str, overwrite: bool) -> None:
     """Make ``dst``; refuse it when it is ``src``, a file, not writable, or already holds a
     packed set (unless ``overwrite``); remove a killed pack's temporary files."""
-    try:
-        os.makedirs(dst, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FaceIgniteError(f"DST {dst}: a file is in the way at or above it (give a "
-                              "folder)") from None
-    except OSError as exc:
-        raise FaceIgniteError(write_error(exc, dst, "DST")) from None
+    make_output_folder(dst, "DST")
     if os.path.samefile(os.path.abspath(src), os.path.abspath(dst)):
         raise FaceIgniteError(f"DST {dst} is SRC: write the packed files to another folder")
     existing = [n for n in OUTPUTS if os.path.exists(os.path.join(dst, n))]

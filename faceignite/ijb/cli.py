@@ -23,7 +23,7 @@ import numpy as np
 from faceignite.config import add_options, default_num_workers
 from faceignite.errors import FaceIgniteError
 from faceignite.evaluate import load_embeddings
-from faceignite.output_files import write_error
+from faceignite.output_files import make_output_folder, write_error
 from faceignite.ijb.meta import (TARGETS, Landmarks, MetaFiles, TemplateMedia, TemplatePairs,
                                  meta_files, read_landmarks, read_template_media,
                                  read_template_pairs)
@@ -87,13 +87,7 @@ def output_names(target: str, checkpoint: bool) -> list[str]:
 def prepare_out(out_dir: str, names: Sequence[str], overwrite: bool) -> None:
     """Make ``--out`` before any work, or one line: a file in the way, a read-only or virtual
     file system, or earlier results there (replaced only with ``overwrite``)."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FaceIgniteError(f"--out {out_dir}: a file is in the way at or above it (give a "
-                              "folder)") from None
-    except OSError as exc:
-        raise FaceIgniteError(write_error(exc, out_dir, "--out")) from None
+    make_output_folder(out_dir, "--out")
     probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
     try:
         with open(probe, "wb"):
