@@ -74,7 +74,7 @@ tiny="--image_size 64 --batch_size 64 --log_interval 5 --clearml off --num_worke
 step train_fp16_cl 50 "$py" experiments/resnet34_center.py $tiny --num_workers 0 --epochs 1 \
      --amp fp16 --channels_last --output_dir "$runs/fp16"
 ckpt_dir=$(ls -d "$runs"/fp16/resnet34_center-*/ 2>/dev/null | head -1)
-pairs="$runs/fp16/builtin-v2/pairs"
+pairs="$runs/fp16/cache/builtin-v2/pairs"
 step resume_fp16 45 "$py" experiments/resnet34_center.py $tiny --num_workers 0 --amp fp16 \
      --channels_last --epochs 2 --resume_path "${ckpt_dir:-missing}"
 step evaluate_cuda 30 "$py" -m faceignite.evaluate --checkpoint "${ckpt_dir:-missing}" --lfw "$pairs" \
@@ -105,5 +105,11 @@ step bench_resnet34_bf16 60 "$py" $bench --model resnet34 --compile off
 step partial_fc_100k 60 "$py" bench/gpu_face.py partial_fc --classes 100000
 step ijb_embed_iresnet50 75 "$py" bench/gpu_face.py ijb_embed --model iresnet50 --images 4000 --num_workers 8
 step rec_loader_workers 75 "$py" bench/gpu_face.py rec_loader --images 3000 --workers 1 4 8 12 --rounds 2
+# loader workers stopped at the run's end (faceignite/data/workers.py): seconds between the
+# run's last log line and the process's exit (30-60 s before that fix)
+step workers_exit 60 bash -c "\"$py\" experiments/resnet34_center.py $tiny --epochs 1 --amp bf16 \
+  --channels_last --output_dir \"$runs/wexit\" && \"$py\" -c 'import glob, os, time
+f = max(glob.glob(\"$runs/wexit/*/run.log\"), key=os.path.getmtime)
+print(\"exit delay after the last log line: %.1f s\" % (time.time() - os.path.getmtime(f)))'"
 step bench_iresnet50_compile 200 "$py" $bench --model iresnet50 --compile on --no_handlers_row
 exit $status
