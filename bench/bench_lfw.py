@@ -4,7 +4,7 @@
     python bench/bench_lfw.py --image_size 64 --rounds 1  # a quicker look on a CPU
 
 Baseline: the original trainer's way, both images of every pair embedded (12,000 slots), then
-the metrics.  Candidate: faceignite's evaluator (:func:`faceignite.lfw.create_pairs_evaluator`),
+the metrics.  Candidate: faceignite's evaluator (:func:`faceignite.verification.create_pairs_evaluator`),
 each unique image embedded once (7,701), then the same metrics.  Both use the same model
 (randomly initialised, eval mode), transforms, loader settings and batch size, and must give the
 same metrics.  Times cover decoding, resizing, embedding and the metrics; the metrics alone are
@@ -50,7 +50,7 @@ def slots_validation(model, pairs, paths, args, device):
     import torch
     from ignite.engine import Events
 
-    from faceignite.lfw import create_embedding_engine, evaluate_distances, image_loader, pair_distances
+    from faceignite.verification import create_embedding_engine, evaluate_distances, image_loader, pair_distances
 
     slots = [paths[i] for pair in zip(pairs.left, pairs.right) for i in pair]
     engine = create_embedding_engine(model, device, args.flip, args.amp)
@@ -71,7 +71,7 @@ def main(argv=None):
     import torch
 
     from faceignite.runtime import resolve_device
-    from faceignite.lfw import create_pairs_evaluator, evaluate_embeddings
+    from faceignite.verification import create_pairs_evaluator, evaluate_embeddings
     from faceignite.models import build_model
 
     print_header("bench_lfw", args)

@@ -92,7 +92,7 @@ def run_variant(name: str, weight: float, args: argparse.Namespace, out: Path) -
 
 def lfw_images(pairs_file: Path) -> int:
     """How many distinct images pairs.txt names (the images one LFW pass embeds)."""
-    from faceignite.lfw import read_pairs
+    from faceignite.verification import read_pairs
 
     return len(read_pairs(str(pairs_file)).keys)
 
@@ -250,10 +250,10 @@ def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pa
     image's L2-normalised embedding and the accuracy on 600 pairs of them (2 folds, no flip), as
     tests/test_center_compactness.py measures them."""
     from faceignite.compactness import compactness
-    from faceignite.lfw import create_pairs_evaluator
+    from faceignite.verification import create_pairs_evaluator
     from faceignite.data.normalization import of_model
-    from faceignite.lfw.evaluator import image_loader
-    from faceignite.lfw.make_pairs import make_pairs_set
+    from faceignite.verification.evaluator import image_loader
+    from faceignite.verification.make_pairs import make_pairs_set
     if not (pairs_dir / "pairs.txt").exists():
         make_pairs_set(str(celeba), str(pairs_dir), identities, folds=2, per_fold=150, seed=0)
     paths = [str(celeba / i / f) for i in identities for f in sorted(os.listdir(celeba / i))]
@@ -323,7 +323,7 @@ def embed_pairs_images(model: nn.Module, paths: list[str], image_size: int, flip
     """(raw, L2-normalised) embeddings of ``paths``; with ``flip`` TTA: raw = mean of the
     image's and its mirror's raw embeddings, normalised as the project's evaluator does it."""
     from faceignite.data.normalization import of_model
-    from faceignite.lfw.evaluator import image_loader
+    from faceignite.verification.evaluator import image_loader
     model.eval()
     raw = np.zeros((len(paths), model.embedding_dim), np.float32)
     norm = np.zeros_like(raw)
@@ -344,8 +344,8 @@ def evaluate_run(model: nn.Module, criterion: nn.Module, image_size: int, flip: 
     embedding rate (images/s, one forward per image, two with ``flip``), and the scales the
     hypotheses are about: feature norm, BatchNorm |γ|, centre norm."""
     from faceignite.compactness import compactness
-    from faceignite.lfw.metrics import evaluate_distances, evaluate_embeddings
-    from faceignite.lfw.pairs import read_pairs, resolve_images
+    from faceignite.verification.metrics import evaluate_distances, evaluate_embeddings
+    from faceignite.verification.pairs import read_pairs, resolve_images
     pairs, paths = resolve_images(read_pairs(str(lfw_pairs)), str(lfw_dir))
     started = time.perf_counter()
     raw, norm = embed_pairs_images(model, paths, image_size, flip)
@@ -424,7 +424,7 @@ def centre_lag(run_dir: Path, train_root: Path, image_size: int) -> dict:
     the center term pulls features towards points far from their class (not towards it)."""
     from faceignite.checkpoint.files import latest_checkpoint, load_checkpoint
     from faceignite.data.normalization import of_model
-    from faceignite.lfw.evaluator import image_loader
+    from faceignite.verification.evaluator import image_loader
     from faceignite.models import build_model
     ckpt = load_checkpoint(latest_checkpoint(str(run_dir)))
     model = build_model(ckpt["model_architecture"], ckpt["embedding_dimension"])

@@ -59,8 +59,8 @@ def training(local_rank: int, cfg, result: dict) -> None:
         # agreement point: NaN read, --max_time, signals), schedule, validations, progress,
         # checkpoints, interrupt, trackers, then the stop agreement of several processes
         targets = verification.targets_for_run(cfg, data)  # --lfw (or built-in), --val_targets
-        best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
-        best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+        best_by = verification.check_target_options(cfg, data) or "val_accuracy"  # --best_by
+        best_event = (events.ValidationEvents.VERIFICATION_COMPLETED if targets
                       else events.ValidationEvents.HOLDOUT_COMPLETED)
         agree_every = tuple(k for k in (cfg.log_interval, cfg.save_interval, cfg.val_interval)
                             if k > 0) or (50,)  # one host read there, none between
@@ -124,7 +124,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
 @exits_on_error
 def main(argv=None) -> dict:
     cfg = parse_args(argv, **DEFAULTS)
-    verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
+    verification.check_target_options(cfg)  # --val_targets, --best_by: fail before anything is built
     result: dict = {}
     with parallel(cfg) as launcher:  # one process, torchrun/srun's, or --nproc_per_node spawned
         launcher.run(training, cfg, result)

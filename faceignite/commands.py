@@ -16,7 +16,7 @@ COMMANDS = {  # console script -> the module whose main() it runs
     "faceignite-evaluate": "faceignite.evaluate",
     "faceignite-export": "faceignite.export",
     "faceignite-ijb": "faceignite.ijb.cli",
-    "faceignite-make-pairs": "faceignite.lfw.make_pairs",
+    "faceignite-make-pairs": "faceignite.verification.make_pairs",
     "faceignite-onnx-export": "faceignite.onnx_export",
     "faceignite-pack": "faceignite.data.pack",
     "faceignite-verify": "faceignite.verify",

@@ -5,7 +5,7 @@ default on the built-in dataset when it differs: ``builtin``), help text, range 
 where it differs from the original ``train.py`` — the original default and why it changed.
 The argparse parsers (:func:`get_args_parser`, and the command parsers through
 :func:`add_options` / :func:`add_runtime_args`), their help texts, the range checks
-(:func:`check_options`) and the README's defaults table (:func:`defaults_table`) are all made
+(:func:`check_option_ranges`) and the README's defaults table (:func:`defaults_table`) are all made
 from it.  An experiment changes a default by passing ``name=value`` to :func:`parse_args`
 (one value for real and built-in data alike).
 """
@@ -117,7 +117,7 @@ class Option:
     action: str | None = None       # e.g. "store_true"
     nargs: str | None = None
     metavar: str | None = None
-    check: Check | None = None      # range check, run by check_options
+    check: Check | None = None      # range check, run by check_option_ranges
     default_text: str | None = None  # the default in words, when not a plain value
     original: str | None = None     # the original train.py's default, when it differs
     why: str | None = None          # why it changed (README table)
@@ -491,7 +491,7 @@ def default_augment(dataroot: str | None) -> str:
     return "box"
 
 
-def check_options(cfg: argparse.Namespace | Mapping[str, Any]) -> None:
+def check_option_ranges(cfg: argparse.Namespace | Mapping[str, Any]) -> None:
     """Raise a one-line :class:`FaceIgniteError` naming the first option out of its range."""
     values = vars(cfg) if isinstance(cfg, argparse.Namespace) else cfg
     for name, value in values.items():
@@ -537,7 +537,7 @@ def _copy_suppressed(action: argparse.Action) -> argparse.Action:
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None,
                **defaults: Any) -> argparse.Namespace:
     """Parse ``argv`` with :func:`get_args_parser`, fill the data-dependent defaults
-    (:func:`resolve_defaults`) and check every range (:func:`check_options`).  ``--n_triplets``
+    (:func:`resolve_defaults`) and check every range (:func:`check_option_ranges`).  ``--n_triplets``
     without ``--triplet_mining`` selects ``random``.
 
     ``--config FILE`` (:mod:`faceignite.config_file`): its values replace the experiment's
@@ -553,7 +553,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
         from_file = read_options_file(path, BY_NAME)
         parser.set_defaults(**from_file)
     cfg = resolve_defaults(parser.parse_args(argv))
-    check_options(cfg)
+    check_option_ranges(cfg)
     given = given_options(parser, argv) | set(from_file)
     if cfg.n_triplets and "triplet_mining" not in given:  # the second system's n_triplets
         cfg.triplet_mining = "random"

@@ -29,7 +29,7 @@ from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
                                validation_settings)
 from faceignite.data.normalization import of_checkpoint_config, of_model, parse_normalize
-from faceignite.lfw.evaluator import create_embedding_engine, image_loader
+from faceignite.verification.evaluator import create_embedding_engine, image_loader
 from faceignite.models import EmbeddingModel
 from faceignite.output_files import prepare_output_file, write_atomic
 

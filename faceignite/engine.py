@@ -12,9 +12,9 @@ from torch import nn
 
 from faceignite.errors import FaceIgniteError
 from faceignite.losses.protocol import AdjustsGradients, Classifying
-from faceignite.runtime import (AMP_DTYPES, auto_modules, autocast_context,  # noqa: F401
-                                broadcast_buffers, eval_autocast_context, make_grad_scaler, prepare_images,
-                                resolve_device, to_channels_last, unwrap)
+from faceignite.data.sampler import follow_trainer
+from faceignite.runtime import (autocast_context, broadcast_buffers, eval_autocast_context,
+                                make_grad_scaler, prepare_images, unwrap)
 
 
 MIN_TRAIN_BATCH = 2  # BatchNorm in training mode needs two images (per process)
@@ -145,8 +145,6 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     trainer = Engine(step)
     register_trainer_events(trainer)
 
-    from faceignite.data.sampler import follow_trainer  # here: faceignite.data imports lfw,
-    # which imports this module (an upward import another change removes)
     follow_trainer(trainer)  # the sampler keeps the epoch and position a checkpoint saves
 
     return trainer

@@ -32,9 +32,9 @@ from faceignite.config import GROUPS, add_options, add_runtime_args
 from faceignite.embed import load_inference_model
 from faceignite.errors import FaceIgniteError
 from faceignite.models import ARCHITECTURES
-from faceignite.lfw import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
+from faceignite.verification import (VerificationResult, create_pairs_evaluator, evaluate_embeddings,
                             find_pairs_file, match_names, read_pairs, save_roc_curve)
-from faceignite.lfw.targets import create_target_evaluator, plan_targets
+from faceignite.verification.targets import create_target_evaluator, plan_targets
 from faceignite.run import session
 
 logger = logging.getLogger("faceignite")

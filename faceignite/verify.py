@@ -23,7 +23,7 @@ from faceignite.config import add_options, add_runtime_args
 from faceignite.runtime import resolve_device
 from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.metrics import DISTANCES, pair_distances
+from faceignite.verification.metrics import DISTANCES, pair_distances
 
 logger = logging.getLogger("faceignite")
 

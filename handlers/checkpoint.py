@@ -197,7 +197,7 @@ def attach(trainer: Engine, to_save: Any, output_dir: str, *, n_saved: int,
     :class:`~faceignite.checkpoint.TrainingState`, whose keys become the file's top-level keys),
     or a dict of such objects as for Ignite's ``Checkpoint``.  ``best_by``: a metric of
     ``trainer.state.metrics`` (``"lfw_accuracy"``, ``"val_accuracy"``); the best ``n_best``
-    files by it are kept, checked at ``best_event`` (default: ``ValidationEvents.LFW_COMPLETED``
+    files by it are kept, checked at ``best_event`` (default: ``ValidationEvents.VERIFICATION_COMPLETED``
     for ``lfw_*`` metrics, else ``HOLDOUT_COMPLETED``).  Attach it after the validation
     handlers, so epoch checkpoints carry the epoch's metrics.  Returns the :class:`Checkpointer`.
     """
@@ -227,7 +227,7 @@ def attach(trainer: Engine, to_save: Any, output_dir: str, *, n_saved: int,
     if best is not None:
         events.register(trainer)
         if best_event is None:
-            best_event = (events.ValidationEvents.LFW_COMPLETED if best_by.startswith("lfw")
+            best_event = (events.ValidationEvents.VERIFICATION_COMPLETED if best_by.startswith("lfw")
                           else events.ValidationEvents.HOLDOUT_COMPLETED)
         trainer.add_event_handler(best_event, handler.save_best)
     return handler

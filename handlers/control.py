@@ -204,7 +204,7 @@ def attach(trainer: Engine, max_time: float | None = None, early_stopping: int =
     if early_stopping > 0:
         events.register(trainer)
         if score_event is None:
-            score_event = (events.ValidationEvents.LFW_COMPLETED if score_name.startswith("lfw")
+            score_event = (events.ValidationEvents.VERIFICATION_COMPLETED if score_name.startswith("lfw")
                            else events.ValidationEvents.HOLDOUT_COMPLETED)
         attached["early_stopping"] = EarlyStopping(
             early_stopping, score_function=lambda e: e.state.metrics[score_name], trainer=trainer)

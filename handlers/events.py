@@ -2,7 +2,7 @@
 
 The held-out and verification handlers register these on the trainer and fire them once their
 metrics are in ``trainer.state.metrics``; checkpoint-by-best, early stopping and trackers attach
-to them.  ``LFW_COMPLETED`` fires once per verification, after every target (``--lfw`` and each
+to them.  ``VERIFICATION_COMPLETED`` fires once per verification, after every target (``--lfw`` and each
 ``--val_targets``) has written its ``<name>_*`` metrics; :func:`verification_targets` names them.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from faceignite.engine import TrainerEvents  # noqa: F401  (NAN_DETECTED, fired 
 
 class ValidationEvents(EventEnum):
     HOLDOUT_COMPLETED = "holdout_completed"
-    LFW_COMPLETED = "lfw_completed"
+    VERIFICATION_COMPLETED = "verification_completed"
+    LFW_COMPLETED = "verification_completed"  # its former name: an alias of the same event
 
 
 def register(trainer: Engine) -> None:

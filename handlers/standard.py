@@ -132,10 +132,10 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     trainer, data = parts.trainer, parts.data
     # --lfw (the built-in pairs set by default), then each --val_targets
     targets = verification.targets_for_run(cfg, data)
-    best_by = verification.check_options(cfg, data) or "val_accuracy"  # --best_by
+    best_by = verification.check_target_options(cfg, data) or "val_accuracy"  # --best_by
     if targets:
         cfg.best_by = best_by  # config.json records the metric used
-    best_event = (events.ValidationEvents.LFW_COMPLETED if targets
+    best_event = (events.ValidationEvents.VERIFICATION_COMPLETED if targets
                   else events.ValidationEvents.HOLDOUT_COMPLETED)
     checkpoints: list[checkpoint.Checkpointer] = []  # the NaN message names the last one
     # the agreement points: one host read there, none between (50 iterations without log lines)
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss:
     leaves the process's signal handlers alone, e.g. under a test runner's timeout)."""
     description = description or describe_recipe(name, defaults.get("model", "resnet34"), loss)
     cfg = parse_args(argv, description, **{**LOSS_DEFAULTS[loss], **defaults})
-    verification.check_options(cfg)  # --val_targets, --best_by: fail before anything is built
+    verification.check_target_options(cfg)  # --val_targets, --best_by: fail before anything is built
     factory = criterion_factory or LOSSES[loss]
     result: dict = {}
     with parallel(cfg) as launcher:

@@ -12,7 +12,7 @@ tag           values                                      when
 ``epoch``     ``train_*`` epoch means                     ``EPOCH_COMPLETED``
 ``speed``     ``images_per_sec``, ``skipped_images``      ``EPOCH_COMPLETED``
 ``holdout``   ``val_*``                                   ``HOLDOUT_COMPLETED``
-``<target>``  ``<target>_*`` of each verification target  ``LFW_COMPLETED``
+``<target>``  ``<target>_*`` of each verification target  ``VERIFICATION_COMPLETED``
               (``lfw``, each ``--val_targets``; + the
               ROC image ``<target>/roc``)
 ============  ==========================================  =====================================
@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers.base_logger import BaseLogger, BaseOutputHandler
 
 from faceignite.config import plain_config
-from faceignite.lfw import FAR_TARGETS, far_label
+from faceignite.verification import FAR_TARGETS, far_label
 from handlers import events
 
 Predicate = Callable[[str], bool]
@@ -111,7 +111,7 @@ def attach_scalars(tracker: BaseLogger, output_handler: type[BaseOutputHandler],
     for event, (tag, keep) in VALIDATION_GROUPS.items():
         add(event, tag, lambda keep=keep: select(trainer.state.metrics, keep))
     for name in events.verification_targets(trainer) or ["lfw"]:
-        add(events.ValidationEvents.LFW_COMPLETED, name,
+        add(events.ValidationEvents.VERIFICATION_COMPLETED, name,
             lambda keep=verification_metrics(name): select(trainer.state.metrics, keep))
 
 
@@ -120,12 +120,12 @@ def attach_figures(trainer: Engine, log_figure: Callable[[str, str, int], None])
     call.
 
     The verification handler puts the PNG path of each target's validation in the metric
-    ``<target>_roc_figure`` before it fires ``LFW_COMPLETED``.
+    ``<target>_roc_figure`` before it fires ``VERIFICATION_COMPLETED``.
     """
     events.register(trainer)
     logged: set[str] = set()
 
-    @trainer.on(events.ValidationEvents.LFW_COMPLETED)
+    @trainer.on(events.ValidationEvents.VERIFICATION_COMPLETED)
     def _log_new_figures(engine: Engine) -> None:
         for key, path in sorted(engine.state.metrics.items()):
             if key.endswith("_roc_figure") and isinstance(path, str) and path not in logged:

@@ -16,8 +16,8 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from torch import nn
 
-from faceignite.lfw import PairsEvaluator, save_roc_curve
-from faceignite.lfw.targets import (TargetSpec, VerificationTarget, best_metric,
+from faceignite.verification import PairsEvaluator, save_roc_curve
+from faceignite.verification.targets import (TargetSpec, VerificationTarget, best_metric,
                                     create_target_evaluator, plan_targets)
 from handlers import events
 
@@ -45,7 +45,7 @@ def targets_for_run(cfg: argparse.Namespace, data: Any = None) -> list[TargetSpe
                         cfg.lfw_skip_missing, getattr(cfg, "val_pairs", None))
 
 
-def check_options(cfg: argparse.Namespace, data: Any = None) -> str | None:
+def check_target_options(cfg: argparse.Namespace, data: Any = None) -> str | None:
     """Check ``--val_targets`` and ``--best_by`` (one-line :class:`FaceIgniteError` naming the
     option; no file is read, so it can run before anything is built); returns the metric that
     picks the best checkpoint, or None when there is no target (the held-out accuracy then
@@ -65,7 +65,7 @@ def attach(trainer: Engine, model: nn.Module | Callable, targets: Sequence[Verif
     Each target ``t`` writes ``t_accuracy``, ``_accuracy_std``, ``_threshold``,
     ``_val_far1e-3``, ``_val_far1e-2``, ``_auc``, ``_eer`` into ``trainer.state.metrics``, logs
     them in one line starting with ``t``, and saves ``<output_dir>/roc_<t>_epoch<E>_iter<I>.png``
-    (its path in the metric ``t_roc_figure``).  Then ``ValidationEvents.LFW_COMPLETED`` fires,
+    (its path in the metric ``t_roc_figure``).  Then ``ValidationEvents.VERIFICATION_COMPLETED`` fires,
     once.  The evaluators are built now (a bad target fails before training).  Returns them by
     target name.
 
@@ -105,7 +105,7 @@ def attach(trainer: Engine, model: nn.Module | Callable, targets: Sequence[Verif
             logger.info("%s  epoch %d iteration %d | %s | %d pairs in %.1f s%s", name, epoch,
                         iteration, result.summary(), result.num_pairs, result.seconds["total"],
                         skipped)
-        engine.fire_event(events.ValidationEvents.LFW_COMPLETED)
+        engine.fire_event(events.ValidationEvents.VERIFICATION_COMPLETED)
 
     def every_or_last(engine: Engine, epoch: int) -> bool:
         return epoch % max(1, every_epochs) == 0 or epoch == engine.state.max_epochs

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from conftest import shared_path
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw import create_pairs_evaluator, save_roc_curve
-from faceignite.lfw.bin_set import load_bin
-from faceignite.lfw.targets import create_target_evaluator, load_target, load_targets
+from faceignite.verification import create_pairs_evaluator, save_roc_curve
+from faceignite.verification.bin_set import load_bin
+from faceignite.verification.targets import create_target_evaluator, load_target, load_targets
 
 PER_FOLD = 2  # same and different pairs per fold: 10 folds x (2 + 2) = 40 pairs
 

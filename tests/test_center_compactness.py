@@ -24,7 +24,7 @@ import torch
 
 from conftest import shared_path
 from faceignite.compactness import compactness
-from faceignite.lfw.evaluator import image_loader
+from faceignite.verification.evaluator import image_loader
 from handlers.standard import main as train
 
 TRAIN_IDS, HELD_OUT_IDS, MIN_IMAGES = 60, 60, 19

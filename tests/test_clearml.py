@@ -36,7 +36,7 @@ LFW_VALUES = {"lfw_accuracy": 0.75, "lfw_auc": 0.8, "lfw_eer": 0.25}
 
 def tiny_trainer(tmp_path, batches: int = 4):
     """A real trainer (step, center loss, optimizers, progress, held-out) on 8x8 tensors, and an
-    LFW stand-in keeping the LFW handler's contract: metrics, a ROC PNG, ``LFW_COMPLETED``."""
+    LFW stand-in keeping the LFW handler's contract: metrics, a ROC PNG, ``VERIFICATION_COMPLETED``."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16))
     criterion = SoftmaxCenterLoss(4, 16, 0.01)
@@ -54,8 +54,8 @@ def tiny_trainer(tmp_path, batches: int = 4):
         cv2.line(image, (0, 47), (63, 0), (255, 0, 0), 2)
         assert cv2.imwrite(str(path), image)
         engine.state.metrics.update(LFW_VALUES)
-        engine.state.metrics["lfw_roc_figure"] = str(path)  # as handlers.lfw does
-        engine.fire_event(events.ValidationEvents.LFW_COMPLETED)
+        engine.state.metrics["lfw_roc_figure"] = str(path)  # as the verification handler does
+        engine.fire_event(events.ValidationEvents.VERIFICATION_COMPLETED)
 
     return trainer, optimizers, data
 

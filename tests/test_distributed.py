@@ -21,9 +21,9 @@ from faceignite.cli import EXIT_PREEMPTED  # noqa: E402
 from faceignite.config import parse_args  # noqa: E402
 from faceignite.data import build_face_data  # noqa: E402
 from faceignite.engine import TrainerEvents, stop_together  # noqa: E402
-from faceignite.lfw import create_pairs_evaluator  # noqa: E402
-from faceignite.lfw.evaluator import PairVerification  # noqa: E402
-from faceignite.lfw.pairs import read_pairs, resolve_images  # noqa: E402
+from faceignite.verification import create_pairs_evaluator  # noqa: E402
+from faceignite.verification.evaluator import PairVerification  # noqa: E402
+from faceignite.verification.pairs import read_pairs, resolve_images  # noqa: E402
 from handlers import control, interrupt  # noqa: E402
 
 LFW_KEYS = ("accuracy", "accuracy_std", "threshold", "val_far1e-3", "val_far1e-2", "auc", "eer")

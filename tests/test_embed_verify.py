@@ -10,7 +10,7 @@ from ignite.engine import Events
 from conftest import shared_path
 from faceignite import embed, evaluate, verify
 from faceignite.export import export_embedding_model
-from faceignite.lfw import create_pairs_evaluator, pair_distances
+from faceignite.verification import create_pairs_evaluator, pair_distances
 from faceignite.models import build_model
 
 SIZE = 32

@@ -33,7 +33,7 @@ def lfw_bin(tmp_path: Path, lfw: tuple[str, str]) -> str:
     """The pairs of ``lfw`` as an insightface verification ``.bin`` (JPEG bytes, issame)."""
     import pickle
 
-    from faceignite.lfw.pairs import read_pairs, resolve_images
+    from faceignite.verification.pairs import read_pairs, resolve_images
 
     pairs, paths = resolve_images(read_pairs(lfw[1]), lfw[0], False)
     images, issame = [], []

@@ -156,8 +156,8 @@ TRAIN_IDS, PER_ID, HELD_OUT_IDS, MIN_IMAGES, EPOCHS, SEED = 12, 16, 30, 19, 4, 1
 @pytest.mark.slow  # trains MobileFaceNet at 112 px on 12 CelebA identities
 def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
     """As tests/test_real_faces.py, at the 112 px MobileFaceNet needs, on fewer images."""
-    from faceignite.lfw import create_pairs_evaluator, read_pairs
-    from faceignite.lfw.make_pairs import make_pairs_set
+    from faceignite.verification import create_pairs_evaluator, read_pairs
+    from faceignite.verification.make_pairs import make_pairs_set
 
     from handlers.standard import main as train
 

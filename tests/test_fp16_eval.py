@@ -7,7 +7,7 @@ import torch
 
 from faceignite.engine import create_evaluator
 from faceignite.losses import SoftmaxCenterLoss
-from faceignite.lfw.evaluator import create_embedding_engine
+from faceignite.verification.evaluator import create_embedding_engine
 from faceignite.models import build_model
 
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import REPO, shared_path
 from faceignite.evaluate import main
-from faceignite.lfw import create_pairs_evaluator
+from faceignite.verification import create_pairs_evaluator
 from faceignite.models import build_model
 
 CONTRACT = ("lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",

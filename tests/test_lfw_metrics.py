@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.metrics import (best_threshold, evaluate_distances, evaluate_embeddings,
+from faceignite.verification.metrics import (best_threshold, evaluate_distances, evaluate_embeddings,
                                     threshold_at_far)
-from faceignite.lfw.pairs import Pairs
+from faceignite.verification.pairs import Pairs
 
 CONTRACT = {"lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",
             "lfw_val_far1e-2", "lfw_auc", "lfw_eer"}

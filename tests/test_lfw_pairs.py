@@ -10,8 +10,8 @@ import pytest
 
 from conftest import shared_path
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.make_pairs import main as make_pairs_main
-from faceignite.lfw.pairs import find_pairs_file, match_names, read_pairs, resolve_images
+from faceignite.verification.make_pairs import main as make_pairs_main
+from faceignite.verification.pairs import find_pairs_file, match_names, read_pairs, resolve_images
 
 
 def lfw_lines(folds: int, per_class: int) -> list[str]:

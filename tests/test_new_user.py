@@ -238,8 +238,8 @@ def test_interrupt_keeps_the_last_line_and_resume_names_the_same_epoch(train_roo
 # --------------------------------------------------------------------------- item 17
 def test_pack_writes_a_bin_the_reader_reads_back(lfw_root, tmp_path):
     from faceignite.data import pack
-    from faceignite.lfw.bin_set import load_bin
-    from faceignite.lfw.pairs import read_pairs, resolve_images
+    from faceignite.verification.bin_set import load_bin
+    from faceignite.verification.pairs import read_pairs, resolve_images
 
     pairs_file = tmp_path / "elsewhere.txt"
     shutil.copy(lfw_root / "pairs.txt", pairs_file)
@@ -265,7 +265,7 @@ def test_pack_writes_a_bin_the_reader_reads_back(lfw_root, tmp_path):
 
 
 def test_named_targets_and_pairs_files_stored_elsewhere(lfw_root, tmp_path):
-    from faceignite.lfw.targets import plan_targets
+    from faceignite.verification.targets import plan_targets
 
     images = tmp_path / "images"
     shutil.copytree(lfw_root, images, ignore=shutil.ignore_patterns("pairs.txt"))
@@ -297,7 +297,7 @@ def test_named_target_in_a_training_run(train_root, lfw_root, tmp_path):
 
 def test_tar_at_an_unresolvable_far_is_na(lfw_root, tmp_path, capsys):
     from faceignite import evaluate
-    from faceignite.lfw.pairs import read_pairs
+    from faceignite.verification.pairs import read_pairs
     from handlers.tracking import select, verification_metrics
 
     pairs = read_pairs(str(lfw_root / "pairs.txt"))
@@ -344,7 +344,7 @@ def test_training_bar_moves_every_iteration(capsys):
 def test_validation_shows_a_progress_bar(lfw_root, capsys):
     import torch
 
-    from faceignite.lfw.targets import create_target_evaluator, load_target
+    from faceignite.verification.targets import create_target_evaluator, load_target
     from faceignite.models import build_model
 
     target = load_target(str(lfw_root))

@@ -136,7 +136,7 @@ def test_issame_other_than_booleans_or_0_1_is_refused(tmp_path, caplog, issame):
 
 
 def test_issame_as_0_1_integers_is_accepted(tmp_path):
-    from faceignite.lfw.bin_set import load_bin
+    from faceignite.verification.bin_set import load_bin
 
     root = faces(tmp_path / "data")
     target = bin_set(tmp_path / "ok.bin", root, issame=[1, 0] * 10)

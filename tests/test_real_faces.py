@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import shared_path
-from faceignite.lfw import create_pairs_evaluator, read_pairs
-from faceignite.lfw.make_pairs import make_pairs_set
+from faceignite.verification import create_pairs_evaluator, read_pairs
+from faceignite.verification.make_pairs import make_pairs_set
 from faceignite.models import build_model
 
 from handlers.standard import main as train

@@ -21,8 +21,8 @@ from faceignite.data.dataset import is_truncated, read_rgb_checked
 from faceignite.data.index import index_digest
 from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw import create_pairs_evaluator, read_pairs
-from faceignite.lfw.make_pairs import main as make_pairs_main, write_pairs
+from faceignite.verification import create_pairs_evaluator, read_pairs
+from faceignite.verification.make_pairs import main as make_pairs_main, write_pairs
 from faceignite.models import build_model
 
 SIZE = 32

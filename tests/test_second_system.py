@@ -23,7 +23,7 @@ from conftest import copy_subset, errors, one_error, shared_path
 from faceignite.config import parse_args
 from faceignite.data.sampler import follow_trainer
 from faceignite.data.triplet_sampler import RandomTripletSampler
-from faceignite.lfw.make_pairs import make_pairs_set
+from faceignite.verification.make_pairs import make_pairs_set
 from faceignite.models import build_model
 from faceignite.run import _free_port
 from second_system_worker import agreed_worker

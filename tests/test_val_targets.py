@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from faceignite.config import get_args_parser, parse_args
 from faceignite.data.pack import pack_folder
 from faceignite.evaluate import main as evaluate
-from faceignite.lfw.targets import best_metric, load_target, target_name
+from faceignite.verification.targets import best_metric, load_target, target_name
 from handlers import events
 from handlers.standard import main as train
 
@@ -94,7 +94,7 @@ def trained(targets, train_root, tmp_path_factory):
 
     def record(trainer, _state) -> None:
         trainer.add_event_handler(
-            events.ValidationEvents.LFW_COMPLETED,
+            events.ValidationEvents.VERIFICATION_COMPLETED,
             lambda e: seen.append((e.state.iteration, dict(e.state.metrics))))
 
     metrics = train(base_args(train_root, out / "runs")
@@ -252,7 +252,7 @@ def test_best_by_names_and_target_names():
 
 
 def test_lfw_keeps_its_name_and_metric_prefix_whatever_the_folder(targets):
-    from faceignite.lfw.targets import TargetSpec
+    from faceignite.verification.targets import TargetSpec
 
     _, folder = targets
     assert load_target(str(folder)).name == "calfw_mini"

@@ -16,7 +16,7 @@ saves; :class:`Resume` is what an experiment calls for ``--resume_path`` / ``--f
 """
 from faceignite.checkpoint.files import (BEST_PREFIX, BEST_RE, FORMAT, WHICH, best_checkpoint, FORMAT_VERSION, LATEST_PREFIX,
                                          LATEST_RE, NAME, ORIGINAL_KEYS, RESUME_KEYS,
-                                         TRAJECTORY_OPTIONS, check_compatible, check_options,
+                                         TRAJECTORY_OPTIONS, check_compatible, check_checkpoint_options,
                                          latest_checkpoint, load_checkpoint,
                                          resolve_checkpoint_path, safe_load)
 from faceignite.checkpoint.resume import Resume, load_backbone
@@ -27,7 +27,7 @@ from faceignite.config import plain_config
 __all__ = [
     "BEST_PREFIX", "BEST_RE", "WHICH", "best_checkpoint", "FORMAT", "FORMAT_VERSION", "LATEST_PREFIX", "LATEST_RE", "NAME",
     "ORIGINAL_KEYS", "RESUME_KEYS", "RNGState", "Resume", "TRAJECTORY_OPTIONS", "TrainingState",
-    "check_compatible", "check_options", "dataset_split", "latest_checkpoint",
+    "check_compatible", "check_checkpoint_options", "dataset_split", "latest_checkpoint",
     "load_backbone", "load_checkpoint", "num_classes_of", "plain_config", "resolve_checkpoint_path",
     "safe_load", "unwrap",
 ]

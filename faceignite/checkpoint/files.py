@@ -242,7 +242,7 @@ def check_compatible(ckpt: Mapping, architecture: str | None = None, num_classes
                               f"{'; '.join(problems)}{hint}")
 
 
-def check_options(ckpt: Mapping, cfg: argparse.Namespace) -> None:
+def check_checkpoint_options(ckpt: Mapping, cfg: argparse.Namespace) -> None:
     """A resumed run keeps the batch size, image size, seed (data order), optimizer, LR schedule."""
     saved = dict(ckpt.get("config") or {})
     saved.setdefault("batch_size", ckpt.get("batch_size_training"))

@@ -10,7 +10,7 @@ from typing import Mapping
 from torch import nn
 
 from faceignite.checkpoint.auto import elastic_restart
-from faceignite.checkpoint.files import check_compatible, check_options, load_checkpoint
+from faceignite.checkpoint.files import check_compatible, check_checkpoint_options, load_checkpoint
 from faceignite.checkpoint.state import TrainingState, unwrap
 from faceignite.errors import FaceIgniteError
 
@@ -91,7 +91,7 @@ class Resume:
             check_compatible(ckpt, architecture=cfg.model, finetune_hint=False)
         else:
             check_compatible(ckpt, architecture=cfg.model, embedding_dim=cfg.embedding_dim)
-            check_options(ckpt, cfg)
+            check_checkpoint_options(ckpt, cfg)
             done = ckpt.get("trainer_state_dict", {})
             length = done.get("epoch_length")
             if length and done.get("iteration", 0) >= cfg.epochs * length:

@@ -21,6 +21,7 @@ from faceignite.checkpoint.files import FORMAT, FORMAT_VERSION, RESUME_KEYS, che
 from faceignite.config import plain_config
 from faceignite.errors import FaceIgniteError
 from faceignite.runtime import unwrap
+from faceignite.data.index import index_digest
 
 logger = logging.getLogger("faceignite")
 
@@ -96,8 +97,6 @@ def describe_loss(name: str) -> str:
 def dataset_split(data: Any) -> dict:
     """The train/validation split of a :class:`~faceignite.data.FaceData`, as tensors, with the
     index's size and digest (to refuse a resume on changed data)."""
-    from faceignite.data.index import index_digest  # here: faceignite.data imports lfw, which
-    # imports this package (an upward import another change removes)
     index = data.index
     return {"train_indices": torch.tensor(data.train_indices, dtype=torch.int32),
             "val_indices": torch.tensor(data.val_indices, dtype=torch.int32),

@@ -153,8 +153,8 @@ def pack_folder(src: str, dst: str, progress: bool = True,
 
 
 def pack_bin(args: argparse.Namespace) -> int:
-    """``SRC DST.bin [--pairs PAIRS]``: :func:`faceignite.lfw.bin_writer.write_bin`."""
-    from faceignite.lfw.bin_writer import write_bin
+    """``SRC DST.bin [--pairs PAIRS]``: :func:`faceignite.verification.bin_writer.write_bin`."""
+    from faceignite.verification.bin_writer import write_bin
 
     try:
         stats = write_bin(args.src, args.dst, args.pairs, getattr(args, "overwrite", False))

@@ -216,7 +216,7 @@ def embed_checkpoint(args: argparse.Namespace, files: MetaFiles, tm: TemplateMed
     crops have no row: their faces are counted when the features are scored."""
     import torch
 
-    from faceignite.engine import resolve_device
+    from faceignite.runtime import resolve_device
     from faceignite.evaluate import load_evaluated_model
     from faceignite.ijb.images import embed_crops
 

@@ -1,23 +1,12 @@
-"""Pair verification (LFW protocol): pairs files, the embedding evaluator, metrics, ROC plots.
+"""The former name of :mod:`faceignite.verification`, kept as a thin alias so that code and
+commands written against it keep working: ``from faceignite.lfw import X`` and
+``import faceignite.lfw.evaluator`` give the verification package's objects, and
+``python -m faceignite.lfw.make_pairs`` runs ``faceignite.verification.make_pairs``."""
+import importlib
+import sys
 
-    pairs = read_pairs("lfw/pairs.txt")                   # folds, labels, unique image keys
-    evaluator = create_pairs_evaluator(model, "lfw-mtcnn-160", device, image_size=160)
-    result = evaluator.run()                              # VerificationResult
-    print(result.table()); save_roc_curve(result, "roc.png")
-"""
-from faceignite.lfw.evaluator import (PairsEvaluator, PairVerification, create_embedding_engine,
-                                      create_pairs_evaluator, image_loader)
-from faceignite.lfw.metrics import (DISTANCES, FAR_TARGETS, VerificationResult, best_threshold,
-                                    equal_error_rate, evaluate_distances, evaluate_embeddings,
-                                    far_label, pair_distances, threshold_at_far)
-from faceignite.lfw.pairs import (Pairs, find_pairs_file, match_names, read_pairs,
-                                  resolve_images)
-from faceignite.lfw.roc import save_roc_curve
+from faceignite.verification import *  # noqa: F401,F403
+from faceignite.verification import __all__  # noqa: F401
 
-__all__ = [
-    "DISTANCES", "FAR_TARGETS", "PairVerification", "Pairs", "PairsEvaluator",
-    "VerificationResult", "best_threshold", "create_embedding_engine", "create_pairs_evaluator",
-    "equal_error_rate", "evaluate_distances", "evaluate_embeddings", "far_label",
-    "find_pairs_file", "image_loader", "match_names", "pair_distances", "read_pairs",
-    "resolve_images", "save_roc_curve", "threshold_at_far",
-]
+for _name in ("bin_set", "bin_writer", "evaluator", "metrics", "pairs", "roc", "targets"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"faceignite.verification.{_name}")

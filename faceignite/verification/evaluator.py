@@ -30,8 +30,8 @@ from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.runtime import eval_autocast_context, prepare_images
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.metrics import FAR_TARGETS, VerificationResult, evaluate_embeddings
-from faceignite.lfw.pairs import Pairs, find_pairs_file, keep_available, read_pairs, resolve_images
+from faceignite.verification.metrics import FAR_TARGETS, VerificationResult, evaluate_embeddings
+from faceignite.verification.pairs import Pairs, find_pairs_file, keep_available, read_pairs, resolve_images
 
 logger = logging.getLogger("faceignite")
 

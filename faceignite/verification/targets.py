@@ -1,11 +1,11 @@
 """Verification targets: an insightface ``.bin`` file or an LFW-format folder, evaluated with the
-same protocol (:mod:`faceignite.lfw.metrics`) and the same embedding engine.
+same protocol (:mod:`faceignite.verification.metrics`) and the same embedding engine.
 
     target = load_target("agedb_30.bin")                 # or "lfw-mtcnn-160" (pairs.txt inside)
     result = create_target_evaluator(model, target, device, image_size=112, flip=True).run()
     print(target.name, result.summary()); save_roc_curve(result, f"roc_{target.name}.png")
 
-Folds: an LFW folder's as :func:`~faceignite.lfw.pairs.read_pairs` gives them; a ``.bin``'s are
+Folds: an LFW folder's as :func:`~faceignite.verification.pairs.read_pairs` gives them; a ``.bin``'s are
 10 consecutive blocks of pairs in file order (insightface's unshuffled ``KFold``), which for
 ``lfw.bin`` (written in ``pairs.txt`` order) are LFW's own folds.
 """
@@ -29,9 +29,9 @@ from faceignite.data.decode import decode_rgb
 from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.bin_set import load_bin
-from faceignite.lfw.evaluator import PairsEvaluator, PairVerification, create_embedding_engine
-from faceignite.lfw.pairs import (NUM_FOLDS, PAIRS_FILE_NAMES, Pairs, find_pairs_file,
+from faceignite.verification.bin_set import load_bin
+from faceignite.verification.evaluator import PairsEvaluator, PairVerification, create_embedding_engine
+from faceignite.verification.pairs import (NUM_FOLDS, PAIRS_FILE_NAMES, Pairs, find_pairs_file,
                                   read_pairs, resolve_images)
 
 logger = logging.getLogger("faceignite")
@@ -311,8 +311,8 @@ def create_target_evaluator(model: nn.Module | Callable, target: VerificationTar
                             amp: str = "off", channels_last: bool = False,
                             skip_undecodable: bool = False) -> PairsEvaluator:
     """The embedding engine and protocol metric for ``target`` (as
-    :func:`~faceignite.lfw.evaluator.create_pairs_evaluator` builds them for a folder):
-    ``.run()`` returns a :class:`~faceignite.lfw.metrics.VerificationResult`.  Sharded over
+    :func:`~faceignite.verification.evaluator.create_pairs_evaluator` builds them for a folder):
+    ``.run()`` returns a :class:`~faceignite.verification.metrics.VerificationResult`.  Sharded over
     the processes of a distributed run, which must all run it together."""
     device = torch.device(device)
     names = target.names

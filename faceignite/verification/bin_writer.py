@@ -1,9 +1,9 @@
 """Write an insightface verification ``.bin`` from an LFW-format folder and a pairs file: the
-writer that completes :mod:`faceignite.lfw.bin_set`'s reader.
+writer that completes :mod:`faceignite.verification.bin_set`'s reader.
 
     python -m faceignite.data.pack lfw-fp112 lfw.bin --pairs lfw-fp112/pairs.txt
 
-The file is what insightface's ``verification.load_bin`` and :func:`~faceignite.lfw.bin_set.
+The file is what insightface's ``verification.load_bin`` and :func:`~faceignite.verification.bin_set.
 load_bin` read: a pickle of ``(images, issame)``, ``images`` the ``2 × P`` encoded image files'
 bytes unchanged (JPEG/PNG: decoding gives exactly the source pixels) in pair order, ``issame``
 one ``bool`` per pair; no other object, so no global in the pickle.  Pairs are written fold by
@@ -21,7 +21,7 @@ import numpy as np
 
 from faceignite.data.decode import decode_rgb
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.pairs import find_pairs_file, read_pairs, resolve_images
+from faceignite.verification.pairs import find_pairs_file, read_pairs, resolve_images
 from faceignite.output_files import write_error
 
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from faceignite.lfw.metrics import DISTANCES, VerificationResult, far_label
+from faceignite.verification.metrics import DISTANCES, VerificationResult, far_label
 
 
 def save_roc_curve(result: VerificationResult, path: str, title: str | None = None) -> str:

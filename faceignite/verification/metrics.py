@@ -15,7 +15,7 @@ from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw.pairs import Pairs
+from faceignite.verification.pairs import Pairs
 
 FAR_TARGETS = (1e-3, 1e-2)
 DISTANCES = {

@@ -1,4 +1,4 @@
-"""The LFW handler on real Ignite engines over the built-in LFW-format pairs set (real JPEGs)."""
+"""The verification handler with one LFW-format target (``--lfw``) on real Ignite engines over the built-in LFW-format pairs set (real JPEGs)."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +13,24 @@ import torch
 from ignite.engine import Engine, Events
 
 from faceignite.errors import FaceIgniteError
-from faceignite.lfw import create_embedding_engine, create_pairs_evaluator, image_loader
-from handlers import events, lfw
+from faceignite.verification import create_embedding_engine, create_pairs_evaluator, image_loader
+from faceignite.verification.targets import TargetSpec
+from handlers import events, verification
 
 from handlers.standard import main
 
 CONTRACT = ("lfw_accuracy", "lfw_accuracy_std", "lfw_threshold", "lfw_val_far1e-3",
             "lfw_val_far1e-2", "lfw_auc", "lfw_eer")
+
+
+def attach_lfw(trainer, model, lfw_dir, device, image_size, *, pairs_file=None,
+               skip_missing=False, prefix="lfw", batch_size=128, **options):
+    """``handlers.verification.attach`` with the one target ``--lfw lfw_dir`` (as the standard
+    run builds it); returns that target's evaluator."""
+    target = TargetSpec(prefix, lfw_dir, pairs_file, skip_missing).load()
+    evaluators = verification.attach(trainer, model, [target], device, image_size,
+                                     batch_size=batch_size, **options)
+    return evaluators[prefix]
 
 
 class PixelProjection:
@@ -45,7 +56,7 @@ def idle_trainer() -> Engine:
 def record_validations(trainer: Engine) -> list[tuple[int, int, dict]]:
     seen: list[tuple[int, int, dict]] = []
 
-    @trainer.on(events.ValidationEvents.LFW_COMPLETED)
+    @trainer.on(events.ValidationEvents.VERIFICATION_COMPLETED)
     def record(engine: Engine) -> None:
         seen.append((engine.state.epoch, engine.state.iteration,
                      {k: engine.state.metrics[k] for k in CONTRACT}))
@@ -63,11 +74,11 @@ def assert_png(path: str) -> None:
 
 def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root, tmp_path):
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=2,
+    attach_lfw(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=2,
                batch_size=64, flip=False, distance="l2", output_dir=str(tmp_path))
     seen = record_validations(trainer)
     figures: list[str] = []
-    trainer.add_event_handler(events.ValidationEvents.LFW_COMPLETED,
+    trainer.add_event_handler(events.ValidationEvents.VERIFICATION_COMPLETED,
                               lambda e: figures.append(e.state.metrics["lfw_roc_figure"]))
     trainer.run([0] * 4, max_epochs=5)
     assert [(e, i) for e, i, _ in seen] == [(2, 8), (4, 16), (5, 20)]
@@ -86,7 +97,7 @@ def test_every_n_epochs_and_the_last_with_metrics_events_and_roc_pngs(pairs_root
 
 def test_iteration_interval_and_a_run_stopped_mid_epoch(pairs_root):
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=10,
+    attach_lfw(trainer, PixelProjection(), pairs_root, "cpu", 32, every_epochs=10,
                every_iterations=3, batch_size=128, flip=False, distance="l2")
     seen = record_validations(trainer)
     trainer.run([0] * 4, max_epochs=2)
@@ -94,7 +105,7 @@ def test_iteration_interval_and_a_run_stopped_mid_epoch(pairs_root):
     assert "lfw_roc_figure" not in trainer.state.metrics  # no output_dir: no PNG
 
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128, every_epochs=1,
+    attach_lfw(trainer, PixelProjection(), pairs_root, "cpu", 32, batch_size=128, every_epochs=1,
                flip=False, distance="l2")
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.terminate())
     seen = record_validations(trainer)
@@ -140,11 +151,11 @@ def test_undecodable_image_fails_before_training_unless_skip_missing(pairs_root,
     good = bad.read_bytes()
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(FaceIgniteError, match=f"{bad} of pair on line .* does not decode"):
-        lfw.attach(idle_trainer(), PixelProjection(), str(root), "cpu", 32, batch_size=128,
+        attach_lfw(idle_trainer(), PixelProjection(), str(root), "cpu", 32, batch_size=128,
                    every_epochs=1, flip=False, distance="l2")
     trainer = idle_trainer()
     with caplog.at_level(logging.INFO):
-        lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128,
+        attach_lfw(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128,
                    every_epochs=1, flip=False, distance="l2", skip_missing=True)
         trainer.run([0] * 2, max_epochs=1)
     assert "verification target lfw: 6 of 600 pairs dropped before training" in caplog.text
@@ -153,7 +164,7 @@ def test_undecodable_image_fails_before_training_unless_skip_missing(pairs_root,
 
     bad.write_bytes(good)  # decodes when attached, goes bad before the validation
     trainer = idle_trainer()
-    lfw.attach(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128, every_epochs=1,
+    attach_lfw(trainer, PixelProjection(), str(root), "cpu", 32, batch_size=128, every_epochs=1,
                flip=False, distance="l2")
     bad.write_bytes(b"not a jpeg")
     caplog.clear()
@@ -170,7 +181,7 @@ def test_undecodable_image_fails_before_training_unless_skip_missing(pairs_root,
 def test_bad_lfw_folder_fails_at_attach_before_training(tmp_path):
     trainer = idle_trainer()
     with pytest.raises(FaceIgniteError, match="no pairs file in"):
-        lfw.attach(trainer, PixelProjection(), str(tmp_path), "cpu", 32, batch_size=128,
+        attach_lfw(trainer, PixelProjection(), str(tmp_path), "cpu", 32, batch_size=128,
                    every_epochs=1, flip=False, distance="l2")
 
 
