@@ -1,4 +1,4 @@
-"""A new experiment composed by hand from the library and the handlers: copy it, change a line.
+"""A new experiment composed from the library and the handlers: copy it, change a line.
 
     python experiments/custom_example.py                         # built-in data, a few minutes on CPU
     python experiments/custom_example.py --dataroot DIR --lfw LFW_DIR --epochs 20
@@ -6,28 +6,19 @@
     python experiments/custom_example.py --nproc_per_node 2 --backend gloo        # 2 processes
 
 Every option of ``-h`` is honoured (this file's own choices are only defaults: cosine schedule,
-4 epochs, a validation every 10 iterations); resume, Ctrl-C/SIGTERM, several processes and
-ClearML/TensorBoard work as in the standard run (``handlers/standard.py``, which this file
-writes out step by step).
+4 epochs, a validation every 10 iterations): resume, Ctrl-C/SIGTERM checkpoints, several
+processes, ClearML/TensorBoard, ``--val_targets``, ``--best_by``, ``--partial_fc``.  Each step
+is one call with the options it needs (``handlers/from_options.py``); the standard run,
+``handlers/training.py``, is the same composition.
 """
-import os
 import sys
 
-import ignite.distributed as idist
-
 from faceignite.checkpoint import Resume, TrainingState
-from faceignite.cli import EXIT_NAN, exits_on_error
+from faceignite.cli import exits_on_error
 from faceignite.config import parse_args
-from faceignite.data import build_face_data
-from faceignite.engine import TrainerEvents, create_trainer, stop_together
-from faceignite.losses import is_classifying
 from faceignite.losses.factory import center_loss
-from faceignite.models import build_model
-from faceignite.optim import build_optimizers
-from faceignite.run import parallel, run_folder, session
-from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
-from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
-                      progress, tensorboard, verification)
+from faceignite.run import run_folder, session
+from handlers import from_options, progress
 
 NAME = "custom_example"
 DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experiment's own
@@ -37,98 +28,35 @@ def training(local_rank: int, cfg, result: dict) -> None:
     """One process of the run (every process runs all of it; rank 0 writes the files)."""
     with session(cfg, NAME, run_dir=run_folder(cfg, NAME), deferred=True) as run:
         resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
-        data = build_face_data(cfg, val_indices=resume.val_indices,
-                               num_replicas=run.world_size, rank=run.rank)
-        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                            image_size=cfg.image_size, normalize=cfg.normalize).to(run.device)
-        if cfg.channels_last:
-            to_channels_last(model)
-        criterion = center_loss(cfg, data.num_classes).to(run.device)  # --partial_fc: sharded
-        optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
-                                      cfg.weight_decay, cfg.center_loss_lr,
-                                      cfg.adam_beta1, cfg.adagrad_lr_decay,
-                                      cfg.backbone_lr_scale)
-        optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
-        ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
-        scaler = make_grad_scaler(run.device, cfg.amp)
-        trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
-                                 cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
-                                 image_size=cfg.image_size)
+        data = from_options.data(cfg, run, resume)  # this process's share of the images
+        model = from_options.model(cfg, run)
+        criterion = from_options.criterion(cfg, run, center_loss, data)  # --partial_fc: sharded
+        optimizers = from_options.optimizers(cfg, model, criterion)
+        trainer, scaler = from_options.trainer(cfg, run, model, criterion, optimizers)
+        plan = from_options.validations(cfg, data)  # --lfw, --val_targets, --best_by
 
-        # handlers, in this order (see handlers.standard.attach_handlers): control first (the
-        # agreement point: NaN read, --max_time, signals), schedule, validations, progress,
-        # checkpoints, interrupt, trackers, then the stop agreement of several processes
-        targets = verification.targets_for_run(cfg, data)  # --lfw (or built-in), --val_targets
-        best_by = verification.check_target_options(cfg, data) or "val_accuracy"  # --best_by
-        best_event = (events.ValidationEvents.VERIFICATION_COMPLETED if targets
-                      else events.ValidationEvents.HOLDOUT_COMPLETED)
-        agree_every = tuple(k for k in (cfg.log_interval, cfg.save_interval, cfg.val_interval)
-                            if k > 0) or (50,)  # one host read there, none between
-        controls = control.attach(trainer, max_time=cfg.max_time,
-                                  early_stopping=cfg.early_stopping, score_name=best_by,
-                                  score_event=best_event, every=agree_every,
-                                  last_checkpoint=lambda: saved.last_checkpoint)
-        scheduler = lr_scheduler.attach(trainer, optimizers["model"], cfg.lr, cfg.epochs,
-                                        len(data.train_loader),
-                                        **lr_scheduler.schedule_options(cfg))
-        if data.val_loader is not None and is_classifying(criterion):
-            holdout.attach(trainer, model, criterion, data.val_loader, run.device,
-                           every_iterations=cfg.val_interval, amp=cfg.amp,
-                           channels_last=cfg.channels_last)
-        if targets:
-            verification.attach(trainer, model, [t.load() for t in targets], run.device,
-                                cfg.image_size, batch_size=cfg.lfw_batch_size,
-                                every_epochs=cfg.lfw_validation_epoch_interval,
-                                every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
-                                distance=cfg.distance, output_dir=run.output_dir,
-                                num_workers=cfg.num_workers, amp=cfg.amp,
-                                channels_last=cfg.channels_last)
-        progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
-        state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
-                              scaler=scaler)
-        saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
-                                  save_interval=cfg.save_interval, best_by=best_by,
-                                  best_event=best_event)
-        interrupt.attach(trainer, saved.save_now, signals=interrupt.COMMAND_LINE_SIGNALS,
-                         stop_check=controls["stop_check"])  # a command line: own the signals
-        trackers = [clearml.attach(trainer, run.output_dir, mode=cfg.clearml, task_name=NAME,
-                                   hparams=vars(cfg), log_interval=cfg.log_interval,
-                                   optimizers=optimizers,
-                                   best_checkpoint=lambda: saved.best_checkpoint,
-                                   upload_model=cfg.clearml_upload_model,
-                                   store_diff=cfg.clearml_store_diff)]
-        if cfg.tensorboard:
-            trackers.append(tensorboard.attach(
-                trainer, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
-                log_interval=cfg.log_interval, optimizers=optimizers, hparams=vars(cfg)))
-        control.attach_last(trainer, controls)
-        stop_together(trainer, every=agree_every)
+        # the handlers, in order; the run control (NaN guard, --max_time, --early_stopping,
+        # Ctrl-C/SIGTERM, several processes agreeing) takes its first and last places itself
+        with from_options.control(trainer, cfg, plan) as control:
+            scheduler = from_options.schedule(trainer, cfg, optimizers, data)
+            from_options.holdout(trainer, cfg, run, model, criterion, data)
+            from_options.verification(trainer, cfg, run, model, plan)
+            progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
+            state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
+                                  scaler=scaler)  # what a checkpoint holds
+            control.save_with(from_options.checkpoints(trainer, cfg, run, state, plan))
+            control.close_at_end(
+                from_options.clearml(trainer, cfg, run, NAME, optimizers, control.best_checkpoint),
+                from_options.tensorboard(trainer, cfg, run, optimizers))
 
-        nan = []  # a NaN stop must not end as a success
-        trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda _: nan.append(1))
-        try:
-            resume.restore(state)
-            run.commit()  # the checks passed: config.json and run.log are written from now on
-            trainer.run(data.train_loader, max_epochs=cfg.epochs)
-        finally:  # also after a NaN stop or an interrupt, which skip COMPLETED
-            for tracker in trackers:
-                if tracker is not None and not getattr(tracker, "closed", False):
-                    tracker.close()
-        if nan:
-            raise SystemExit(EXIT_NAN)  # exit code 3: the NaN guard said where to resume from
-        result.update(trainer.state.metrics)
-        if run.rank == 0:
-            print("best checkpoint:", saved.best_checkpoint)
+        resume.restore(state)
+        run.commit()  # the checks passed: config.json and run.log are written from now on
+        result.update(control.run(data.train_loader, cfg.epochs))  # a NaN stop: exit code 3
 
 
 @exits_on_error
 def main(argv=None) -> dict:
-    cfg = parse_args(argv, **DEFAULTS)
-    verification.check_target_options(cfg)  # --val_targets, --best_by: fail before anything is built
-    result: dict = {}
-    with parallel(cfg) as launcher:  # one process, torchrun/srun's, or --nproc_per_node spawned
-        launcher.run(training, cfg, result)
-    return result
+    return from_options.launch(training, parse_args(argv, **DEFAULTS))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="iresnet50_center", model="iresnet50", loss="center", image_size=112,

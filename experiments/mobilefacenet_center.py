@@ -8,7 +8,7 @@ the rest is the ResNet recipe.
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="mobilefacenet_center", model="mobilefacenet", loss="center", image_size=112,

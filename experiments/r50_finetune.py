@@ -11,7 +11,7 @@ flip`` (the alignment tool marks the folder), ArcFace (s 64, m 0.5) at lr 0.01 w
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="r50_finetune", model="r50", loss="arcface", image_size=112,

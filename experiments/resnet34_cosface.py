@@ -6,7 +6,7 @@ Its lr 0.003 default is in ``faceignite.losses.factory.LOSS_DEFAULTS`` (why: the
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="resnet34_cosface", model="resnet34", loss="cosface")

@@ -8,7 +8,7 @@ The loss's defaults (K = 4 images per identity, no held-out split, margin 0.2) a
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], name="resnet34_triplet", model="resnet34", loss="triplet")

@@ -10,7 +10,7 @@ lr 0.01 (VGG16 has no BatchNorm; VGG's own ImageNet rate at batch 256), weight d
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 # the second system's setting; lr and weight decay: see the README
 VGG16_DEFAULTS = dict(model="vgg16", image_size=112, batch_size=256, optimizer="sgd", lr=0.01,

@@ -10,7 +10,7 @@ the online miners (P x K batches) stay the default.
 """
 import sys
 
-from handlers.standard import main
+from handlers.training import main
 
 VGG16_DEFAULTS = dict(model="vgg16", image_size=112, batch_size=256, optimizer="sgd", lr=0.01,
                       epochs=50, margin=0.5)

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, TerminateOnNan
 
-from faceignite.engine import STOP_CODES, TrainerEvents, register_trainer_events
+from faceignite.checkpoint import LATEST_RE
+from faceignite.cli import EXIT_NAN
+from faceignite.engine import STOP_CODES, TrainerEvents, register_trainer_events, stop_together
 from faceignite.errors import FaceIgniteError
-from handlers import events
+from handlers import events, interrupt
 
 logger = logging.getLogger("faceignite")
 
@@ -113,7 +116,7 @@ class StopCheck:
                  max_time: float | None = None):
         self.nan, self.every = nan, sorted({int(k) for k in every if k and k > 0}) or [1]
         self.max_time = max_time
-        self.interrupt: Any = None  # a handlers.interrupt.GracefulInterrupt, set by its attach
+        self.interrupt: Any = None  # a handlers.interrupt.GracefulInterrupt: RunControl's
         self.distributed = idist.get_world_size() > 1
         self.started = time.monotonic()
         self.checked_at = -1
@@ -176,59 +179,18 @@ class StopCheck:
             engine.terminate(skip_completed=code == 2)
 
 
-def attach(trainer: Engine, max_time: float | None = None, early_stopping: int = 0,
-           score_name: str = "lfw_accuracy",
-           score_event: events.ValidationEvents | None = None,
-           last_checkpoint: Callable[[], str | None] | None = None,
-           every: Iterable[int] = (1,)) -> dict:
-    """Attach the NaN guard and the agreement point (:class:`StopCheck`), with an optional
-    ``max_time`` and an :class:`EarlyStopping`.  Attach it BEFORE every validation and
-    checkpoint handler (its handlers must run first at their events), and call
-    ``attached["stop_check"].after_others`` last (:func:`attach_last`).
-
-    ``every``: the agreement intervals in iterations (the recipe: log, save and validation
-    intervals; ``(1,)``: every iteration, one host read per step).  ``max_time`` (seconds)
-    stops cleanly at the next agreement point past the budget (one process: the next
-    iteration): ``COMPLETED`` still fires, so a final validation and checkpoint follow.
-    ``early_stopping`` = patience in validations of ``score_name``, counted at ``score_event``
-    (default: the LFW validation for ``lfw_*`` scores, the held-out one otherwise).  Returns the
-    handlers by name.
-    """
-    register_trainer_events(trainer)
-    nan = TerminateOnNanLoss(last_checkpoint)
-    check = StopCheck(nan, every, max_time)
-    attached: dict = {"nan": nan, "stop_check": check}
-    trainer.add_event_handler(Events.STARTED, check.start)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, check.on_iteration)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, check.check)
-    if early_stopping > 0:
-        events.register(trainer)
-        if score_event is None:
-            score_event = (events.ValidationEvents.VERIFICATION_COMPLETED if score_name.startswith("lfw")
-                           else events.ValidationEvents.HOLDOUT_COMPLETED)
-        attached["early_stopping"] = EarlyStopping(
-            early_stopping, score_function=lambda e: e.state.metrics[score_name], trainer=trainer)
-        trainer.add_event_handler(score_event, attached["early_stopping"])
-    return attached
-
-
-def attach_last(trainer: Engine, attached: dict) -> None:
-    """After every other handler: read the NaN flag when a later handler stopped the trainer."""
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, attached["stop_check"].after_others)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, attached["stop_check"].after_others)
-
-
 class FirstEpochCheck:
     """A run never ends "done" having trained on nothing: at the end of its first whole epoch
     (a resumed run's partial epoch is not judged), when
     the epoch decoded fewer than two images or images of fewer than two identities (all
     processes together), it stops with one :class:`FaceIgniteError` line (exit code 2),
     before any validation or checkpoint of that epoch.  Reads the labels of each batch the
-    loader gave (on the host: no device read), during the first epoch only."""
+    loader gave (on the host: no device read), during the first epoch only.  A trainer whose
+    batches are not the face loader's ``(images, labels, skipped)`` is not judged."""
 
     def __init__(self) -> None:
         self.decoded, self.skipped, self.labels = 0, 0, set()
-        self.iterations, self.done = 0, False
+        self.iterations, self.face_batches, self.done = 0, 0, False
 
     def on_iteration(self, engine: Engine) -> None:
         if self.done:
@@ -237,6 +199,7 @@ class FirstEpochCheck:
         batch = engine.state.batch
         if isinstance(batch, (tuple, list)) and len(batch) == 3:
             _, labels, skipped = batch
+            self.face_batches += 1
             self.decoded += int(labels.numel())
             self.skipped += int(skipped)
             if len(self.labels) < 2:
@@ -249,6 +212,8 @@ class FirstEpochCheck:
             self.__init__()                                      # judge the next, whole one
             return
         self.done = True
+        if not self.face_batches:
+            return
         found = sorted(self.labels)[:2]
         mine = torch.tensor([self.decoded, self.skipped] + found + [-1] * (2 - len(found)),
                             dtype=torch.float64)
@@ -266,9 +231,177 @@ class FirstEpochCheck:
                 "2 images of 2 identities: check --dataroot")
 
 
-def attach_first_epoch_check(trainer: Engine) -> FirstEpochCheck:
-    """Attach :class:`FirstEpochCheck`: before every validation and checkpoint handler."""
-    check = FirstEpochCheck()
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, check.on_iteration)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, check.on_epoch)
-    return check
+class Saver(Protocol):
+    """What the run control saves with: :class:`handlers.checkpoint.Checkpointer`."""
+
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+
+    def save_now(self, engine: Engine) -> str | None: ...
+
+    def summary(self, metrics: Any = None) -> str: ...
+
+
+class RunControl:
+    """Everything that stops a run, as one object attached around the other handlers::
+
+        with RunControl(trainer, max_time=..., early_stopping=..., every=...) as control:
+            ...  # schedule, validations, progress
+            control.save_with(checkpoint.attach(trainer, state, ...))
+            control.close_at_end(tracker)
+        metrics = control.run(loader, max_epochs)
+
+    ``__enter__`` attaches what must come FIRST at its events — the agreement point
+    (:class:`StopCheck`: the NaN guard's device flags read, ``max_time``, Ctrl-C/SIGTERM/SIGUSR1,
+    all processes agreeing) every ``every`` iterations and at each epoch end, the first-epoch
+    check (:class:`FirstEpochCheck`), early stopping on ``score_name`` at ``score_event`` —
+    so no validation or checkpoint of an iteration runs before its check.  ``__exit__``
+    attaches what must come LAST: the NaN read when a later handler stopped a single-process
+    run, and the stop agreement of several processes (:func:`faceignite.engine.stop_together`).
+
+    A signal saves through the checkpointer given to :meth:`save_with` (created inside the
+    block, after the control's first handlers); every validation engine registered on the
+    trainer (``handlers.events.add_evaluator``: the held-out and verification handlers do) is
+    guarded at ``STARTED``, so a signal stops a long validation at its next agreement point
+    (every ``validation_every`` batches).  :meth:`run` closes what :meth:`close_at_end` was
+    given however the run ends, and turns a NaN stop into ``SystemExit(EXIT_NAN)`` (exit code
+    3).  ``signals=()`` (a library call, a test) leaves the process's signal handlers alone.
+
+    A checkpoint attached before the control (outside the block) would save an iteration
+    before its NaN check: :meth:`save_with` outside the block, and a checkpoint found written
+    before the check of its iteration, stop with one :class:`FaceIgniteError` line.
+    """
+
+    def __init__(self, trainer: Engine, *, max_time: float | None = None,
+                 early_stopping: int = 0, score_name: str = "val_accuracy",
+                 score_event: events.ValidationEvents | None = None,
+                 every: Iterable[int] = (1,), signals: Sequence[int] = (),
+                 validation_every: int = 10):
+        self.trainer, self.every = trainer, tuple(every)
+        self.early_stopping, self.score_name = early_stopping, score_name
+        self.score_event = score_event or (
+            events.ValidationEvents.VERIFICATION_COMPLETED
+            if not score_name.startswith("val_") else events.ValidationEvents.HOLDOUT_COMPLETED)
+        self.validation_every = validation_every
+        self.saver: Saver | None = None
+        self.to_close: list = []
+        self.nan_seen = False
+        self.position = "before"  # "inside" the with block, then "after"
+        self.nan = TerminateOnNanLoss(self.last_checkpoint)
+        self.stop_check = StopCheck(self.nan, self.every, max_time)
+        self.signals = interrupt.GracefulInterrupt(trainer, self.save, signals)
+        self.stop_check.interrupt = self.signals  # the agreement point acts on signals
+        self.first_epoch = FirstEpochCheck()
+        self.guarded: set[int] = set()
+
+    # --- the with block: first and last places ----------------------------------------------
+    def __enter__(self) -> "RunControl":
+        trainer, check = self.trainer, self.stop_check
+        register_trainer_events(trainer)
+        events.register(trainer)
+        trainer.add_event_handler(Events.STARTED, check.start)
+        trainer.add_event_handler(Events.STARTED, self.guard_validations)
+        if self.signals.signals:
+            trainer.add_event_handler(Events.STARTED, self.signals.install)
+            trainer.add_event_handler(Events.COMPLETED, self.signals.restore)
+            trainer.add_event_handler(Events.TERMINATE, self.signals.restore)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.first_at_iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.first_at_epoch)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.first_epoch.on_iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.first_epoch.on_epoch)
+        trainer.add_event_handler(TrainerEvents.NAN_DETECTED, self.on_nan)
+        if self.early_stopping > 0:
+            trainer.add_event_handler(self.score_event, EarlyStopping(
+                self.early_stopping, score_function=self.score, trainer=trainer))
+        self.position = "inside"
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            return  # the block failed: its error goes on, nothing more is attached
+        trainer = self.trainer
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.stop_check.after_others)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_check.after_others)
+        stop_together(trainer, every=self.every)
+        self.position = "after"
+
+    # --- what the other handlers give it -----------------------------------------------------
+    def save_with(self, saver: Saver) -> Saver:
+        """Save with ``saver`` on a signal, and name its last file after a NaN stop.  Call it
+        inside the ``with`` block, with a checkpointer attached there; returns ``saver``."""
+        if self.position != "inside":
+            raise FaceIgniteError(
+                "attach the run control first: call save_with(checkpoint.attach(...)) inside "
+                "`with RunControl(trainer, ...) as control:`, so that every checkpoint follows "
+                "the NaN check of its iteration")
+        self.saver = saver
+        return saver
+
+    def close_at_end(self, *trackers: Any) -> None:
+        """Close each tracker (``close()``; None is skipped) when :meth:`run` ends, however it
+        ends (a NaN stop or a signal skips ``COMPLETED``, where trackers close themselves)."""
+        self.to_close += [t for t in trackers if t is not None]
+
+    def guard_validations(self, _: Engine | None = None) -> None:
+        """Let a signal stop every validation engine registered on the trainer (once each)."""
+        for what, evaluator in events.evaluators(self.trainer):
+            if id(evaluator) not in self.guarded:
+                self.guarded.add(id(evaluator))
+                self.signals.guard(evaluator, every=self.validation_every, what=what)
+
+    # --- what it reads and does --------------------------------------------------------------
+    def last_checkpoint(self) -> str | None:
+        return self.saver.last_checkpoint if self.saver is not None else None
+
+    def best_checkpoint(self) -> str | None:
+        return self.saver.best_checkpoint if self.saver is not None else None
+
+    def save(self, engine: Engine) -> str | None:
+        """The checkpoint of a stopped run (None: no checkpointer was given)."""
+        return self.saver.save_now(engine) if self.saver is not None else None
+
+    def score(self, engine: Engine) -> float:
+        return engine.state.metrics[self.score_name]
+
+    def on_nan(self, _: Engine) -> None:
+        self.nan_seen = True
+
+    def first_at_iteration(self, engine: Engine) -> None:
+        self.refuse_earlier_saves(engine)
+        self.stop_check.on_iteration(engine)
+
+    def first_at_epoch(self, engine: Engine) -> None:
+        self.refuse_earlier_saves(engine)
+        self.stop_check.check(engine)
+
+    def refuse_earlier_saves(self, engine: Engine) -> None:
+        """A checkpoint of this iteration, written before the control's first handler ran,
+        was attached before the control: it saves before the NaN check."""
+        path = self.last_checkpoint()
+        match = LATEST_RE.match(os.path.basename(path)) if path else None
+        if match and int(match.group(1)) == engine.state.iteration and not self.nan_seen:
+            raise FaceIgniteError(
+                f"attach the run control first: {path} was written before the run control's "
+                "check of its iteration (checkpoint.attach ran before `with RunControl(...)`): "
+                "attach checkpoints inside the with block")
+
+    def run(self, data: Iterable, max_epochs: int) -> dict:
+        """``trainer.run(data, max_epochs)``; the trackers of :meth:`close_at_end` closed
+        however it ends; a NaN stop ends with ``SystemExit(EXIT_NAN)``.  Returns the final
+        metrics (rank 0 logs the checkpoints' summary)."""
+        if self.position != "after":
+            raise FaceIgniteError(
+                "attach the run control first: `with RunControl(trainer, ...) as control:` "
+                "around the other handlers, then control.run(...) after the block")
+        try:
+            self.trainer.run(data, max_epochs=max_epochs)
+        finally:
+            for tracker in self.to_close:  # a tracker closed at COMPLETED says so: `closed`
+                if not getattr(tracker, "closed", False):
+                    tracker.close()
+        if self.nan_seen:  # the NaN guard logged where, and which checkpoint to resume from
+            raise SystemExit(EXIT_NAN)
+        metrics = dict(self.trainer.state.metrics)
+        if self.saver is not None and idist.get_rank() == 0:
+            logger.info("done: %s", self.saver.summary(metrics))
+        return metrics

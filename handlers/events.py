@@ -39,3 +39,18 @@ def add_verification_target(trainer: Engine, name: str) -> None:
 def verification_targets(trainer: Engine) -> list[str]:
     """The names of the verification targets attached to ``trainer``, in order."""
     return list(_TARGETS.get(trainer, ()))
+
+
+_EVALUATORS: "weakref.WeakKeyDictionary[Engine, list[tuple[str, Engine]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def add_evaluator(trainer: Engine, what: str, evaluator: Engine) -> None:
+    """Record that ``evaluator`` (``what``: "held-out validation", "lfw validation") runs inside
+    one of ``trainer``'s handlers: the run control lets a signal stop it mid-way."""
+    _EVALUATORS.setdefault(trainer, []).append((what, evaluator))
+
+
+def evaluators(trainer: Engine) -> list[tuple[str, Engine]]:
+    """The ``(what, evaluator engine)`` pairs recorded on ``trainer``, in order."""
+    return list(_EVALUATORS.get(trainer, ()))

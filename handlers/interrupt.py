@@ -7,10 +7,10 @@ A second signal aborts at once.  The run ends with :class:`TrainingInterrupted` 
 schedulers (SLURM ``--signal=USR1@60``), 128 + N for any other signal N), so that nothing written
 after ``trainer.run`` mistakes an interrupted run for a finished one.
 
-Distributed: the processes agree (at the agreement points of ``handlers.control.StopCheck``,
-or standalone an all-reduce every ``sync_every`` iterations and at each epoch end) so that all
-stop at the same iteration, after rank 0 saved, whichever received it.  Only command-line entry
-points install the handlers (``signals=()`` otherwise).
+Distributed: the processes agree (at the agreement points of ``handlers.control.RunControl``,
+or standalone (:func:`attach`) an all-reduce every ``sync_every`` iterations and at each epoch
+end) so that all stop at the same iteration, after rank 0 saved, whichever received it.  Only
+command-line entry points install the handlers (``signals=()`` otherwise).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import ignite.distributed as idist
 import torch
@@ -51,7 +51,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 class GracefulInterrupt:
     """Signal handlers that only raise a flag; the trainer checks it after each iteration."""
 
-    def __init__(self, trainer: Engine, save: Callable[[Engine], str],
+    def __init__(self, trainer: Engine, save: Callable[[Engine], str | None],
                  signals: Sequence[int] = COMMAND_LINE_SIGNALS):
         self.trainer, self.save, self.signals = trainer, save, tuple(signals)
         self.received: int | None = None
@@ -92,8 +92,9 @@ class GracefulInterrupt:
 
     def check(self, engine: Engine) -> None:
         """At the end of an iteration or epoch: save and stop if a signal came (to any process
-        of a distributed run: every process calls this at the same points).  Used when no
-        ``handlers.control.StopCheck`` agrees on signals (it calls :meth:`stop` itself)."""
+        of a distributed run: every process calls this at the same points).  Used by
+        :func:`attach`; a ``handlers.control.RunControl`` agrees on signals at its own agreement
+        points (and calls :meth:`stop` itself)."""
         signum = self.received
         if idist.get_world_size() > 1:
             agreed = idist.all_reduce(torch.tensor([signum or 0], device=idist.device()), op="MAX")
@@ -139,24 +140,22 @@ class GracefulInterrupt:
         """Save (nothing newer after a NaN loss: the checkpointer refuses) and raise."""
         path = self.save(engine)
         self.restore()
+        saved = (f"checkpoint saved to {path}; resume with --resume_path {path}" if path
+                 else "no checkpointer attached, nothing saved")
         raise TrainingInterrupted(
             f"interrupted by {signal.Signals(signum).name} at epoch {engine.state.epoch} "
-            f"iteration {engine.state.iteration}: checkpoint saved to {path}; "
-            f"resume with --resume_path {path}", signum, path)
+            f"iteration {engine.state.iteration}: {saved}", signum, path)
 
 
-def attach(trainer: Engine, save: Callable[[Engine], str],
-           signals: Sequence[int] = COMMAND_LINE_SIGNALS,
-           sync_every: int = 10, stop_check: Any = None) -> GracefulInterrupt:
-    """While ``trainer`` runs, turn ``signals`` into: ``save(trainer)`` at the end of the current
-    iteration, then :class:`TrainingInterrupted`.  ``save`` returns the path written, e.g.
-    ``Checkpointer.save_now`` of :mod:`handlers.checkpoint` (attach this after it).
+def attach(trainer: Engine, save: Callable[[Engine], str | None],
+           signals: Sequence[int] = COMMAND_LINE_SIGNALS, sync_every: int = 10) -> GracefulInterrupt:
+    """Signals alone, without a :class:`handlers.control.RunControl` (which owns a
+    :class:`GracefulInterrupt` of its own and acts on it at its agreement points): while
+    ``trainer`` runs, turn ``signals`` into ``save(trainer)`` at the end of the current
+    iteration, then :class:`TrainingInterrupted`.  ``save`` returns the path written.
 
-    ``signals=()`` installs nothing (a library call must not take over the process's signals:
-    only command-line entry points pass them).  ``stop_check``: a
-    ``handlers.control.StopCheck``, which then decides when to stop (at its agreement points,
-    together with the NaN guard and the time limit: no host read of its own).  Without it:
-    checked every iteration in one process, every ``sync_every`` iterations (and each epoch end)
+    ``signals=()`` installs nothing (a library call must not take over the process's signals).
+    Checked every iteration in one process, every ``sync_every`` iterations (and each epoch end)
     with several, all processes together.
     """
     handler = GracefulInterrupt(trainer, save, signals)
@@ -164,9 +163,6 @@ def attach(trainer: Engine, save: Callable[[Engine], str],
         trainer.add_event_handler(Events.STARTED, handler.install)
         trainer.add_event_handler(Events.COMPLETED, handler.restore)
         trainer.add_event_handler(Events.TERMINATE, handler.restore)
-    if stop_check is not None:
-        stop_check.interrupt = handler
-        return handler
     every = 1 if idist.get_world_size() == 1 else max(1, sync_every)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), handler.check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.check)

@@ -15,7 +15,7 @@ from faceignite.losses import SoftmaxCenterLoss
 from faceignite.models import build_model
 from handlers import control, events, holdout
 
-from handlers.standard import main
+from handlers.training import main
 
 ITERS_PER_EPOCH = 18  # 6 identities x 8 JPEGs, 2 of each held out: 36 training images / batch 2
 
@@ -96,7 +96,8 @@ def test_epoch_end_on_a_val_interval_step_validates_once(run_args):
 def test_max_time_stops_a_minimal_engine_at_the_first_iteration_past_the_limit():
     trainer = idle_trainer()
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: time.sleep(0.01))
-    control.attach_last(trainer, control.attach(trainer, max_time=0.2, every=(50,)))
+    with control.RunControl(trainer, max_time=0.2, every=(50,)):
+        pass
     completed = []
     trainer.add_event_handler(Events.COMPLETED, lambda e: completed.append(e.state.iteration))
     trainer.run([0] * 10, max_epochs=1000)
@@ -126,7 +127,8 @@ def test_early_stopping_after_patience_validations_without_gain():
         engine.state.metrics["val_accuracy"] = next(scores)
         engine.fire_event(events.ValidationEvents.HOLDOUT_COMPLETED)
 
-    control.attach(trainer, early_stopping=2, score_name="val_accuracy")
+    with control.RunControl(trainer, early_stopping=2, score_name="val_accuracy"):
+        pass
     trainer.run([0] * 3, max_epochs=6)
     assert trainer.state.epoch == 4  # best 0.60 at epoch 2, then 0.60 and 0.55: two without gain
 

@@ -14,13 +14,13 @@ from ignite.engine import Engine, Events
 
 from conftest import copy_subset
 
-from handlers.standard import main
+from handlers.training import main
 
 from faceignite.checkpoint import unwrap  # noqa: E402
 from faceignite.cli import EXIT_PREEMPTED  # noqa: E402
 from faceignite.config import parse_args  # noqa: E402
 from faceignite.data import build_face_data  # noqa: E402
-from faceignite.engine import TrainerEvents, stop_together  # noqa: E402
+from faceignite.engine import TrainerEvents  # noqa: E402
 from faceignite.verification import create_pairs_evaluator  # noqa: E402
 from faceignite.verification.evaluator import PairVerification  # noqa: E402
 from faceignite.verification.pairs import read_pairs, resolve_images  # noqa: E402
@@ -186,8 +186,8 @@ def nan_in_rank1_stops_both() -> dict:
         return {"loss": torch.tensor(float("nan") if bad else 1.0)}
 
     trainer = Engine(step)
-    control.attach(trainer)  # the recipe's NaN guard
-    stop_together(trainer)
+    with control.RunControl(trainer):  # the recipe's NaN guard and stop agreement
+        pass
     nan_events = []
     trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda e: nan_events.append(1))
     trainer.run(range(10), max_epochs=1)
@@ -213,6 +213,22 @@ def signal_to_rank1_stops_both() -> dict:
     return {"stopped_at": None, "saved": saved, "exit_code": 0}
 
 
+class RecordingSaver:
+    """Stands in for the checkpointer: records the iterations it was asked to save."""
+
+    last_checkpoint = best_checkpoint = None
+
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+
+    def save_now(self, engine: Engine) -> str:
+        self.saved.append(engine.state.iteration)
+        return "ckpt.pt"
+
+    def summary(self, _metrics=None) -> str:
+        return ""
+
+
 def agreement_every_4() -> dict:
     """The recipe's batched agreement (points every 4 iterations): rank 1's loss goes NaN at
     iteration 2, rank 0 receives SIGTERM at iteration 6 (after the NaN run: a second trainer);
@@ -224,12 +240,11 @@ def agreement_every_4() -> dict:
             return {"loss": torch.tensor(float("nan") if bad else 1.0)}
 
         trainer = Engine(step)
-        controls = control.attach(trainer, every=(4,))
-        saved, nan_events = [], []
-        interrupt.attach(trainer, lambda e: saved.append(e.state.iteration) or "ckpt.pt",
-                         stop_check=controls["stop_check"])
-        control.attach_last(trainer, controls)
-        stop_together(trainer, every=(4,))
+        saver, nan_events = RecordingSaver(), []
+        with control.RunControl(trainer, every=(4,),
+                                signals=interrupt.COMMAND_LINE_SIGNALS) as run_control:
+            run_control.save_with(saver)
+        saved = saver.saved
         trainer.add_event_handler(TrainerEvents.NAN_DETECTED, lambda e: nan_events.append(1))
 
         @trainer.on(Events.ITERATION_COMPLETED(once=6))

@@ -1,0 +1,207 @@
+"""Each step of a training run from the command-line options: one call builds one part or
+attaches one handler with the options it needs.
+
+The argparse namespace stops here: what these functions call (``faceignite/`` and the other
+``handlers/`` modules) takes plain arguments.  The standard run (:mod:`handlers.training`) and the
+template (``experiments/custom_example.py``) are one line of these per step; replace a call by
+the handler's own ``attach(...)`` to change more than the options allow.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from faceignite.checkpoint import Resume
+from faceignite.data import build_face_data
+from faceignite.engine import create_trainer
+from faceignite.losses import is_classifying
+from faceignite.losses.factory import CriterionFactory
+from faceignite.models import build_model
+from faceignite.models.weight_files import load_field_classifier
+from faceignite.optim import build_optimizers
+from faceignite.run import Run, parallel
+from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
+from handlers import checkpoint as checkpoint_handler
+from handlers import clearml as clearml_handler
+from handlers import events
+from handlers import holdout as holdout_handler
+from handlers import lr_scheduler
+from handlers import tensorboard as tensorboard_handler
+from handlers import verification as verification_handler
+from handlers.control import RunControl
+from handlers.interrupt import COMMAND_LINE_SIGNALS
+
+NO_LOG_AGREE_EVERY = 50  # iterations between agreement points when no interval is set
+
+
+# --------------------------------------------------------------------------- the parts
+def data(cfg: argparse.Namespace, run: Run, resume: Resume) -> Any:
+    """This process's share of the training images (and the held-out split a resumed run
+    keeps): a :class:`faceignite.data.loaders.FaceData`."""
+    return build_face_data(cfg, val_indices=resume.val_indices, num_replicas=run.world_size,
+                           rank=run.rank)
+
+
+def model(cfg: argparse.Namespace, run: Run) -> nn.Module:
+    """``--model`` on the run's device (``--channels_last``: converted once, before DDP)."""
+    net = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained, image_size=cfg.image_size,
+                      normalize=getattr(cfg, "normalize", None)).to(run.device)
+    return to_channels_last(net) if cfg.channels_last else net
+
+
+def criterion(cfg: argparse.Namespace, run: Run, factory: CriterionFactory, data: Any
+              ) -> nn.Module:
+    """``factory(cfg, num_classes)`` (a :data:`faceignite.losses.factory.LOSSES` entry) on the
+    run's device; with ``--pretrained`` a facenet-pytorch file of the same identities, its
+    logits layer becomes the classifier."""
+    loss = factory(cfg, data.num_classes)
+    if cfg.pretrained and os.path.isfile(cfg.pretrained):
+        load_field_classifier(loss, cfg.pretrained)
+    return loss.to(run.device)
+
+
+def optimizers(cfg: argparse.Namespace, net: nn.Module, criterion: nn.Module
+               ) -> dict[str, torch.optim.Optimizer]:
+    """``--optimizer`` for the model (and the criterion's classifier), SGD at
+    ``--center_loss_lr`` for centres; Ignite's ``auto_optim`` (several processes)."""
+    found = build_optimizers(net, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
+                             cfg.weight_decay, cfg.center_loss_lr, cfg.adam_beta1,
+                             cfg.adagrad_lr_decay, getattr(cfg, "backbone_lr_scale", 1.0))
+    return {k: idist.auto_optim(opt) for k, opt in found.items()}
+
+
+def trainer(cfg: argparse.Namespace, run: Run, net: nn.Module, criterion: nn.Module,
+            optims: dict[str, torch.optim.Optimizer]) -> tuple[Engine, torch.amp.GradScaler]:
+    """The trainer and its fp16 GradScaler (``--amp``, ``--channels_last``, ``--compile``).
+    Several processes: it steps DDP modules (the criterion too, unless a ``--partial_fc`` one:
+    sharded); evaluators and checkpoints use the plain ``net`` and ``criterion``."""
+    ddp_model, ddp_criterion = auto_modules(net, criterion, run.device, cfg.sync_bn)
+    scaler = make_grad_scaler(run.device, cfg.amp)
+    engine = create_trainer(ddp_model, ddp_criterion, optims, run.device, cfg.amp,
+                            cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+                            image_size=cfg.image_size)
+    return engine, scaler
+
+
+# --------------------------------------------------------------------------- the handlers
+@dataclass
+class Validations:
+    """What the run validates on and which metric picks the best checkpoint (and early
+    stopping): ``--lfw`` (or the built-in pairs) and each ``--val_targets`` (checked by path
+    and name, not read yet), ``--best_by`` and the event after which it is known."""
+
+    targets: list = field(default_factory=list)  # faceignite.verification.targets.TargetSpec
+    best_by: str = "val_accuracy"
+    best_event: Any = events.ValidationEvents.HOLDOUT_COMPLETED
+
+
+def validations(cfg: argparse.Namespace, data: Any) -> Validations:
+    """The run's :class:`Validations`; ``cfg.best_by`` records the metric in ``config.json``."""
+    targets = verification_handler.targets_for_run(cfg, data)
+    if not targets:
+        return Validations()
+    cfg.best_by = verification_handler.check_target_options(cfg, data)
+    return Validations(targets, cfg.best_by, events.ValidationEvents.VERIFICATION_COMPLETED)
+
+
+def agreement_points(cfg: argparse.Namespace) -> tuple[int, ...]:
+    """The iterations where all processes read and agree on every reason to stop (one host
+    read there, none between): ``--log_interval``, ``--save_interval``, ``--val_interval``."""
+    return tuple(k for k in (cfg.log_interval, cfg.save_interval, cfg.val_interval)
+                 if k > 0) or (NO_LOG_AGREE_EVERY,)
+
+
+def control(engine: Engine, cfg: argparse.Namespace, plan: Validations,
+            handle_signals: bool = True) -> RunControl:
+    """The :class:`~handlers.control.RunControl` of ``--max_time``, ``--early_stopping`` (on
+    the best-checkpoint metric), the NaN guard and, ``handle_signals``, Ctrl-C/SIGTERM/SIGUSR1
+    (a command line; off, the process's signal handlers are left alone)."""
+    return RunControl(engine, max_time=cfg.max_time, early_stopping=cfg.early_stopping,
+                      score_name=plan.best_by, score_event=plan.best_event,
+                      every=agreement_points(cfg),
+                      signals=COMMAND_LINE_SIGNALS if handle_signals else ())
+
+
+def schedule(engine: Engine, cfg: argparse.Namespace, optims: dict, data: Any) -> Any:
+    """``--lr_scheduler`` (warm-up, step/multistep/cosine) on the model's optimizer, stepped
+    every iteration; returns the scheduler (a checkpoint saves it)."""
+    return lr_scheduler.attach(engine, optims["model"], cfg.lr, cfg.epochs,
+                               len(data.train_loader), **lr_scheduler.schedule_options(cfg))
+
+
+def holdout(engine: Engine, cfg: argparse.Namespace, run: Run, net: nn.Module,
+            criterion: nn.Module, data: Any) -> Engine | None:
+    """The held-out split's accuracy every epoch and every ``--val_interval`` iterations
+    (classifying losses with a held-out split; else None)."""
+    if data.val_loader is None or not is_classifying(criterion):
+        return None
+    return holdout_handler.attach(engine, net, criterion, data.val_loader, run.device,
+                                  every_iterations=cfg.val_interval, amp=cfg.amp,
+                                  channels_last=cfg.channels_last)
+
+
+def verification(engine: Engine, cfg: argparse.Namespace, run: Run, net: nn.Module,
+                 plan: Validations) -> dict:
+    """Verification on every target of ``plan`` (read now: a bad file fails before training)
+    every ``--lfw_validation_epoch_interval`` epochs and ``--val_interval`` iterations."""
+    if not plan.targets:
+        return {}
+    return verification_handler.attach(
+        engine, net, [t.load() for t in plan.targets], run.device, cfg.image_size,
+        batch_size=cfg.lfw_batch_size, every_epochs=cfg.lfw_validation_epoch_interval,
+        every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
+        output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
+        channels_last=cfg.channels_last)
+
+
+def checkpoints(engine: Engine, cfg: argparse.Namespace, run: Run, state: Any,
+                plan: Validations) -> checkpoint_handler.Checkpointer:
+    """The last ``--n_saved`` checkpoints (every epoch, every ``--save_interval``) and the best
+    by ``plan.best_by``, in the run folder."""
+    return checkpoint_handler.attach(engine, state, run.output_dir, n_saved=cfg.n_saved,
+                                     save_interval=cfg.save_interval, best_by=plan.best_by,
+                                     best_event=plan.best_event)
+
+
+def clearml(engine: Engine, cfg: argparse.Namespace, run: Run, name: str, optims: dict,
+            best_checkpoint: Callable[[], str | None], tags: tuple = ()) -> Any:
+    """ClearML (``--clearml``: a task named ``name``, the options, the scalars, the ROC images,
+    ``--clearml_upload_model``: the file ``best_checkpoint()``); None when off or on other
+    ranks."""
+    return clearml_handler.attach(engine, run.output_dir, mode=cfg.clearml, task_name=name,
+                                  tags=list(tags), hparams=vars(cfg),
+                                  log_interval=cfg.log_interval, optimizers=optims,
+                                  best_checkpoint=best_checkpoint,
+                                  upload_model=cfg.clearml_upload_model,
+                                  store_diff=cfg.clearml_store_diff)
+
+
+def tensorboard(engine: Engine, cfg: argparse.Namespace, run: Run, optims: dict) -> Any:
+    """TensorBoard in ``--tensorboard DIR/<run folder>`` (one sub-folder per run:
+    ``tensorboard --logdir DIR`` compares them); None without the option."""
+    if not cfg.tensorboard:
+        return None
+    return tensorboard_handler.attach(
+        engine, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
+        log_interval=cfg.log_interval, optimizers=optims, hparams=vars(cfg))
+
+
+# --------------------------------------------------------------------------- launching
+def launch(training: Callable[..., Any], cfg: argparse.Namespace, *args: Any) -> dict:
+    """Check ``--val_targets``/``--best_by`` (before anything is built), then run
+    ``training(local_rank, cfg, *args, result)`` in this process, in each process
+    torchrun/srun started, or in ``--nproc_per_node`` processes spawned here.  Returns
+    ``result`` as filled by ``training`` (empty when the processes were spawned here: their
+    results are in ``run.log`` and the checkpoints)."""
+    verification_handler.check_target_options(cfg)
+    result: dict = {}
+    with parallel(cfg) as launcher:
+        launcher.run(training, cfg, *args, result)
+    return result
