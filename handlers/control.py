@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
@@ -23,13 +24,13 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, TerminateOnNan
 
-from faceignite.checkpoint import LATEST_RE
 from faceignite.cli import EXIT_NAN
 from faceignite.engine import STOP_CODES, TrainerEvents, register_trainer_events, stop_together
 from faceignite.errors import FaceIgniteError
 from handlers import events, interrupt
 
 logger = logging.getLogger("faceignite")
+SAVED_AT = re.compile(r"_(\d+)\.pt$")  # a training checkpoint's name ends with its iteration
 
 
 class TerminateOnNanLoss(TerminateOnNan):
@@ -378,7 +379,7 @@ class RunControl:
         """A checkpoint of this iteration, written before the control's first handler ran,
         was attached before the control: it saves before the NaN check."""
         path = self.last_checkpoint()
-        match = LATEST_RE.match(os.path.basename(path)) if path else None
+        match = SAVED_AT.search(os.path.basename(path)) if path else None
         if match and int(match.group(1)) == engine.state.iteration and not self.nan_seen:
             raise FaceIgniteError(
                 f"attach the run control first: {path} was written before the run control's "
