@@ -148,7 +148,8 @@ class GracefulInterrupt:
 
 
 def attach(trainer: Engine, save: Callable[[Engine], str | None],
-           signals: Sequence[int] = COMMAND_LINE_SIGNALS, sync_every: int = 10) -> GracefulInterrupt:
+           signals: Sequence[int] = COMMAND_LINE_SIGNALS,
+           sync_every: int = 10) -> GracefulInterrupt:
     """Signals alone, without a :class:`handlers.control.RunControl` (which owns a
     :class:`GracefulInterrupt` of its own and acts on it at its agreement points): while
     ``trainer`` runs, turn ``signals`` into ``save(trainer)`` at the end of the current
