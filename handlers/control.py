@@ -9,6 +9,10 @@ are host-side flags that cost nothing to look at — at the first iteration wher
 the time limit passed or another handler stopped the trainer.  Attached before any validation or
 checkpoint handler, an agreement point runs first at its event, so no checkpoint is ever written
 between a non-finite loss and the check that finds it.
+
+:class:`RunControl` is all of it as one object, attached with one ``with`` block around the other
+handlers: it owns its first and its last places, saves through the checkpointer it is given
+(``save_with``) and ends a NaN stop with exit code 3.
 """
 from __future__ import annotations
 
