@@ -33,7 +33,7 @@ class TrainerEvents(EventEnum):
 
 def register_trainer_events(trainer: Engine) -> None:
     """Make ``trainer`` accept :class:`TrainerEvents` (idempotent)."""
-    if TrainerEvents.NAN_DETECTED not in trainer._allowed_events:
+    if not trainer.has_registered_events(TrainerEvents.NAN_DETECTED):
         trainer.register_events(*TrainerEvents)
 
 

@@ -22,7 +22,7 @@ class ValidationEvents(EventEnum):
 
 def register(trainer: Engine) -> None:
     """Make the trainer accept :class:`ValidationEvents` (idempotent)."""
-    if ValidationEvents.HOLDOUT_COMPLETED not in trainer._allowed_events:
+    if not trainer.has_registered_events(ValidationEvents.HOLDOUT_COMPLETED):
         trainer.register_events(*ValidationEvents)
 
 
