@@ -259,12 +259,21 @@ def self_signed_server(tmp_path):
     server.server_close()
 
 
-def test_probe_verifies_tls_unless_explicitly_allowed(self_signed_server):
+def test_probe_verifies_tls_unless_explicitly_allowed(self_signed_server, monkeypatch):
+    """The probe goes through ClearML's own HTTP session: its TLS setting is ClearML's (and,
+    as for ClearML's own requests, a REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE would take precedence)."""
     url, cert = self_signed_server
+    for var in ("CLEARML_API_HOST_VERIFY_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    from clearml.config import config_obj
+    if config_obj.get("api.verify_certificate", True) is not True:
+        pytest.skip("this machine's clearml.conf sets api.verify_certificate")
     reason = clearml_session.probe_server(url, timeout=5)
     assert reason and "CERTIFICATE_VERIFY_FAILED" in reason, reason
-    assert clearml_session.probe_server(url, timeout=5, verify=False) is None  # opted out
-    assert clearml_session.probe_server(url, timeout=5, verify=str(cert)) is None  # its CA
+    monkeypatch.setenv("CLEARML_API_HOST_VERIFY_CERT", "false")  # opted out
+    assert clearml_session.probe_server(url, timeout=5) is None
+    monkeypatch.setenv("CLEARML_API_HOST_VERIFY_CERT", str(cert))  # its CA
+    assert clearml_session.probe_server(url, timeout=5) is None
 
 
 def test_self_signed_server_follows_clearml_verify_setting(self_signed_server, monkeypatch,
@@ -272,8 +281,9 @@ def test_self_signed_server_follows_clearml_verify_setting(self_signed_server, m
     """The probe takes ClearML's own ``CLEARML_API_HOST_VERIFY_CERT`` (or
     ``api.verify_certificate``): verified by default, off or a CA file only when set."""
     url, cert = self_signed_server
-    monkeypatch.delenv("CLEARML_OFFLINE_MODE", raising=False)
-    monkeypatch.delenv("CLEARML_API_HOST_VERIFY_CERT", raising=False)
+    for var in ("CLEARML_OFFLINE_MODE", "CLEARML_API_HOST_VERIFY_CERT", "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE"):  # the last two: requests would prefer them (see above)
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
     monkeypatch.setenv("CLEARML_API_HOST", url)
     monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "FACEIGNITETESTKEY")
