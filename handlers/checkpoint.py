@@ -98,9 +98,6 @@ class DurableDiskSaver(DiskSaver):
             self.to_remove.append(filename)
 
 
-SafeDiskSaver = DurableDiskSaver  # its former name
-
-
 def rotate_as_written(checkpoint: Checkpoint, files: list[tuple[float, str]]) -> None:
     """Make ``checkpoint`` rotate ``files`` (``(priority, file name)``, lowest first) as if it
     had written them, through its public ``state_dict``/``load_state_dict`` pair."""
