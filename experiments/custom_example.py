@@ -71,18 +71,20 @@ def training(local_rank: int, cfg, result: dict) -> None:
         scheduler = lr_scheduler.attach(trainer, optimizers["model"], cfg.lr, cfg.epochs,
                                         len(data.train_loader),
                                         **lr_scheduler.schedule_options(cfg))
+        tracked = {}  # the validations' engines by tag: the trackers log from them
         if data.val_loader is not None and is_classifying(criterion):
-            holdout.attach(trainer, model, criterion, data.val_loader, run.device,
+            tracked["holdout"] = holdout.attach(trainer, model, criterion, data.val_loader, run.device,
                            every_iterations=cfg.val_interval, amp=cfg.amp,
                            channels_last=cfg.channels_last)
         if targets:
-            verification.attach(trainer, model, [t.load() for t in targets], run.device,
-                                cfg.image_size, batch_size=cfg.lfw_batch_size,
-                                every_epochs=cfg.lfw_validation_epoch_interval,
-                                every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
-                                distance=cfg.distance, output_dir=run.output_dir,
-                                num_workers=cfg.num_workers, amp=cfg.amp,
-                                channels_last=cfg.channels_last)
+            tracked.update((n, e.engine) for n, e in verification.attach(
+                trainer, model, [t.load() for t in targets], run.device,
+                cfg.image_size, batch_size=cfg.lfw_batch_size,
+                every_epochs=cfg.lfw_validation_epoch_interval,
+                every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
+                distance=cfg.distance, output_dir=run.output_dir,
+                num_workers=cfg.num_workers, amp=cfg.amp,
+                channels_last=cfg.channels_last).items())
         progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
         state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
                               scaler=scaler)
@@ -96,11 +98,12 @@ def training(local_rank: int, cfg, result: dict) -> None:
                                    optimizers=optimizers,
                                    best_checkpoint=lambda: saved.best_checkpoint,
                                    upload_model=cfg.clearml_upload_model,
-                                   store_diff=cfg.clearml_store_diff)]
+                                   store_diff=cfg.clearml_store_diff, evaluators=tracked)]
         if cfg.tensorboard:
             trackers.append(tensorboard.attach(
                 trainer, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
-                log_interval=cfg.log_interval, optimizers=optimizers, hparams=vars(cfg)))
+                log_interval=cfg.log_interval, optimizers=optimizers, hparams=vars(cfg),
+                evaluators=tracked))
         control.attach_last(trainer, controls)
         stop_together(trainer, every=agree_every)
 

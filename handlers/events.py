@@ -1,13 +1,12 @@
 """Custom trainer events fired after each validation, so other handlers can follow them.
 
 The held-out and verification handlers register these on the trainer and fire them once their
-metrics are in ``trainer.state.metrics``; checkpoint-by-best, early stopping and trackers attach
-to them.  ``VERIFICATION_COMPLETED`` fires once per verification, after every target (``--lfw`` and each
-``--val_targets``) has written its ``<name>_*`` metrics; :func:`verification_targets` names them.
+metrics are in ``trainer.state.metrics``; checkpoint-by-best and early stopping attach to them
+(the trackers log from the evaluator engines themselves: :mod:`handlers.tracking`).
+``VERIFICATION_COMPLETED`` fires once per verification, after every target (``--lfw`` and each
+``--val_targets``) has written its ``<name>_*`` metrics.
 """
 from __future__ import annotations
-
-import weakref
 
 from ignite.engine import Engine, EventEnum
 
@@ -22,20 +21,5 @@ class ValidationEvents(EventEnum):
 
 def register(trainer: Engine) -> None:
     """Make the trainer accept :class:`ValidationEvents` (idempotent)."""
-    if ValidationEvents.HOLDOUT_COMPLETED not in trainer._allowed_events:
+    if not trainer.has_registered_events(ValidationEvents.HOLDOUT_COMPLETED):
         trainer.register_events(*ValidationEvents)
-
-
-_TARGETS: "weakref.WeakKeyDictionary[Engine, list[str]]" = weakref.WeakKeyDictionary()
-
-
-def add_verification_target(trainer: Engine, name: str) -> None:
-    """Record that a verification handler writes ``<name>_*`` metrics on ``trainer``."""
-    names = _TARGETS.setdefault(trainer, [])
-    if name not in names:
-        names.append(name)
-
-
-def verification_targets(trainer: Engine) -> list[str]:
-    """The names of the verification targets attached to ``trainer``, in order."""
-    return list(_TARGETS.get(trainer, ()))

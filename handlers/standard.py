@@ -149,11 +149,13 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     scheduler = lr_scheduler.attach(trainer, parts.optimizers["model"], cfg.lr, cfg.epochs,
                                     len(data.train_loader), **lr_scheduler.schedule_options(cfg))
     validations = []  # (name, evaluator engine): a signal stops them at their next batch
+    tracked: dict[str, Engine] = {}  # the same engines by tag: the trackers log from them
     if data.val_loader is not None and is_classifying(parts.criterion):
         evaluator = holdout.attach(trainer, parts.model, parts.criterion, data.val_loader,
                                    run.device, every_epochs=1, every_iterations=cfg.val_interval,
                                    amp=cfg.amp, channels_last=cfg.channels_last)
         validations.append(("held-out validation", evaluator))
+        tracked["holdout"] = evaluator
     if targets:
         evaluators = verification.attach(
             trainer, parts.model, [t.load() for t in targets], run.device, cfg.image_size,
@@ -162,6 +164,7 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
             output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
             channels_last=cfg.channels_last)
         validations += [(f"{name} validation", e.engine) for name, e in evaluators.items()]
+        tracked.update((name, e.engine) for name, e in evaluators.items())
     stats = progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
                           data, cfg, scaler=parts.scaler)
@@ -180,13 +183,14 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
                              optimizers=parts.optimizers,
                              best_checkpoint=lambda: attached.checkpoints.best_checkpoint,
                              upload_model=cfg.clearml_upload_model,
-                             store_diff=cfg.clearml_store_diff)
+                             store_diff=cfg.clearml_store_diff, evaluators=tracked)
     if tracker is not None:
         attached.trackers.append(tracker)
     if cfg.tensorboard:  # one sub-folder per run: tensorboard --logdir DIR compares them
         tb_dir = os.path.join(cfg.tensorboard, os.path.basename(run.output_dir))
         tb = tensorboard.attach(trainer, tb_dir, log_interval=cfg.log_interval,
-                                optimizers=parts.optimizers, hparams=vars(cfg))
+                                optimizers=parts.optimizers, hparams=vars(cfg),
+                                evaluators=tracked)
         if tb is not None:
             attached.trackers.append(tb)
     for hook in hooks:
