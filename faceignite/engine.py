@@ -18,6 +18,19 @@ from faceignite.runtime import (autocast_context, broadcast_buffers, eval_autoca
 
 
 MIN_TRAIN_BATCH = 2  # BatchNorm in training mode needs two images (per process)
+# Why the pieces below exist (issue 27, item 6: only what the no-host-sync rule and the agreement
+# of several processes need):
+# - skipped_step: a batch of fewer than MIN_TRAIN_BATCH decodable images is still one iteration
+#   (one process: nothing runs; several: a zero-contribution step, or the others would wait in
+#   DDP's all-reduce forever).  So an epoch is always len(loader) iterations, the epoch_length
+#   every checkpoint records and a resume checks: old checkpoints resume exactly.
+# - the step returns detached 0-d device tensors and plain ints: nothing is read back from the
+#   device in the step; handlers read them at the agreement points only (handlers.control).
+# - broadcast_buffers after each step (several processes): DDP runs with broadcast_buffers=False
+#   (see runtime.auto_modules), so rank 0's BatchNorm statistics are copied here, once a step,
+#   keeping the replicas identical (and the checkpoint, written by rank 0, everyone's).
+# - stop_together: one all-reduce at the agreement points, so every process stops at the same
+#   iteration whichever decided it.
 
 
 class TrainerEvents(EventEnum):
@@ -33,7 +46,7 @@ class TrainerEvents(EventEnum):
 
 def register_trainer_events(trainer: Engine) -> None:
     """Make ``trainer`` accept :class:`TrainerEvents` (idempotent)."""
-    if TrainerEvents.NAN_DETECTED not in trainer._allowed_events:
+    if not trainer.has_registered_events(TrainerEvents.NAN_DETECTED):
         trainer.register_events(*TrainerEvents)
 
 
@@ -70,6 +83,7 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     adjust = plain_criterion if isinstance(plain_criterion, AdjustsGradients) else None
     distributed = idist.get_world_size() > 1
 
+    # the stand-in image's shape for skipped_step: the last batch's, or image_size's before one
     shape = {"image": None if image_size is None else (3, image_size, image_size)}
 
     def skipped_step(images: torch.Tensor, labels: torch.Tensor, skipped: int) -> dict:
@@ -145,6 +159,7 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     trainer = Engine(step)
     register_trainer_events(trainer)
 
+    # the sampler's epoch and position follow the trainer's: a checkpoint saves both together
     follow_trainer(trainer)  # the sampler keeps the epoch and position a checkpoint saves
 
     return trainer
@@ -155,6 +170,7 @@ def _no_rows(model: nn.Module, device: torch.device) -> torch.Tensor:
     return torch.zeros(0, unwrap(model).embedding_dim, device=device, requires_grad=True)
 
 
+# Engine.should_terminate as a number all processes can all-reduce (MAX: the strongest stop wins)
 STOP_CODES = {False: 0, True: 1, "skip_completed": 2}
 
 

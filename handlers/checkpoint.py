@@ -4,6 +4,9 @@ Files in ``output_dir``: ``training_checkpoint_<iteration>.pt`` (every epoch, ev
 ``save_interval`` iterations, at the end of a run stopped early) and
 ``best_checkpoint_<iteration>_<metric>=<score>.pt`` (after each validation that beats the best).
 Distributed: every process runs the handlers (same decisions, same file names), rank 0 writes.
+Only Ignite's public API is used: ``Checkpoint`` (``last_checkpoint``, ``state_dict``,
+``load_state_dict``, ``get_default_score_fn``) and a ``DiskSaver`` whose public ``__call__`` and
+``remove`` add what durability needs.
 """
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
@@ -26,8 +30,10 @@ from handlers import events
 logger = logging.getLogger("faceignite")
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported everywhere (Windows)
+def fsync_folder(path: Path) -> None:
+    """Make a rename in ``path`` durable (the folder's entry is on disk too); a no-op where
+    folders cannot be opened (Windows)."""
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -35,29 +41,37 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-class SafeDiskSaver(DiskSaver):
-    """Ignite's ``DiskSaver``, crash-safe: a new file is written to ``.<name>.part``, flushed to
-    disk, then renamed over its final name; files that ``Checkpoint`` rotates out are deleted
-    only after the next file is safely written.  A crash (or a full disk) at any point leaves
-    every earlier checkpoint intact and loadable.
+class DurableDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver(atomic=True)``, durable as well as atomic.
+
+    Ignite's atomic save writes a temporary file and renames it, but never fsyncs: after a power
+    cut the renamed file may be empty.  Here (public ``__call__``) a new file goes to
+    ``.<name>.part`` in the same folder, is flushed and fsynced, renamed over its final name
+    (``os.replace``) and the folder is fsynced.  Files ``Checkpoint`` rotates out (public
+    ``remove``) are deleted only after the next file is safely on disk.  A crash, a full disk
+    or an unpicklable object at any point leaves every earlier checkpoint intact and loadable.
     """
 
-    def __init__(self, dirname: str | Path, **kwargs: Any):
-        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
-        self._to_remove: list[str] = []
+    def __init__(self, dirname: str | Path, **torch_save_kwargs: Any):
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False,
+                         **torch_save_kwargs)
+        self.to_remove: list[str] = []
         if idist.get_rank() != self.save_on_rank:
             return  # only the writing process touches the folder
         for stale in self.dirname.glob(".*.pt.part"):  # left by a crash mid-write
             with contextlib.suppress(OSError):
                 stale.unlink()
 
-    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        tmp = path.with_name(f".{path.name}.part")
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        path = self.dirname / filename
+        tmp = path.with_name(f".{filename}.part")
         try:
             with open(tmp, "wb") as f:
-                func(checkpoint, f, **self.kwargs)
+                torch.save(checkpoint, f, **self.kwargs)
                 f.flush()
-                os.fsync(f.fileno())
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
             os.replace(tmp, path)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -71,17 +85,30 @@ class SafeDiskSaver(DiskSaver):
                                       f"({exc.__class__.__name__}: {exc}); the earlier "
                                       f"checkpoints in {self.dirname} are intact") from exc
             raise
-        _fsync_dir(self.dirname)
-        pending, self._to_remove = self._to_remove, []
+        fsync_folder(self.dirname)  # the rename itself survives a power cut
+        pending, self.to_remove = self.to_remove, []
         for name in pending:
-            if name != path.name:
+            if name != filename:
                 with contextlib.suppress(FileNotFoundError):
                     (self.dirname / name).unlink()
 
     def remove(self, filename: str) -> None:
-        """Deferred until the next checkpoint is on disk."""
+        """Deferred until the next checkpoint is on disk (``Checkpoint`` removes first)."""
         if idist.get_rank() == self.save_on_rank:
-            self._to_remove.append(filename)
+            self.to_remove.append(filename)
+
+
+def rotate_as_written(checkpoint: Checkpoint, files: list[tuple[float, str]]) -> None:
+    """Make ``checkpoint`` rotate ``files`` (``(priority, file name)``, lowest first) as if it
+    had written them, through its public ``state_dict``/``load_state_dict`` pair."""
+    (key,) = checkpoint.state_dict()  # Ignite's one entry: the (priority, file name) pairs
+    checkpoint.load_state_dict({key: files})
+
+
+def saved_iteration(path: str | None) -> int | None:
+    """The iteration in a ``training_checkpoint_<iteration>.pt`` path, else None."""
+    m = LATEST_RE.match(os.path.basename(path)) if path else None
+    return int(m.group(1)) if m else None
 
 
 class Checkpointer:
@@ -89,7 +116,7 @@ class Checkpointer:
 
     def __init__(self, latest: Checkpoint, best: Checkpoint | None, best_by: str | None):
         self.latest, self.best, self.best_by = latest, best, best_by
-        self._adopted = False
+        self.adopted = False
         self.poisoned = False  # a loss went NaN (TrainerEvents.NAN_DETECTED): save no more
 
     def on_nan(self, _: Engine | None = None) -> None:
@@ -155,10 +182,9 @@ class Checkpointer:
 
     def save_now(self, engine: Engine) -> str:
         """Like :meth:`save`, unless this iteration is already saved (then its path)."""
-        for item in self.latest._saved:
-            if item.priority == engine.state.iteration:
-                return str(self.latest.save_handler.dirname / item.filename)
-        return self.save(engine)
+        if saved_iteration(self.last_checkpoint) == engine.state.iteration:
+            return self.last_checkpoint  # type: ignore[return-value]
+        return self.save(engine)  # type: ignore[return-value]
 
     def save_best(self, engine: Engine) -> None:
         if self.best is not None and self.best_by in engine.state.metrics and not self.poisoned:
@@ -169,9 +195,9 @@ class Checkpointer:
         rotation keeps ``n_saved`` files in all rather than ``n_saved`` more per resume."""
         folder = self.latest.save_handler.dirname
         now = engine.state.iteration
-        if self._adopted or not now or not folder.is_dir():
+        if self.adopted or not now or not folder.is_dir():
             return
-        self._adopted = True
+        self.adopted = True
         names = os.listdir(folder)
         latest = sorted((int(m.group(1)), n) for n in names if (m := LATEST_RE.match(n)))
         later = [n for step, n in latest if step > now]
@@ -179,12 +205,11 @@ class Checkpointer:
             logger.info("checkpoints newer than the resumed iteration %d are left as they are: %s",
                         now, ", ".join(later))
         keep = [(step, n) for step, n in latest if step <= now]
-        keep = keep[-(self.latest.n_saved or len(keep)):]
-        self.latest.load_state_dict({"_saved": keep})
+        rotate_as_written(self.latest, keep[-(self.latest.n_saved or len(keep)):])
         if self.best is not None:
             best = sorted((float(m.group(3)), n) for n in names if (m := BEST_RE.match(n))
                           and m.group(2) == self.best_by and int(m.group(1)) <= now)
-            self.best.load_state_dict({"_saved": best[-(self.best.n_saved or len(best)):]})
+            rotate_as_written(self.best, best[-(self.best.n_saved or len(best)):])
 
 
 def attach(trainer: Engine, to_save: Any, output_dir: str, *, n_saved: int,
@@ -203,13 +228,13 @@ def attach(trainer: Engine, to_save: Any, output_dir: str, *, n_saved: int,
     """
     if not isinstance(to_save, Mapping):
         to_save = {NAME: to_save}
-    saver = SafeDiskSaver(output_dir)
     step = lambda engine, _event: engine.state.iteration  # noqa: E731
-    latest = Checkpoint(to_save, saver, filename_prefix=LATEST_PREFIX, n_saved=n_saved,
-                        global_step_transform=step)
+    latest = Checkpoint(to_save, DurableDiskSaver(output_dir), filename_prefix=LATEST_PREFIX,
+                        n_saved=n_saved, global_step_transform=step)
     best = None
     if best_by:
-        best = Checkpoint(to_save, SafeDiskSaver(output_dir), filename_prefix=BEST_PREFIX,
+        best = Checkpoint(to_save, DurableDiskSaver(output_dir), filename_prefix=BEST_PREFIX,
+                          score_function=Checkpoint.get_default_score_fn(best_by),
                           score_name=best_by, n_saved=n_best, global_step_transform=step)
     handler = Checkpointer(latest, best, best_by)
 

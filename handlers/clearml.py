@@ -101,10 +101,12 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
            best_checkpoint: Callable[[], str | None] | None = None, upload_model: bool = False,
            timeout: float = 10.0, init_timeout: float = 60.0,
-           store_diff: bool = False) -> ClearMLTracking | None:
+           store_diff: bool = False,
+           evaluators: Mapping[str, Engine] | None = None) -> ClearMLTracking | None:
     """Track the run in ClearML: ``hparams`` (the parsed options), the scalars of
-    :mod:`handlers.tracking`, each verification target's ROC image (title: the target) and,
-    with ``upload_model``, the file ``best_checkpoint()`` when the run closes.
+    :mod:`handlers.tracking` (the validations' from their ``evaluators``, by tag:
+    ``"holdout"``, each target's name), each verification target's ROC image (title: the
+    target) and, with ``upload_model``, the file ``best_checkpoint()`` when the run closes.
 
     The task stores nothing of the machine: no environment variables, and no code (git
     repository, commit, uncommitted diff, script) unless ``store_diff`` (``--clearml_store_diff``:
@@ -141,7 +143,8 @@ def attach(trainer: Engine, output_dir: str, *, mode: str = "auto", project: str
     task = clearml_logger.get_task()
     if hparams:
         task.connect(tracking.clean_hparams(hparams), name="Args")
-    tracking.attach_scalars(clearml_logger, OutputHandler, trainer, log_interval, optimizers)
+    tracking.attach_scalars(clearml_logger, OutputHandler, trainer, log_interval, optimizers,
+                            evaluators)
 
     def log_figure(target: str, path: str, step: int) -> None:
         clearml_logger.report_image(title=target, series="roc", iteration=step, local_path=path,

@@ -349,10 +349,12 @@ class RunControl:
 
     def guard_validations(self, _: Engine | None = None) -> None:
         """Let a signal stop every validation engine registered on the trainer (once each)."""
-        for what, evaluator in events.evaluators(self.trainer):
+        for tag, evaluator in events.evaluators(self.trainer).items():
             if id(evaluator) not in self.guarded:
                 self.guarded.add(id(evaluator))
-                self.signals.guard(evaluator, every=self.validation_every, what=what)
+                what = "held-out" if tag == "holdout" else tag
+                self.signals.guard(evaluator, every=self.validation_every,
+                                   what=f"{what} validation")
 
     # --- what it reads and does --------------------------------------------------------------
     def last_checkpoint(self) -> str | None:

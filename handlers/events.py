@@ -1,9 +1,11 @@
 """Custom trainer events fired after each validation, so other handlers can follow them.
 
 The held-out and verification handlers register these on the trainer and fire them once their
-metrics are in ``trainer.state.metrics``; checkpoint-by-best, early stopping and trackers attach
-to them.  ``VERIFICATION_COMPLETED`` fires once per verification, after every target (``--lfw`` and each
-``--val_targets``) has written its ``<name>_*`` metrics; :func:`verification_targets` names them.
+metrics are in ``trainer.state.metrics``; checkpoint-by-best and early stopping attach to them
+(the trackers log from the evaluator engines themselves: :mod:`handlers.tracking`; each handler
+records its engines here, :func:`evaluators`).
+``VERIFICATION_COMPLETED`` fires once per verification, after every target (``--lfw`` and each
+``--val_targets``) has written its ``<name>_*`` metrics.
 """
 from __future__ import annotations
 
@@ -22,35 +24,20 @@ class ValidationEvents(EventEnum):
 
 def register(trainer: Engine) -> None:
     """Make the trainer accept :class:`ValidationEvents` (idempotent)."""
-    if ValidationEvents.HOLDOUT_COMPLETED not in trainer._allowed_events:
+    if not trainer.has_registered_events(ValidationEvents.HOLDOUT_COMPLETED):
         trainer.register_events(*ValidationEvents)
 
 
-_TARGETS: "weakref.WeakKeyDictionary[Engine, list[str]]" = weakref.WeakKeyDictionary()
+_EVALUATORS: "weakref.WeakKeyDictionary[Engine, dict[str, Engine]]" = weakref.WeakKeyDictionary()
 
 
-def add_verification_target(trainer: Engine, name: str) -> None:
-    """Record that a verification handler writes ``<name>_*`` metrics on ``trainer``."""
-    names = _TARGETS.setdefault(trainer, [])
-    if name not in names:
-        names.append(name)
+def add_evaluator(trainer: Engine, tag: str, evaluator: Engine) -> None:
+    """Record that ``evaluator`` runs inside one of ``trainer``'s handlers, under ``tag``
+    (``"holdout"``, a verification target's name): the run control lets a signal stop it
+    mid-way, and the trackers log its metrics by that tag."""
+    _EVALUATORS.setdefault(trainer, {})[tag] = evaluator
 
 
-def verification_targets(trainer: Engine) -> list[str]:
-    """The names of the verification targets attached to ``trainer``, in order."""
-    return list(_TARGETS.get(trainer, ()))
-
-
-_EVALUATORS: "weakref.WeakKeyDictionary[Engine, list[tuple[str, Engine]]]" = (
-    weakref.WeakKeyDictionary())
-
-
-def add_evaluator(trainer: Engine, what: str, evaluator: Engine) -> None:
-    """Record that ``evaluator`` (``what``: "held-out validation", "lfw validation") runs inside
-    one of ``trainer``'s handlers: the run control lets a signal stop it mid-way."""
-    _EVALUATORS.setdefault(trainer, []).append((what, evaluator))
-
-
-def evaluators(trainer: Engine) -> list[tuple[str, Engine]]:
-    """The ``(what, evaluator engine)`` pairs recorded on ``trainer``, in order."""
-    return list(_EVALUATORS.get(trainer, ()))
+def evaluators(trainer: Engine) -> dict[str, Engine]:
+    """The evaluator engines recorded on ``trainer`` by tag, in the order they were added."""
+    return dict(_EVALUATORS.get(trainer, {}))

@@ -172,25 +172,29 @@ def checkpoints(engine: Engine, cfg: argparse.Namespace, run: Run, state: Any,
 
 def clearml(engine: Engine, cfg: argparse.Namespace, run: Run, name: str, optims: dict,
             best_checkpoint: Callable[[], str | None], tags: tuple = ()) -> Any:
-    """ClearML (``--clearml``: a task named ``name``, the options, the scalars, the ROC images,
-    ``--clearml_upload_model``: the file ``best_checkpoint()``); None when off or on other
-    ranks."""
+    """ClearML (``--clearml``: a task named ``name``, the options, the scalars — the
+    validations' from the evaluator engines attached before it (``events.evaluators``) —, the
+    ROC images, ``--clearml_upload_model``: the file ``best_checkpoint()``); None when off or on
+    other ranks."""
     return clearml_handler.attach(engine, run.output_dir, mode=cfg.clearml, task_name=name,
                                   tags=list(tags), hparams=vars(cfg),
                                   log_interval=cfg.log_interval, optimizers=optims,
                                   best_checkpoint=best_checkpoint,
                                   upload_model=cfg.clearml_upload_model,
-                                  store_diff=cfg.clearml_store_diff)
+                                  store_diff=cfg.clearml_store_diff,
+                                  evaluators=events.evaluators(engine))
 
 
 def tensorboard(engine: Engine, cfg: argparse.Namespace, run: Run, optims: dict) -> Any:
     """TensorBoard in ``--tensorboard DIR/<run folder>`` (one sub-folder per run:
-    ``tensorboard --logdir DIR`` compares them); None without the option."""
+    ``tensorboard --logdir DIR`` compares them), the validations' scalars from the evaluator
+    engines attached before it; None without the option."""
     if not cfg.tensorboard:
         return None
     return tensorboard_handler.attach(
         engine, os.path.join(cfg.tensorboard, os.path.basename(run.output_dir)),
-        log_interval=cfg.log_interval, optimizers=optims, hparams=vars(cfg))
+        log_interval=cfg.log_interval, optimizers=optims, hparams=vars(cfg),
+        evaluators=events.evaluators(engine))
 
 
 # --------------------------------------------------------------------------- launching

@@ -52,5 +52,5 @@ def attach(trainer: Engine, model: nn.Module, criterion: Classifying, loader: Da
     trainer.add_event_handler(event, run_validation)
     # a run stopped early (--max_time, early stopping) still ends validated
     trainer.add_event_handler(Events.COMPLETED, run_validation)
-    events.add_evaluator(trainer, "held-out validation", evaluator)  # a signal may stop it
+    events.add_evaluator(trainer, "holdout", evaluator)  # signals, trackers: by this tag
     return evaluator

@@ -19,9 +19,11 @@ logger = logging.getLogger("faceignite")
 
 def attach(trainer: Engine, log_dir: str, *, log_interval: int,
            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-           hparams: Mapping[str, Any] | None = None) -> TensorboardLogger | None:
-    """Log the scalars of :mod:`handlers.tracking` and each verification target's ROC image
-    (``<target>/roc``: ``lfw/roc``, ``cfp_fp/roc`` ...) to ``log_dir``.
+           hparams: Mapping[str, Any] | None = None,
+           evaluators: Mapping[str, Engine] | None = None) -> TensorboardLogger | None:
+    """Log the scalars of :mod:`handlers.tracking` (the validations' from their
+    ``evaluators``, by tag: ``"holdout"``, each target's name) and each verification target's
+    ROC image (``<target>/roc``: ``lfw/roc``, ``cfp_fp/roc`` ...) to ``log_dir``.
 
     The options ``hparams`` are written once as a text summary (``hparams``); the event file is
     closed when the trainer completes.  View with ``tensorboard --logdir <parent of log_dir>``.
@@ -34,7 +36,7 @@ def attach(trainer: Engine, log_dir: str, *, log_interval: int,
     if hparams:
         table = json.dumps(tracking.clean_hparams(hparams), indent=2, default=str)
         tb.writer.add_text("hparams", f"```\n{table}\n```", 0)
-    tracking.attach_scalars(tb, OutputHandler, trainer, log_interval, optimizers)
+    tracking.attach_scalars(tb, OutputHandler, trainer, log_interval, optimizers, evaluators)
 
     def log_figure(target: str, path: str, step: int) -> None:
         image = read_rgb(path)

@@ -79,9 +79,7 @@ def attach(trainer: Engine, model: nn.Module | Callable, targets: Sequence[Verif
         evaluators[target.name] = create_target_evaluator(
             model, target, device, image_size, batch_size, flip, distance, num_workers, amp,
             channels_last, skip_undecodable=True)
-        events.add_verification_target(trainer, target.name)
-        events.add_evaluator(trainer, f"{target.name} validation",  # a signal may stop it
-                             evaluators[target.name].engine)
+        events.add_evaluator(trainer, target.name, evaluators[target.name].engine)
         logger.info("verification target %s: %s, %d pairs in %d folds over %d images, %d px%s",
                     target.name, target.pairs.path, len(target.pairs), target.pairs.num_folds,
                     len(target.sources), image_size, ", flip TTA" if flip else "")

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from torch import nn
 
 from faceignite.engine import create_trainer
@@ -36,19 +36,25 @@ LFW_VALUES = {"lfw_accuracy": 0.75, "lfw_auc": 0.8, "lfw_eer": 0.25}
 
 def tiny_trainer(tmp_path, batches: int = 4):
     """A real trainer (step, center loss, optimizers, progress, held-out) on 8x8 tensors, and an
-    LFW stand-in keeping the LFW handler's contract: metrics, a ROC PNG, ``VERIFICATION_COMPLETED``."""
+    LFW stand-in keeping the verification handler's contract: an evaluator engine with the
+    metrics, the metrics and a ROC PNG on the trainer, ``VERIFICATION_COMPLETED``.  Returns the
+    trainer, its optimizers, the data and the evaluator engines by tag (for the trackers)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16))
     criterion = SoftmaxCenterLoss(4, 16, 0.01)
     optimizers = build_optimizers(model, criterion, "sgd", 0.1, 0.9, 5e-4, 0.5)
     trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
     data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,)), 0) for _ in range(batches)]
-    holdout.attach(trainer, model, criterion, data, torch.device("cpu"))
+    held_out = holdout.attach(trainer, model, criterion, data, torch.device("cpu"))
     progress.attach(trainer, optimizers, progress_bar=False)
     events.register(trainer)
+    lfw = Engine(lambda engine, batch: None)  # the target's evaluator: its metrics, plain names
+    lfw.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(
+        {k.removeprefix("lfw_"): v for k, v in LFW_VALUES.items()}))
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def fake_lfw(engine):
+        lfw.run([0])
         path = tmp_path / f"roc_lfw_epoch{engine.state.epoch:03d}.png"
         image = np.full((48, 64, 3), 255, np.uint8)
         cv2.line(image, (0, 47), (63, 0), (255, 0, 0), 2)
@@ -57,7 +63,7 @@ def tiny_trainer(tmp_path, batches: int = 4):
         engine.state.metrics["lfw_roc_figure"] = str(path)  # as the verification handler does
         engine.fire_event(events.ValidationEvents.VERIFICATION_COMPLETED)
 
-    return trainer, optimizers, data
+    return trainer, optimizers, data, {"holdout": held_out, "lfw": lfw}
 
 
 def read_session(zip_path):
@@ -78,7 +84,7 @@ def read_session(zip_path):
 
 def test_offline_session_holds_scalars_hparams_roc_and_model(tmp_path, monkeypatch):
     monkeypatch.delenv("CLEARML_CACHE_DIR", raising=False)
-    trainer, optimizers, data = tiny_trainer(tmp_path)
+    trainer, optimizers, data, evaluators = tiny_trainer(tmp_path)
     best = tmp_path / "best_checkpoint_8_lfw_accuracy=0.75.pt"
     torch.save({"w": torch.ones(3)}, best)
     run_dir = tmp_path / "run"
@@ -87,7 +93,7 @@ def test_offline_session_holds_scalars_hparams_roc_and_model(tmp_path, monkeypat
     tracking = clearml_handler.attach(
         trainer, str(run_dir), mode="offline", task_name="tiny_center", tags=["resnet34", "center"],
         hparams=hparams, log_interval=2, optimizers=optimizers,
-        best_checkpoint=lambda: str(best), upload_model=True)
+        best_checkpoint=lambda: str(best), upload_model=True, evaluators=evaluators)
     assert tracking is not None and tracking.mode == "offline"
     trainer.run(data, max_epochs=2)
 
@@ -128,7 +134,7 @@ def test_a_run_stopped_before_completed_is_closed_by_close(tmp_path, monkeypatch
     """A NaN stop skips ``COMPLETED``: the recipe's ``finally`` calls ``close()``, which writes the
     session; the next run of the process gets a task of its own."""
     monkeypatch.delenv("CLEARML_CACHE_DIR", raising=False)
-    trainer, optimizers, data = tiny_trainer(tmp_path)
+    trainer, optimizers, data, _ = tiny_trainer(tmp_path)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2),
                               lambda e: e.terminate(skip_completed=True))
     first = clearml_handler.attach(trainer, str(tmp_path / "run1"), mode="offline",
@@ -140,7 +146,7 @@ def test_a_run_stopped_before_completed_is_closed_by_close(tmp_path, monkeypatch
     assert session.startswith(str(tmp_path / "run1" / "clearml"))
     task, scalars, _, _ = read_session(session)
     assert task["name"] == "stopped" and set(scalars[("train", "loss")]) == {1, 2}
-    trainer, optimizers, data = tiny_trainer(tmp_path)
+    trainer, optimizers, data, _ = tiny_trainer(tmp_path)
     second = clearml_handler.attach(trainer, str(tmp_path / "run2"), mode="offline",
                                     task_name="next", log_interval=1, optimizers=optimizers)
     assert second.owns_task and second.task.id != first.task.id
@@ -150,7 +156,7 @@ def test_a_run_stopped_before_completed_is_closed_by_close(tmp_path, monkeypatch
 
 def test_off_imports_and_writes_nothing(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "clearml", None)  # any `import clearml` would now fail
-    trainer, _, data = tiny_trainer(tmp_path)
+    trainer, _, data, _ = tiny_trainer(tmp_path)
     with caplog.at_level(logging.WARNING, logger="faceignite"):
         assert clearml_handler.attach(trainer, str(tmp_path / "run"), mode="off") is None
         trainer.run(data, max_epochs=1)
@@ -253,12 +259,21 @@ def self_signed_server(tmp_path):
     server.server_close()
 
 
-def test_probe_verifies_tls_unless_explicitly_allowed(self_signed_server):
+def test_probe_verifies_tls_unless_explicitly_allowed(self_signed_server, monkeypatch):
+    """The probe goes through ClearML's own HTTP session: its TLS setting is ClearML's (and,
+    as for ClearML's own requests, a REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE would take precedence)."""
     url, cert = self_signed_server
+    for var in ("CLEARML_API_HOST_VERIFY_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    from clearml.config import config_obj
+    if config_obj.get("api.verify_certificate", True) is not True:
+        pytest.skip("this machine's clearml.conf sets api.verify_certificate")
     reason = clearml_session.probe_server(url, timeout=5)
     assert reason and "CERTIFICATE_VERIFY_FAILED" in reason, reason
-    assert clearml_session.probe_server(url, timeout=5, verify=False) is None  # opted out
-    assert clearml_session.probe_server(url, timeout=5, verify=str(cert)) is None  # its CA
+    monkeypatch.setenv("CLEARML_API_HOST_VERIFY_CERT", "false")  # opted out
+    assert clearml_session.probe_server(url, timeout=5) is None
+    monkeypatch.setenv("CLEARML_API_HOST_VERIFY_CERT", str(cert))  # its CA
+    assert clearml_session.probe_server(url, timeout=5) is None
 
 
 def test_self_signed_server_follows_clearml_verify_setting(self_signed_server, monkeypatch,
@@ -266,8 +281,9 @@ def test_self_signed_server_follows_clearml_verify_setting(self_signed_server, m
     """The probe takes ClearML's own ``CLEARML_API_HOST_VERIFY_CERT`` (or
     ``api.verify_certificate``): verified by default, off or a CA file only when set."""
     url, cert = self_signed_server
-    monkeypatch.delenv("CLEARML_OFFLINE_MODE", raising=False)
-    monkeypatch.delenv("CLEARML_API_HOST_VERIFY_CERT", raising=False)
+    for var in ("CLEARML_OFFLINE_MODE", "CLEARML_API_HOST_VERIFY_CERT", "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE"):  # the last two: requests would prefer them (see above)
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
     monkeypatch.setenv("CLEARML_API_HOST", url)
     monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "FACEIGNITETESTKEY")

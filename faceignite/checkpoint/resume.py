@@ -7,10 +7,12 @@ import argparse
 import logging
 from typing import Mapping
 
+from ignite.handlers import Checkpoint
 from torch import nn
 
 from faceignite.checkpoint.auto import elastic_restart
 from faceignite.checkpoint.files import check_compatible, check_checkpoint_options, load_checkpoint
+from faceignite.checkpoint.files import NAME  # the one object's key in Checkpoint(to_save)
 from faceignite.checkpoint.state import TrainingState, unwrap
 from faceignite.errors import FaceIgniteError
 
@@ -124,6 +126,6 @@ class Resume:
             return
         if self.finetune:
             load_backbone(state.model, self.ckpt)
-        else:
-            state.load_state_dict(self.ckpt)
+        else:  # the file is Checkpoint's one-object format, read safely (weights_only) before
+            Checkpoint.load_objects({NAME: state}, self.ckpt)
         self.ckpt = {"path": self.path}  # free the tensors

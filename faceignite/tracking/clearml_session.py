@@ -12,18 +12,14 @@ import contextlib
 import json
 import logging
 import os
-import ssl
+import re
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Callable, Iterator, Mapping
 
 logger = logging.getLogger("faceignite")
 
 MODES = ("auto", "online", "offline", "off")
-_TRUE = ("1", "true", "yes", "on", "y", "t")
-_FALSE = ("0", "false", "no", "off", "n", "f")
 TASK_RECORD = os.path.join("clearml", "task.json")  # under the run's output folder
 
 
@@ -57,6 +53,13 @@ def server_configured() -> bool:
                 or config_obj.get("api.credentials.access_key", None))
 
 
+def offline_by_configuration() -> bool:
+    """ClearML's own offline switch: ``CLEARML_OFFLINE_MODE`` (parsed by ClearML)."""
+    from clearml.backend_api.session.defs import ENV_OFFLINE_MODE
+
+    return bool(ENV_OFFLINE_MODE.get())
+
+
 def api_server() -> str:
     """The configured API server URL (without any user:password part)."""
     from clearml.backend_api.session.session import Session
@@ -68,53 +71,35 @@ def api_server() -> str:
     return url._replace(netloc=url.hostname + (f":{url.port}" if url.port else "")).geturl()
 
 
-def tls_verification() -> bool | str:
-    """ClearML's own certificate setting, which the probe follows: ``CLEARML_API_HOST_VERIFY_CERT``
-    or ``api.verify_certificate`` in ``clearml.conf`` (default: verify).  ``False`` (the explicit
-    opt-out for a self-signed server) or a CA bundle path are the other answers."""
-    from clearml.backend_api.session.defs import ENV_HOST_VERIFY_CERT
-    from clearml.config import config_obj
-
-    value = ENV_HOST_VERIFY_CERT.get(default=config_obj.get("api.verify_certificate", True))
-    return parse_verify(value)
-
-
-def parse_verify(value: Any) -> bool | str:
-    """``True``/``False`` for boolean-like values, else the value as a CA bundle path."""
-    if isinstance(value, bool) or value is None:
-        return value is not False
-    text = str(value).strip()
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    return text
-
-
-def ssl_context(verify: bool | str = True) -> ssl.SSLContext:
-    """Python's default context (certificate and host name checked), with ``verify``'s CA bundle
-    when it is a path; ``verify=False`` only: no check at all."""
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-
-
-def probe_server(url: str, timeout: float, verify: bool | str = True) -> str | None:
+def probe_server(url: str, timeout: float) -> str | None:
     """``None`` when ``url`` answers HTTP within ``timeout`` s, else why not (no credentials sent).
 
-    Any answer but a 5xx counts (ClearML would retry 5xx for minutes).  HTTPS certificates are
-    verified (``verify``: see :func:`tls_verification`); an untrusted one is a reason.
+    The request goes through ClearML's own HTTP session (``get_http_session_with_retry``, no
+    retry): its TLS settings are ClearML's — ``CLEARML_API_HOST_VERIFY_CERT`` or
+    ``api.verify_certificate`` in ``clearml.conf``: verified by default, off, or a CA bundle
+    path (as for every request of ClearML's, a ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the
+    environment takes precedence: requests' rule); an untrusted certificate is a reason.  Any
+    answer but a 5xx counts (ClearML would retry 5xx for minutes).
     """
+    import requests
+    from clearml.backend_api.utils import get_http_session_with_retry
+
     try:
-        urllib.request.urlopen(f"{url.rstrip('/')}/debug.ping", timeout=timeout,
-                               context=ssl_context(verify))
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}" if exc.code >= 500 else None
-    except (OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", exc)) or type(exc).__name__
-    return None
+        with get_http_session_with_retry(total=0) as http:
+            answer = http.get(f"{url.rstrip('/')}/debug.ping", timeout=timeout,
+                              allow_redirects=False)
+    except (requests.RequestException, OSError, ValueError) as exc:
+        return short_reason(exc)
+    return f"HTTP {answer.status_code}" if answer.status_code >= 500 else None
+
+
+def short_reason(exc: BaseException) -> str:
+    """The cause of a failed request in a few words (``[Errno 111] Connection refused``,
+    ``[SSL: CERTIFICATE_VERIFY_FAILED] ...``), not urllib3's nested retry message."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    inner = getattr(inner, "reason", None) or inner  # urllib3's MaxRetryError: its cause
+    text = str(inner.args[-1] if inner.args else inner) or type(inner).__name__
+    return re.sub(r"^\w+\(.*?\): ", "", text)  # "HTTPConnection(host=..., port=...): "
 
 
 def resolve_mode(mode: str, timeout: float = 10.0) -> tuple[str, str | None]:
@@ -124,7 +109,7 @@ def resolve_mode(mode: str, timeout: float = 10.0) -> tuple[str, str | None]:
         raise ValueError(f"mode must be one of {MODES[:3]}, got {mode!r}")
     if mode == "offline":
         return "offline", None
-    if mode == "auto" and os.environ.get("CLEARML_OFFLINE_MODE", "").lower() in _TRUE:
+    if mode == "auto" and offline_by_configuration():
         return "offline", None
     if not server_configured():
         if mode == "auto":
@@ -133,7 +118,7 @@ def resolve_mode(mode: str, timeout: float = 10.0) -> tuple[str, str | None]:
                            "`clearml-init` or set CLEARML_API_HOST/CLEARML_API_ACCESS_KEY/"
                            "CLEARML_API_SECRET_KEY)")
     url = api_server()
-    reason = probe_server(url, timeout, tls_verification())
+    reason = probe_server(url, timeout)
     if reason:
         return "offline", f"ClearML server {url} unreachable within {timeout:g} s ({reason})"
     return "online", None
