@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import tokenize
+import zipfile
 from pathlib import Path
 
 from conftest import copy_subset
@@ -51,6 +52,18 @@ def environment(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_OFFLINE_MODE": "1",
             "CLEARML_CACHE_DIR": str(tmp_path / "clearml-cache"),
             "CLEARML_CONFIG_FILE": str(tmp_path / "none.conf")}
+
+
+def tracked_scalars(session: Path) -> dict[tuple[str, str], list[int]]:
+    """The iterations of each ``(title, series)`` scalar of a ClearML offline session zip."""
+    with zipfile.ZipFile(session) as zf:
+        found: dict[tuple[str, str], list[int]] = {}
+        for line in zf.read("metrics.jsonl").decode().splitlines():
+            for event in json.loads(line) if line.strip() else ():
+                if event["type"] == "training_stats_scalar":
+                    found.setdefault((event["metric"], event["variant"]), []).append(
+                        event["iter"])
+    return found
 
 
 def digest(path: Path) -> str:
@@ -132,6 +145,12 @@ def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_
         assert digest(run_dir / name) == sha, name
     assert list(run_dir.glob(f"best_checkpoint_*_{pairs.name}_accuracy=*.pt"))  # --best_by
     assert json.loads((run_dir / "clearml" / "task.json").read_text())["id"] == task["id"]
+    (session,) = run_dir.glob("clearml/offline/*.zip")  # one task, continued
+    scalars = tracked_scalars(session)
+    losses = scalars[("train", "loss")]  # every --log_interval: both runs, no step twice
+    assert losses == sorted(set(losses)) and set(range(stopped + 1, ITERATIONS + 1)) <= set(losses)
+    assert ITERATIONS in scalars[("holdout", "val_accuracy")]  # from the evaluator engine
+    assert ITERATIONS in scalars[(pairs.name, f"{pairs.name}_accuracy")]
     assert list((tmp_path / "tb").glob("custom_example-*/events.out.tfevents.*"))
 
 
