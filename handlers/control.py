@@ -141,6 +141,8 @@ class StopCheck:
     def on_iteration(self, engine: Engine) -> None:
         """First ``ITERATION_COMPLETED`` handler: accumulate, and check when it is time."""
         self.nan.update(engine)
+        if self.interrupt is not None:
+            self.interrupt.announce()  # a signal this iteration: said now, acted on at a point
         if self.is_point(engine.state.iteration) or (
                 not self.distributed and any(self._host_reasons(engine))):
             self.check(engine)

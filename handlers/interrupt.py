@@ -55,6 +55,7 @@ class GracefulInterrupt:
                  signals: Sequence[int] = COMMAND_LINE_SIGNALS):
         self.trainer, self.save, self.signals = trainer, save, tuple(signals)
         self.received: int | None = None
+        self.announced = False
         self._pid = os.getpid()
         self._previous: dict[int, object] = {}
 
@@ -63,7 +64,7 @@ class GracefulInterrupt:
             logger.warning("training outside the main thread: Ctrl-C/SIGTERM/SIGUSR1 will not "
                            "checkpoint")
             return
-        self.received, self._pid = None, os.getpid()
+        self.received, self.announced, self._pid = None, False, os.getpid()
         for sig in self.signals:
             current = signal.getsignal(sig)
             if current != self._on_signal:  # not twice (a run started again after a crash)
@@ -86,15 +87,24 @@ class GracefulInterrupt:
             self.restore()
             raise TrainingInterrupted(f"aborted by a second {name}: no checkpoint of this "
                                       f"iteration", signum)
+        # only the flag: a log line written here could re-enter a log file's write the signal
+        # interrupted ("reentrant call inside BufferedWriter"); announce() says it right after
         self.received = signum
-        logger.warning("%s: saving a checkpoint after the current iteration (again: abort now)",
-                       name)
+
+    def announce(self, _: Engine | None = None) -> None:
+        """Log, once, that a signal came (at the end of the iteration it interrupted, or at the
+        next validation batch): outside the signal handler."""
+        if self.received is not None and not self.announced:
+            self.announced = True
+            logger.warning("%s: saving a checkpoint after the current iteration (again: abort "
+                           "now)", signal.Signals(self.received).name)
 
     def check(self, engine: Engine) -> None:
         """At the end of an iteration or epoch: save and stop if a signal came (to any process
         of a distributed run: every process calls this at the same points).  Used by
         :func:`attach`; a ``handlers.control.RunControl`` agrees on signals at its own agreement
         points (and calls :meth:`stop` itself)."""
+        self.announce()
         signum = self.received
         if idist.get_world_size() > 1:
             agreed = idist.all_reduce(torch.tensor([signum or 0], device=idist.device()), op="MAX")
@@ -118,6 +128,7 @@ class GracefulInterrupt:
                 common["batches"] = int(idist.all_reduce(mine, op="MIN").item())
 
         def check(engine: Engine) -> None:
+            self.announce()
             i = engine.state.iteration
             if distributed:
                 if i % max(1, every) or i > common["batches"]:
@@ -138,6 +149,7 @@ class GracefulInterrupt:
 
     def stop(self, engine: Engine, signum: int) -> None:
         """Save (nothing newer after a NaN loss: the checkpointer refuses) and raise."""
+        self.announce()
         path = self.save(engine)
         self.restore()
         saved = (f"checkpoint saved to {path}; resume with --resume_path {path}" if path
@@ -165,6 +177,7 @@ def attach(trainer: Engine, save: Callable[[Engine], str | None],
         trainer.add_event_handler(Events.COMPLETED, handler.restore)
         trainer.add_event_handler(Events.TERMINATE, handler.restore)
     every = 1 if idist.get_world_size() == 1 else max(1, sync_every)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler.announce)  # a host flag
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), handler.check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler.check)
     return handler

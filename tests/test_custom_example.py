@@ -120,9 +120,9 @@ def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_
     finally:
         proc.kill()
     assert proc.returncode == 130, log[-3000:]  # Ctrl-C, after saving
-    # no traceback through this project's code (ClearML's reporting subprocess, in the same
-    # process group, may print its own "Logging error" when the terminal's Ctrl-C reaches it)
-    assert not re.search(r'File "[^"]*/(faceignite|handlers|experiments)/', log), log[-5000:]
+    # no traceback, no "Logging error" (a signal that came while a log line was being written
+    # once logged from the signal handler: "reentrant call inside BufferedWriter")
+    assert "Traceback" not in log and "Logging error" not in log, log[-5000:]
     match = re.search(r"interrupted by SIGINT at epoch \d+ iteration (\d+): checkpoint saved to "
                       r"(\S+\.pt); resume with --resume_path \2", log)
     assert match, log[-3000:]
