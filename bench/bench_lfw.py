@@ -107,8 +107,9 @@ def main(argv=None):
                         args.rounds, warmup=0)
     base, dedup = results["baseline"], results["dedup"]
     for name, value in base.metrics().items():  # same model, same images: same numbers
-        if abs(value - dedup.metrics()[name]) > 1e-4:
-            raise SystemExit(f"{name} differs: {value} without vs {dedup.metrics()[name]} with de-dup")
+        other = dedup.metrics()[name]
+        if (value is None) != (other is None) or (value is not None and abs(value - other) > 1e-4):
+            raise SystemExit(f"{name} differs: {value} without vs {other} with de-dup")
     emb = np.random.default_rng(0).normal(size=(len(paths), 128))
     start = time.perf_counter()
     evaluate_embeddings(emb, pairs)
