@@ -85,7 +85,8 @@ def resolve_gpus(gpus: str | None, device: str = "auto") -> dict[str, str | int]
 class Runtime:
     """Where and how the steps run, for this process: ``device``, mixed precision ``amp``
     (``off``, ``bf16``, ``fp16``), ``channels_last`` memory format, ``compile`` (the training
-    forward through ``torch.compile``), and this process's ``rank`` of ``world_size``.
+    forward through ``torch.compile``), and this process's ``rank`` of ``world_size`` (by
+    default ``ignite.distributed``'s: 0 of 1 outside a distributed run).
 
     Made once (:meth:`create`) and passed whole to the trainer and the evaluators."""
 
@@ -93,8 +94,8 @@ class Runtime:
     amp: Amp = "off"
     channels_last: bool = False
     compile: bool = False
-    rank: int = 0
-    world_size: int = 1
+    rank: int = field(default_factory=idist.get_rank)  # this process's, when not given
+    world_size: int = field(default_factory=idist.get_world_size)
 
     def __post_init__(self) -> None:
         if self.amp not in ("off", *AMP_DTYPES):
@@ -108,8 +109,7 @@ class Runtime:
         ``cpu``, ``cuda:N``, or a ``torch.device``); rank and world size from
         ``ignite.distributed`` (1 process outside a distributed run)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(device, amp, channels_last, compile, idist.get_rank(),
-                   idist.get_world_size())
+        return cls(device, amp, channels_last, compile)
 
     @classmethod
     def of(cls, runtime: "Runtime | torch.device | str") -> "Runtime":
@@ -118,7 +118,7 @@ class Runtime:
         process of ``ignite.distributed``."""
         if isinstance(runtime, Runtime):
             return runtime
-        return cls(torch.device(runtime), rank=idist.get_rank(), world_size=idist.get_world_size())
+        return cls(torch.device(runtime))
 
     @property
     def distributed(self) -> bool:
@@ -236,9 +236,9 @@ def auto_modules(model: nn.Module, criterion: nn.Module, runtime: Runtime | torc
     all-reduces their gradients with the model's: the centres, the classifier and the
     optimizers' states stay identical on every process.  Buffers (BatchNorm statistics) are not
     broadcast by DDP in each forward: the step copies rank 0's after each optimizer step
-    (:func:`broadcast_buffers`).  ``sync_bn``: SyncBatchNorm.  Prepare the model
-    (:meth:`Runtime.prepare_model`: device, channels_last) before.  Keep using the plain ``model``/``criterion`` for
-    evaluators, optimizers and checkpoints.  A ``collective`` criterion (Partial FC: its shards
+    (:func:`broadcast_buffers`).  ``sync_bn``: SyncBatchNorm.  Prepare the model before
+    (:meth:`Runtime.prepare_model`: device, channels_last).  Keep using the plain
+    ``model``/``criterion`` for evaluators, optimizers and checkpoints.  A ``collective`` criterion (Partial FC: its shards
     differ per process and it does its own all-gathers) is never wrapped.
     """
     if idist.get_world_size() == 1:
