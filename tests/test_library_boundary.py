@@ -148,3 +148,25 @@ def test_the_library_never_receives_the_options(synthetic_root, tmp_path):
     assert "val_accuracy" in first and "lfw_accuracy" in second  # both validations ran
     assert watch.calls > 1000  # the watch saw the library at work
     assert not watch.found, "\n".join(sorted(set(watch.found)))
+
+
+def test_the_watch_sees_the_options_passed_in_any_form():
+    """The watch itself: a namespace, its live ``vars()`` (even as a small dict), a dict of all
+    the options and an object holding the namespace are each found; plain values are not."""
+    from faceignite.runtime import resolve_gpus
+
+    options = get_args_parser().parse_args(["--device", "cpu"])
+    holder = type("Holder", (), {})()
+    holder.cfg = options
+    watch = BoundaryWatch()
+    with watch:
+        resolve_gpus("0", options.device)         # plain values: fine
+        resolve_gpus(options, "cpu")              # the namespace
+        resolve_gpus(vars(options), "cpu")        # its live dict
+        resolve_gpus(dict(vars(options)), "cpu")  # a dict of all the options
+        resolve_gpus(holder, "cpu")               # an object that carries it
+    found = "\n".join(watch.found)
+    assert len(watch.found) == 4, found
+    assert "the argparse namespace" in watch.found[0]
+    assert "vars() dict" in watch.found[1] and "a dict of" in watch.found[2]
+    assert "inside a Holder" in watch.found[3]
