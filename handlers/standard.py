@@ -25,8 +25,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from faceignite.checkpoint import Resume, TrainingState
-from faceignite.checkpoint.resume import ResumeOptions
+from faceignite.checkpoint import Resume, ResumeOptions, TrainingState
 from faceignite.cli import EXIT_NAN, exits_on_error
 from faceignite.config import options_group, parse_args, plain_config
 from faceignite.data import DataOptions, build_face_data
