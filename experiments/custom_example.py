@@ -15,17 +15,17 @@ import sys
 
 import ignite.distributed as idist
 
-from faceignite.checkpoint import Resume, TrainingState
+from faceignite.checkpoint import Resume, ResumeOptions, TrainingState
 from faceignite.cli import EXIT_NAN, exits_on_error
-from faceignite.config import parse_args
-from faceignite.data import build_face_data
+from faceignite.config import options_group, parse_args, plain_config
+from faceignite.data import DataOptions, build_face_data
 from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
-from faceignite.losses.factory import center_loss
+from faceignite.losses.factory import LossOptions, center_loss
 from faceignite.models import build_model
 from faceignite.optim import build_optimizers
 from faceignite.run import parallel, run_folder, session
-from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
+from faceignite.runtime import Runtime, auto_modules
 from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
                       progress, tensorboard, verification)
 
@@ -36,23 +36,25 @@ DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experi
 def training(local_rank: int, cfg, result: dict) -> None:
     """One process of the run (every process runs all of it; rank 0 writes the files)."""
     with session(cfg, NAME, run_dir=run_folder(cfg, NAME), deferred=True) as run:
-        resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
-        data = build_face_data(cfg, val_indices=resume.val_indices,
+        resume = Resume.from_options(options_group(cfg, ResumeOptions))  # keeps the split
+        vars(cfg).update(resume.kept_options)  # and --normalize/--augment of the checkpoint
+        data = build_face_data(options_group(cfg, DataOptions), val_indices=resume.val_indices,
                                num_replicas=run.world_size, rank=run.rank)
-        model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                            image_size=cfg.image_size, normalize=cfg.normalize).to(run.device)
-        if cfg.channels_last:
-            to_channels_last(model)
-        criterion = center_loss(cfg, data.num_classes).to(run.device)  # --partial_fc: sharded
+        vars(cfg).update(data.resolved)  # recorded in config.json
+        runtime = Runtime.create(run.device, cfg.amp, cfg.channels_last, cfg.compile)
+        model = runtime.prepare_model(build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
+                                                  image_size=cfg.image_size,
+                                                  normalize=cfg.normalize))
+        criterion = center_loss(options_group(cfg, LossOptions),  # --partial_fc: sharded
+                                data.num_classes).to(run.device)
         optimizers = build_optimizers(model, criterion, cfg.optimizer, cfg.lr, cfg.momentum,
                                       cfg.weight_decay, cfg.center_loss_lr,
                                       cfg.adam_beta1, cfg.adagrad_lr_decay,
                                       cfg.backbone_lr_scale)
         optimizers = {k: idist.auto_optim(opt) for k, opt in optimizers.items()}
-        ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
-        scaler = make_grad_scaler(run.device, cfg.amp)
-        trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
-                                 cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+        ddp_model, ddp_criterion = auto_modules(model, criterion, runtime, cfg.sync_bn)
+        scaler = runtime.grad_scaler()
+        trainer = create_trainer(ddp_model, ddp_criterion, optimizers, runtime, scaler=scaler,
                                  image_size=cfg.image_size)
 
         # handlers, in this order (see handlers.standard.attach_handlers): control first (the
@@ -73,21 +75,19 @@ def training(local_rank: int, cfg, result: dict) -> None:
                                         **lr_scheduler.schedule_options(cfg))
         tracked = {}  # the validations' engines by tag: the trackers log from them
         if data.val_loader is not None and is_classifying(criterion):
-            tracked["holdout"] = holdout.attach(trainer, model, criterion, data.val_loader, run.device,
-                           every_iterations=cfg.val_interval, amp=cfg.amp,
-                           channels_last=cfg.channels_last)
+            tracked["holdout"] = holdout.attach(trainer, model, criterion, data.val_loader,
+                                                runtime, every_iterations=cfg.val_interval)
         if targets:
             tracked.update((n, e.engine) for n, e in verification.attach(
-                trainer, model, [t.load() for t in targets], run.device,
+                trainer, model, [t.load() for t in targets], runtime,
                 cfg.image_size, batch_size=cfg.lfw_batch_size,
                 every_epochs=cfg.lfw_validation_epoch_interval,
                 every_iterations=cfg.val_interval, flip=cfg.lfw_flip,
                 distance=cfg.distance, output_dir=run.output_dir,
-                num_workers=cfg.num_workers, amp=cfg.amp,
-                channels_last=cfg.channels_last).items())
+                num_workers=cfg.num_workers).items())
         progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
-        state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
-                              scaler=scaler)
+        state = TrainingState(trainer, model, criterion, optimizers, scheduler, data,
+                              plain_config(cfg), scaler=scaler)
         saved = checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                   save_interval=cfg.save_interval, best_by=best_by,
                                   best_event=best_event)

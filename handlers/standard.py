@@ -25,19 +25,20 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from faceignite.checkpoint import Resume, TrainingState
+from faceignite.checkpoint import Resume, ResumeOptions, TrainingState
 from faceignite.cli import EXIT_NAN, exits_on_error
-from faceignite.config import parse_args
-from faceignite.data import build_face_data
+from faceignite.config import options_group, parse_args, plain_config
+from faceignite.data import DataOptions, build_face_data
 from faceignite.data.workers import stop_loader_workers
 from faceignite.engine import TrainerEvents, create_trainer, stop_together
 from faceignite.losses import is_classifying
-from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory, describe_recipe
+from faceignite.losses.factory import (LOSS_DEFAULTS, LOSSES, CriterionFactory, LossOptions,
+                                       describe_recipe)
 from faceignite.models import build_model
 from faceignite.models.weight_files import load_field_classifier
 from faceignite.optim import build_optimizers
 from faceignite.run import Run, default_run_name, parallel, run_folder, session
-from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
+from faceignite.runtime import Runtime, auto_modules
 from handlers import (checkpoint, clearml, control, events, holdout, interrupt, lr_scheduler,
                       progress, tensorboard, verification)
 
@@ -56,6 +57,7 @@ class Parts:
     optimizers: dict[str, torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
     trainer: Engine            # steps the DDP-wrapped modules in a distributed run
+    runtime: Runtime           # device, AMP, channels_last, compile, rank: the evaluators' too
 
 
 @dataclass
@@ -80,13 +82,14 @@ class Attached:
 def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionFactory,
                 val_indices: Any = None) -> Parts:
     """Data (each process loads its share), model, criterion, optimizers, GradScaler, trainer."""
-    data = build_face_data(cfg, val_indices=val_indices, num_replicas=run.world_size,
-                           rank=run.rank)
-    model = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
-                        image_size=cfg.image_size, normalize=getattr(cfg, "normalize", None)).to(run.device)
-    if cfg.channels_last:  # once, before DDP builds its gradient buckets
-        to_channels_last(model)
-    criterion = criterion_factory(cfg, data.num_classes)
+    data = build_face_data(options_group(cfg, DataOptions), val_indices=val_indices,
+                           num_replicas=run.world_size, rank=run.rank)
+    vars(cfg).update(data.resolved)  # config.json records the index file, P x K's identities
+    runtime = Runtime.create(run.device, cfg.amp, cfg.channels_last, cfg.compile)
+    model = runtime.prepare_model(build_model(  # once, before DDP builds its gradient buckets
+        cfg.model, cfg.embedding_dim, cfg.pretrained, image_size=cfg.image_size,
+        normalize=getattr(cfg, "normalize", None)))
+    criterion = criterion_factory(options_group(cfg, LossOptions), data.num_classes)
     if cfg.pretrained and os.path.isfile(cfg.pretrained):  # a facenet-pytorch file, same classes:
         load_field_classifier(criterion, cfg.pretrained)    # its logits are the classifier
     criterion = criterion.to(run.device)
@@ -98,12 +101,11 @@ def build_parts(cfg: argparse.Namespace, run: Run, criterion_factory: CriterionF
     # several processes train DDP modules (the criterion too: the classifier and centres get
     # all-reduced gradients; not a --partial_fc one: it is sharded); evaluators and checkpoints
     # use the plain ones
-    ddp_model, ddp_criterion = auto_modules(model, criterion, run.device, cfg.sync_bn)
-    scaler = make_grad_scaler(run.device, cfg.amp)
-    trainer = create_trainer(ddp_model, ddp_criterion, optimizers, run.device, cfg.amp,
-                             cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+    ddp_model, ddp_criterion = auto_modules(model, criterion, runtime, cfg.sync_bn)
+    scaler = runtime.grad_scaler()
+    trainer = create_trainer(ddp_model, ddp_criterion, optimizers, runtime, scaler=scaler,
                              image_size=cfg.image_size)
-    return Parts(data, model, criterion, optimizers, scaler, trainer)
+    return Parts(data, model, criterion, optimizers, scaler, trainer, runtime)
 
 
 def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
@@ -152,22 +154,21 @@ def attach_handlers(parts: Parts, cfg: argparse.Namespace, run: Run, name: str,
     tracked: dict[str, Engine] = {}  # the same engines by tag: the trackers log from them
     if data.val_loader is not None and is_classifying(parts.criterion):
         evaluator = holdout.attach(trainer, parts.model, parts.criterion, data.val_loader,
-                                   run.device, every_epochs=1, every_iterations=cfg.val_interval,
-                                   amp=cfg.amp, channels_last=cfg.channels_last)
+                                   parts.runtime, every_epochs=1,
+                                   every_iterations=cfg.val_interval)
         validations.append(("held-out validation", evaluator))
         tracked["holdout"] = evaluator
     if targets:
         evaluators = verification.attach(
-            trainer, parts.model, [t.load() for t in targets], run.device, cfg.image_size,
+            trainer, parts.model, [t.load() for t in targets], parts.runtime, cfg.image_size,
             batch_size=cfg.lfw_batch_size, every_epochs=cfg.lfw_validation_epoch_interval,
             every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
-            output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
-            channels_last=cfg.channels_last)
+            output_dir=run.output_dir, num_workers=cfg.num_workers)
         validations += [(f"{name} validation", e.engine) for name, e in evaluators.items()]
         tracked.update((name, e.engine) for name, e in evaluators.items())
     stats = progress.attach(trainer, parts.optimizers, log_interval=cfg.log_interval)
     state = TrainingState(trainer, parts.model, parts.criterion, parts.optimizers, scheduler,
-                          data, cfg, scaler=parts.scaler)
+                          data, plain_config(cfg), scaler=parts.scaler)
     checkpoints.append(checkpoint.attach(trainer, state, run.output_dir, n_saved=cfg.n_saved,
                                          save_interval=cfg.save_interval, best_by=best_by,
                                          best_event=best_event))
@@ -215,7 +216,8 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
     with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True,
                  folder_name=default_run_name(name, cfg.model)) as run:
         cfg.name = os.path.basename(run.output_dir)  # the folder used, in config.json
-        resume = Resume.from_options(cfg)  # a resumed run keeps its held-out split
+        resume = Resume.from_options(options_group(cfg, ResumeOptions))  # keeps its split
+        vars(cfg).update(resume.kept_options)  # and its --normalize, --augment
         parts = build_parts(cfg, run, criterion_factory, val_indices=resume.val_indices)
         attached = attach_handlers(parts, cfg, run, name, hooks, handle_signals)
         nan = []
@@ -248,8 +250,9 @@ def main(argv: Sequence[str] | None = None, name: str = "resnet34_center", loss:
          **defaults: Any) -> dict:
     """Parse ``argv`` (with ``loss``'s defaults from ``LOSS_DEFAULTS``, then ``defaults``) and
     train in this process, in each process torchrun/srun started, or in ``--nproc_per_node``
-    processes spawned here (Ignite's ``idist.Parallel``).  ``criterion_factory(cfg,
-    num_classes)`` replaces ``LOSSES[loss]``.  Returns the final metrics; empty when the
+    processes spawned here (Ignite's ``idist.Parallel``).  ``criterion_factory(options,
+    num_classes)`` (``options``: the :class:`~faceignite.losses.factory.LossOptions` group)
+    replaces ``LOSSES[loss]``.  Returns the final metrics; empty when the
     processes were spawned here (their results are in ``run.log`` and the checkpoints).
     ``handle_signals``: the command line's Ctrl-C/SIGTERM checkpoint (False: a library call that
     leaves the process's signal handlers alone, e.g. under a test runner's timeout)."""
