@@ -159,7 +159,7 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     import torch
 
     from faceignite.engine import create_trainer
-    from faceignite.runtime import to_channels_last
+    from faceignite.runtime import Runtime
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model, spec
     from faceignite.optim import build_optimizers
@@ -213,10 +213,9 @@ def size_table(args: argparse.Namespace, size: int, device) -> list[Result]:
     def ours(precision: str, channels_last: bool, compiled: bool, handlers: bool = False):
         def build():
             model, criterion, optimizers = parts()
-            if channels_last:  # once, as the standard run does
-                to_channels_last(model)
-            trainer = create_trainer(model, criterion, optimizers, device, precision_amp(precision),
-                                     channels_last, compile_model=compiled)
+            runtime = Runtime(device, precision_amp(precision), channels_last, compiled)
+            runtime.prepare_model(model)  # once, as the standard run does
+            trainer = create_trainer(model, criterion, optimizers, runtime)
             if handlers:
                 lr_scheduler.attach(trainer, optimizers["model"], 0.01, 1000, max(args.steps, 2),
                                     **lr_scheduler.schedule_options(parse_args([])))

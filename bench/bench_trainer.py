@@ -76,8 +76,7 @@ def main(argv=None) -> list[Result]:
     import torch
 
     from faceignite.engine import create_trainer
-    from faceignite.runtime import (autocast_context, prepare_images, resolve_device,
-                                    to_channels_last)
+    from faceignite.runtime import Runtime
     from faceignite.losses import SoftmaxCenterLoss
     from faceignite.models import build_model
     from faceignite.optim import build_optimizers
@@ -87,12 +86,11 @@ def main(argv=None) -> list[Result]:
     print_header("bench_trainer", args)
     set_threads(args.threads)
     torch.manual_seed(0)
-    device = resolve_device(args.device)
+    runtime = Runtime.create(args.device, args.amp, args.channels_last)
+    device = runtime.device
     if args.clock == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures CPU work: use it with --device cpu")
-    model = build_model(args.model, 128).to(device)
-    if args.channels_last:  # once, as the standard run does (create_trainer sends the images)
-        to_channels_last(model)
+    model = runtime.prepare_model(build_model(args.model, 128))  # once, as the standard run does
     criterion = SoftmaxCenterLoss(args.classes, 128, 0.01).to(device)
     optimizers = build_optimizers(model, criterion, "sgd", 0.01, 0.9, 5e-4, 0.5)
     steps = max(1, args.images // args.batch_size)
@@ -102,16 +100,16 @@ def main(argv=None) -> list[Result]:
     if pin:
         batches = [(x.pin_memory(), y.pin_memory(), s) for x, y, s in batches]
     images_per_pass = steps * args.batch_size
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16" and device.type == "cuda")
+    scaler = runtime.grad_scaler()
 
     def plain_loop() -> int:
         """What one writes without Ignite: the same step, statement for statement."""
         model.train()
         criterion.train()
         for images, labels, _ in batches:
-            images = prepare_images(images, device, args.channels_last)
+            images = runtime.prepare(images)
             labels = labels.to(device, non_blocking=True)
-            with autocast_context(device, args.amp):
+            with runtime.autocast():
                 out = criterion(model(images), labels)
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -123,8 +121,8 @@ def main(argv=None) -> list[Result]:
             (out["logits"].detach().argmax(1) == labels).float().mean()
         return images_per_pass
 
-    bare = create_trainer(model, criterion, optimizers, device, args.amp, args.channels_last)
-    full = create_trainer(model, criterion, optimizers, device, args.amp, args.channels_last)
+    bare = create_trainer(model, criterion, optimizers, runtime)
+    full = create_trainer(model, criterion, optimizers, runtime)
     lr_scheduler.attach(full, optimizers["model"], 0.01, 1000, max(steps, 2),
                         **lr_scheduler.schedule_options(parse_args([])))
     progress.attach(full, optimizers)

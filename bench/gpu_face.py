@@ -160,7 +160,7 @@ def ijb_embed(args: argparse.Namespace, device, sync) -> None:
     from faceignite.align.five_point import template_points
     from faceignite.ijb.images import embed_crops, flip_features
     from faceignite.models import build_model
-    from faceignite.runtime import autocast_context, to_channels_last
+    from faceignite.runtime import Runtime
 
     model = build_model(args.model, 512).to(device).eval()
     rows, base = [], None
@@ -169,14 +169,13 @@ def ijb_embed(args: argparse.Namespace, device, sync) -> None:
         # landmarks of a face in the middle of a 250 px crop: the template, scaled and moved
         landmarks = np.tile(template_points(112) * 1.4 + 47, (len(paths), 1, 1))
         for amp, channels_last in (("off", False), ("bf16", True)):
-            if channels_last:
-                to_channels_last(model)
+            runtime = Runtime(device, amp, channels_last)
+            runtime.prepare_model(model)
             label = "fp32, NCHW (baseline)" if amp == "off" else "bf16 autocast, channels_last"
             batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size,
                                 device=device)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, amp):
+            batch = runtime.prepare(batch)
+            with runtime.autocast():
                 flip_features(model, batch)  # warm-up
                 sync()
                 s = median_seconds(lambda: flip_features(model, batch), args.rounds, sync)

@@ -13,9 +13,9 @@ is one call with the options it needs (``handlers/from_options.py``); the standa
 """
 import sys
 
-from faceignite.checkpoint import Resume, TrainingState
+from faceignite.checkpoint import TrainingState
 from faceignite.cli import exits_on_error
-from faceignite.config import parse_args
+from faceignite.config import parse_args, plain_config
 from faceignite.losses.factory import center_loss
 from faceignite.run import run_folder, session
 from handlers import from_options, progress
@@ -27,23 +27,24 @@ DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experi
 def training(local_rank: int, cfg, result: dict) -> None:
     """One process of the run (every process runs all of it; rank 0 writes the files)."""
     with session(cfg, NAME, run_dir=run_folder(cfg, NAME), deferred=True) as run:
-        resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
+        resume = from_options.resume(cfg)  # --resume_path / --finetune; keeps the held-out split
         data = from_options.data(cfg, run, resume)  # this process's share of the images
-        model = from_options.model(cfg, run)
-        criterion = from_options.criterion(cfg, run, center_loss, data)  # --partial_fc: sharded
+        runtime = from_options.runtime(cfg, run)  # device, --amp, --channels_last, --compile
+        model = from_options.model(cfg, runtime)
+        criterion = from_options.criterion(cfg, runtime, center_loss, data)  # --partial_fc
         optimizers = from_options.optimizers(cfg, model, criterion)
-        trainer, scaler = from_options.trainer(cfg, run, model, criterion, optimizers)
+        trainer, scaler = from_options.trainer(cfg, runtime, model, criterion, optimizers)
         plan = from_options.validations(cfg, data)  # --lfw, --val_targets, --best_by
 
         # the handlers, in order; the run control (NaN guard, --max_time, --early_stopping,
         # Ctrl-C/SIGTERM, several processes agreeing) takes its first and last places itself
         with from_options.control(trainer, cfg, plan) as control:
             scheduler = from_options.schedule(trainer, cfg, optimizers, data)
-            from_options.holdout(trainer, cfg, run, model, criterion, data)
-            from_options.verification(trainer, cfg, run, model, plan)
+            from_options.holdout(trainer, cfg, runtime, model, criterion, data)
+            from_options.verification(trainer, cfg, run, runtime, model, plan)
             progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
-            state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
-                                  scaler=scaler)  # what a checkpoint holds
+            state = TrainingState(trainer, model, criterion, optimizers, scheduler, data,
+                                  plain_config(cfg), scaler=scaler)  # what a checkpoint holds
             control.save_with(from_options.checkpoints(trainer, cfg, run, state, plan))
             control.close_at_end(
                 from_options.clearml(trainer, cfg, run, NAME, optimizers, control.best_checkpoint),

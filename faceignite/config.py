@@ -12,11 +12,12 @@ from it.  An experiment changes a default by passing ``name=value`` to :func:`pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from faceignite.errors import FaceIgniteError
 from faceignite.models import ARCHITECTURES
@@ -46,6 +47,21 @@ def plain_config(config: Mapping | argparse.Namespace | None,
         elif other is not None:
             plain[k] = other(v)
     return plain
+
+
+Group = TypeVar("Group")
+
+
+def options_group(cfg: argparse.Namespace, group: type[Group]) -> Group:
+    """The typed option group ``group`` (a dataclass whose field names are option names, e.g.
+    :class:`~faceignite.data.loaders.DataOptions`) filled from the parsed options ``cfg``.
+
+    The composition calls it where it calls the library, so that the library gets what it needs
+    and nothing more (never the whole namespace).  A field that ``cfg`` lacks (a parser of a
+    command that has not that option) keeps the field's default."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(group)
+              if hasattr(cfg, f.name)}
+    return group(**values)
 
 
 def default_num_workers() -> int:

@@ -23,7 +23,7 @@ from ignite.engine import Events
 from faceignite.checkpoint import latest_checkpoint, load_checkpoint
 from faceignite.data.index import IMAGE_EXTENSIONS, list_images
 from faceignite.config import add_options, add_runtime_args
-from faceignite.runtime import resolve_device
+from faceignite.runtime import Runtime, resolve_device
 from faceignite.cli import exits_on_error
 from faceignite.errors import FaceIgniteError
 from faceignite.export import (CONFIG_FILE, WEIGHTS_FILE, load_embedding_model, model_from_weights,
@@ -105,12 +105,13 @@ def images_to_embed(root: str) -> list[str]:
 
 
 def embed_images(model: EmbeddingModel, paths: Sequence[str], image_size: int,
-                 device: str | torch.device = "cpu", batch_size: int = 64, flip: bool = False,
-                 num_workers: int = 0) -> tuple[np.ndarray, list[int]]:
+                 runtime: Runtime | str | torch.device = "cpu", batch_size: int = 64,
+                 flip: bool = False, num_workers: int = 0) -> tuple[np.ndarray, list[int]]:
     """``(embeddings, rows)``: L2-normalised float32 embeddings of the images that decode, and
-    their positions in ``paths`` (undecodable files are skipped and logged)."""
-    device = torch.device(device)
-    engine = create_embedding_engine(model, device, flip)
+    their positions in ``paths`` (undecodable files are skipped and logged), computed on
+    ``runtime`` (a :class:`~faceignite.runtime.Runtime`, or a device for fp32)."""
+    runtime = Runtime.of(runtime)
+    engine = create_embedding_engine(model, runtime, flip)
     chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @engine.on(Events.ITERATION_COMPLETED)

@@ -13,8 +13,7 @@ from torch import nn
 from faceignite.errors import FaceIgniteError
 from faceignite.losses.protocol import AdjustsGradients, Classifying
 from faceignite.data.sampler import follow_trainer
-from faceignite.runtime import (autocast_context, broadcast_buffers, eval_autocast_context,
-                                make_grad_scaler, prepare_images, unwrap)
+from faceignite.runtime import Runtime, broadcast_buffers, unwrap
 
 
 MIN_TRAIN_BATCH = 2  # BatchNorm in training mode needs two images (per process)
@@ -51,10 +50,10 @@ def register_trainer_events(trainer: Engine) -> None:
 
 
 def create_trainer(model: nn.Module, criterion: nn.Module,
-                   optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device,
-                   amp: str = "off", channels_last: bool = False,
+                   optimizers: Mapping[str, torch.optim.Optimizer],
+                   runtime: Runtime | torch.device | str,
                    scaler: torch.amp.GradScaler | None = None,
-                   compile_model: bool = False, image_size: int | None = None) -> Engine:
+                   image_size: int | None = None) -> Engine:
     """An Ignite trainer whose step computes ``criterion(model(x), y)`` and steps every optimizer.
 
     ``criterion`` follows :class:`faceignite.losses.Criterion`: a dict with ``loss`` (and e.g.
@@ -63,25 +62,28 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
     detached tensors — total and component losses, batch accuracy, batch size, skipped images —
     so nothing synchronises with the GPU until a handler reads them.
 
-    ``scaler``: the fp16 GradScaler (give it, and the same one to the checkpoint's
-    ``TrainingState``; by default one of :func:`make_grad_scaler`).  In a distributed run pass
-    the modules of :func:`~faceignite.runtime.auto_modules`: each process steps on its share of
-    the batch, DDP averages the gradients, and rank 0's buffers are copied to all after the
-    step.  ``channels_last`` sends the images in channels_last format; convert the model's
-    weights once before (:func:`~faceignite.runtime.to_channels_last`, before DDP wrapping).
-    ``compile_model`` runs the model's forward through ``torch.compile`` (``model`` itself, its
-    ``state_dict`` and the evaluators stay uncompiled).
+    ``runtime`` (a :class:`~faceignite.runtime.Runtime`, or a device for fp32): where the step
+    runs, its autocast, the images' memory format (prepare the model once before:
+    :meth:`~faceignite.runtime.Runtime.prepare_model`, before DDP wrapping), and with
+    ``compile`` the model's forward through ``torch.compile`` (``model`` itself, its
+    ``state_dict`` and the evaluators stay uncompiled).  ``scaler``: the fp16 GradScaler (give
+    it, and the same one to the checkpoint's ``TrainingState``; by default
+    ``runtime.grad_scaler()``).  In a distributed run pass the modules of
+    :func:`~faceignite.runtime.auto_modules`: each process steps on its share of the batch, DDP
+    averages the gradients, and rank 0's buffers are copied to all after the step.
 
     A batch of fewer than two decodable images (a last batch of one, images that failed to
     decode) is skipped and its images counted in ``skipped`` (see ``skipped_step`` inside for
     what a distributed process does instead); ``image_size`` (pixels) shapes the stand-in image
     of a distributed process whose very first batch decoded nothing.
     """
-    scaler = scaler if scaler is not None else make_grad_scaler(device, amp)
-    forward = torch.compile(model) if compile_model else model
+    runtime = Runtime.of(runtime)
+    device = runtime.device
+    scaler = scaler if scaler is not None else runtime.grad_scaler()
+    forward = runtime.compiled(model)
     plain_criterion = unwrap(criterion)  # DDP hides the criterion's own methods
     adjust = plain_criterion if isinstance(plain_criterion, AdjustsGradients) else None
-    distributed = idist.get_world_size() > 1
+    distributed = runtime.distributed
 
     # the stand-in image's shape for skipped_step: the last batch's, or image_size's before one
     shape = {"image": None if image_size is None else (3, image_size, image_size)}
@@ -106,9 +108,9 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
                 labels = torch.zeros(1, dtype=torch.long)
             model.eval()
             criterion.eval()
-            images = prepare_images(images, device, channels_last)
+            images = runtime.prepare(images)
             labels = labels.to(device, non_blocking=True)
-            with autocast_context(device, amp):
+            with runtime.autocast():
                 embeddings = forward(images)
                 out = criterion(embeddings, labels)
                 # 0 * loss, and the embeddings in the graph: every DDP parameter gets its
@@ -136,8 +138,8 @@ def create_trainer(model: nn.Module, criterion: nn.Module,
         model.train()
         criterion.train()
         labels = labels.to(device, non_blocking=True)
-        with autocast_context(device, amp):
-            out = criterion(forward(prepare_images(images, device, channels_last)), labels)
+        with runtime.autocast():
+            out = criterion(forward(runtime.prepare(images)), labels)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()
@@ -205,12 +207,15 @@ def stop_together(trainer: Engine, every: Iterable[int] = (1,)) -> None:
     trainer.add_event_handler(at_point | Events.EPOCH_COMPLETED, _agree_to_stop)
 
 
-def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.device,
-                     metrics: Mapping | None = None, amp: str = "off",
-                     channels_last: bool = False) -> Engine:
+def create_evaluator(model: nn.Module, criterion: Classifying,
+                     runtime: Runtime | torch.device | str,
+                     metrics: Mapping | None = None) -> Engine:
     """An evaluator whose output is ``(logits, labels)`` for Ignite's Accuracy and Loss metrics;
-    ``criterion`` must be :class:`~faceignite.losses.Classifying`.  A batch in which no image
-    decoded gives ``None`` and the metrics leave it out."""
+    ``criterion`` must be :class:`~faceignite.losses.Classifying`.  It runs on ``runtime``
+    (eager, under its evaluation autocast).  A batch in which no image decoded gives ``None``
+    and the metrics leave it out."""
+    runtime = Runtime.of(runtime)
+    device = runtime.device
     if not isinstance(criterion, Classifying):
         raise TypeError(f"{type(criterion).__name__} has no logits(): no held-out accuracy")
 
@@ -221,8 +226,8 @@ def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.dev
             return None
         model.eval()
         criterion.eval()
-        images = prepare_images(images, device, channels_last)
-        with eval_autocast_context(device, amp):
+        images = runtime.prepare(images)
+        with runtime.eval_autocast():
             logits = criterion.logits(model(images))
         return logits.float(), labels.to(device)
 
@@ -236,8 +241,8 @@ def create_evaluator(model: nn.Module, criterion: Classifying, device: torch.dev
     return evaluator
 
 
-def create_sharded_evaluator(model: nn.Module, criterion: nn.Module, device: torch.device,
-                             amp: str = "off", channels_last: bool = False) -> Engine:
+def create_sharded_evaluator(model: nn.Module, criterion: nn.Module,
+                             runtime: Runtime | torch.device | str) -> Engine:
     """The held-out evaluator of a ``collective`` criterion (Partial FC: nobody holds all the
     logits): each step calls ``criterion.row_statistics`` in every process (the evaluation
     loaders give every process as many batches; a batch with no image takes part with zero
@@ -246,6 +251,9 @@ def create_sharded_evaluator(model: nn.Module, criterion: nn.Module, device: tor
     ``Accuracy`` and ``Loss`` of :func:`create_evaluator` on the unsharded criterion."""
     from ignite.metrics import Loss
 
+    runtime = Runtime.of(runtime)
+    device = runtime.device
+
     @torch.no_grad()
     def step(engine: Engine, batch):
         images, labels, _ = batch
@@ -253,8 +261,8 @@ def create_sharded_evaluator(model: nn.Module, criterion: nn.Module, device: tor
         criterion.eval()
         labels = labels.to(device).long()
         if labels.numel():
-            with eval_autocast_context(device, amp):
-                embeddings = model(prepare_images(images, device, channels_last))
+            with runtime.eval_autocast():
+                embeddings = model(runtime.prepare(images))
         else:
             embeddings = _no_rows(model, device).detach()
         loss, correct = criterion.row_statistics(embeddings, labels)

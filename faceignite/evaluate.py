@@ -36,6 +36,7 @@ from faceignite.verification import (VerificationResult, create_pairs_evaluator,
                             find_pairs_file, match_names, read_pairs, save_roc_curve)
 from faceignite.verification.targets import create_target_evaluator, plan_targets
 from faceignite.run import session
+from faceignite.runtime import Runtime
 
 logger = logging.getLogger("faceignite")
 
@@ -197,16 +198,17 @@ def load_checkpoint_model(cfg: argparse.Namespace, device: torch.device):
     return model, image_size
 
 
-def evaluate_checkpoint(cfg: argparse.Namespace, device: torch.device) -> VerificationResult:
-    """Embed the images of the pairs set with the checkpoint's model, then the protocol."""
-    model, image_size = load_checkpoint_model(cfg, device)
-    evaluator = create_pairs_evaluator(model, cfg.lfw, device, image_size, cfg.lfw_pairs,
+def evaluate_checkpoint(cfg: argparse.Namespace, runtime: Runtime) -> VerificationResult:
+    """Embed the images of the pairs set with the checkpoint's model on ``runtime``, then the
+    protocol."""
+    model, image_size = load_checkpoint_model(cfg, runtime.device)
+    evaluator = create_pairs_evaluator(model, cfg.lfw, runtime, image_size, cfg.lfw_pairs,
                                        cfg.lfw_batch_size, cfg.lfw_flip, cfg.distance,
-                                       cfg.lfw_skip_missing, cfg.num_workers, cfg.amp)
+                                       cfg.lfw_skip_missing, cfg.num_workers)
     return evaluator.run()
 
 
-def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: str
+def evaluate_targets(cfg: argparse.Namespace, runtime: Runtime, output_dir: str
                      ) -> dict[str, VerificationResult]:
     """``--lfw`` (named ``lfw``) and each ``--val_targets`` with the checkpoint's model: every
     target is read first (a bad one fails before any embedding), then each is evaluated, its
@@ -214,14 +216,14 @@ def evaluate_targets(cfg: argparse.Namespace, device: torch.device, output_dir: 
     lfw = (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs else None
     specs = plan_targets(cfg.val_targets, lfw, cfg.lfw_skip_missing, cfg.val_pairs)
     targets = [spec.load(check_images=False) for spec in specs]
-    model, image_size = load_checkpoint_model(cfg, device)
+    model, image_size = load_checkpoint_model(cfg, runtime.device)
     stem = os.path.splitext(os.path.basename(os.path.normpath(model_source(cfg))))[0]
     results: dict[str, VerificationResult] = {}
     width = max(len(t.name) for t in targets)
     for target in targets:
-        result = create_target_evaluator(model, target, device, image_size, cfg.lfw_batch_size,
-                                         cfg.lfw_flip, cfg.distance, cfg.num_workers,
-                                         cfg.amp).run()
+        result = create_target_evaluator(model, target, runtime, image_size,
+                                         cfg.lfw_batch_size, cfg.lfw_flip, cfg.distance,
+                                         cfg.num_workers).run()
         results[target.name] = result
         save_roc_curve(result, os.path.join(output_dir, f"roc_{target.name}.png"),
                        f"{stem} on {target.name} ({os.path.basename(target.path)})")
@@ -256,7 +258,8 @@ def main(argv: Sequence[str] | None = None
                      else None, val_pairs=cfg.val_pairs)  # missing files, clashing names:
         # one line, before any work
         with session(cfg, "evaluate") as run:
-            results = evaluate_targets(cfg, run.device, run.output_dir)
+            results = evaluate_targets(cfg, Runtime.create(run.device, cfg.amp),
+                                       run.output_dir)
             with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
                 json.dump({"source": model_file, "distance": cfg.distance,
                            "flip": bool(cfg.lfw_flip),
@@ -269,7 +272,8 @@ def main(argv: Sequence[str] | None = None
         if cfg.embeddings:
             result, source = evaluate_embeddings_file(cfg), cfg.embeddings
         else:
-            result, source = evaluate_checkpoint(cfg, run.device), model_file
+            result = evaluate_checkpoint(cfg, Runtime.create(run.device, cfg.amp))
+            source = model_file
         stem = os.path.splitext(os.path.basename(os.path.normpath(source)))[0]  # "run/" too
         png = save_roc_curve(result, os.path.join(run.output_dir, f"roc_{stem}.png"),
                              f"{stem} on {os.path.basename(result.pairs_file)}")

@@ -154,7 +154,7 @@ def run_folder(cfg: argparse.Namespace, name: str) -> str | None:
     from faceignite.checkpoint.auto import resolve_auto_resume
 
     try:
-        resolve_auto_resume(cfg, name)
+        cfg.resume_path = resolve_auto_resume(cfg.resume_path, cfg.finetune, cfg.output_dir, name)
     except FaceIgniteError as exc:
         setup_logging(rank=idist.get_rank())
         fail(exc)
@@ -354,7 +354,7 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
             logger.warning("--gpus %s ignored: torchrun/srun started the processes, one GPU "
                            "each", cfg.gpus)
         else:  # --gpus 0,1: one process per GPU (the CPU when there is no CUDA)
-            resolve_gpus(cfg)
+            vars(cfg).update(resolve_gpus(getattr(cfg, "gpus", None), cfg.device))
         options = parallel_options(cfg)
     except FaceIgniteError as exc:
         setup_logging()

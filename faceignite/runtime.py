@@ -1,7 +1,13 @@
 """Where and how a step runs: device, mixed precision, memory format, several processes.
 
-The trainer (:mod:`faceignite.engine`), the evaluators and the commands all take these from here,
-so ``--device``, ``--amp`` and ``--channels_last`` mean the same thing everywhere.
+:class:`Runtime` holds them as one object, made once by the composition and passed to the
+trainer (:mod:`faceignite.engine`), the evaluators and the commands, so ``--device``, ``--amp``,
+``--channels_last`` and ``--compile`` mean the same thing everywhere::
+
+    runtime = Runtime.create(device="auto", amp="bf16", channels_last=True)
+    model = runtime.prepare_model(build_model(...))      # on the device, channels_last weights
+    with runtime.autocast():
+        out = model(runtime.prepare(images))
 """
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Literal
 
 import ignite.distributed as idist
 import torch
@@ -20,6 +27,7 @@ from faceignite.errors import FaceIgniteError
 
 logger = logging.getLogger("faceignite")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Amp = Literal["off", "bf16", "fp16"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,16 +50,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_gpus(cfg: Any) -> None:
+def resolve_gpus(gpus: str | None, device: str = "auto") -> dict[str, str | int]:
     """``--gpus 0,1`` (the second original system's ``gpu_id``): one process per named GPU.
 
-    Sets ``cfg.device`` (one GPU) or ``cfg.nproc_per_node`` and ``CUDA_VISIBLE_DEVICES``
-    (several; the spawned processes then see exactly those).  With ``--device cpu`` it is
-    ignored; on a machine without CUDA the run goes on on the CPU with one warning, as the
-    second system did; GPUs that this machine lacks are a :class:`FaceIgniteError`."""
-    text = getattr(cfg, "gpus", None)
-    if not text or str(cfg.device).startswith("cpu"):
-        return
+    Returns the options it decides: ``{"device": "cuda:N"}`` (one GPU), ``{"nproc_per_node":
+    N}`` and sets ``CUDA_VISIBLE_DEVICES`` (several; the spawned processes then see exactly
+    those), ``{"device": "cpu"}`` on a machine without CUDA (the run goes on on the CPU with one
+    warning, as the second system did), ``{}`` without ``gpus`` or with ``device`` cpu.  GPUs
+    that this machine lacks are a :class:`FaceIgniteError`."""
+    text = gpus
+    if not text or str(device).startswith("cpu"):
+        return {}
     try:
         ids = [int(part) for part in str(text).replace(" ", "").split(",") if part != ""]
     except ValueError:
@@ -61,50 +70,100 @@ def resolve_gpus(cfg: Any) -> None:
                               f"e.g. 0,1")
     if not torch.cuda.is_available():
         logger.warning("--gpus %s: no CUDA on this machine, training on the CPU", text)
-        cfg.device = "cpu"
-        return
+        return {"device": "cpu"}
     count = torch.cuda.device_count()
     if max(ids) >= count:
         raise FaceIgniteError(f"--gpus {text}: this machine has {count} CUDA GPU(s) (0 to "
                               f"{count - 1})")
     if len(ids) == 1:
-        cfg.device = f"cuda:{ids[0]}"
-        return
+        return {"device": f"cuda:{ids[0]}"}
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
-    cfg.nproc_per_node = len(ids)
+    return {"nproc_per_node": len(ids)}
 
 
-def autocast_context(device: torch.device, amp: str):
-    """An autocast context for ``amp`` in {off, bf16, fp16}; a no-op when off."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the steps run, for this process: ``device``, mixed precision ``amp``
+    (``off``, ``bf16``, ``fp16``), ``channels_last`` memory format, ``compile`` (the training
+    forward through ``torch.compile``), and this process's ``rank`` of ``world_size`` (by
+    default ``ignite.distributed``'s: 0 of 1 outside a distributed run).
 
+    Made once (:meth:`create`) and passed whole to the trainer and the evaluators."""
 
-def eval_autocast_context(device: torch.device, amp: str):
-    """The autocast context of evaluation (embeddings, held-out logits): bf16 as in training,
-    but fp32 for ``fp16``.  fp16's range ends at 65,504: a network whose BatchNorm running
-    statistics are still young (the first validation of a run) gives larger raw activations in
-    eval mode, which become inf, then NaN embeddings; seen on an H200 after one epoch at
-    ``--amp fp16``.  bf16 has fp32's range; the GradScaler protects only the training step."""
-    return autocast_context(device, "off" if amp == "fp16" else amp)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: Amp = "off"
+    channels_last: bool = False
+    compile: bool = False
+    rank: int = field(default_factory=idist.get_rank)  # this process's, when not given
+    world_size: int = field(default_factory=idist.get_world_size)
 
+    def __post_init__(self) -> None:
+        if self.amp not in ("off", *AMP_DTYPES):
+            raise ValueError(f"amp {self.amp!r}: one of off, bf16, fp16")
+        object.__setattr__(self, "device", torch.device(self.device))
 
-def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """A GradScaler, enabled only for fp16 on CUDA (bf16 needs none)."""
-    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16" and device.type == "cuda"))
+    @classmethod
+    def create(cls, device: str | torch.device = "auto", amp: Amp = "off",
+               channels_last: bool = False, compile: bool = False) -> "Runtime":
+        """The runtime of this process: ``device`` as :func:`resolve_device` reads it (``auto``,
+        ``cpu``, ``cuda:N``, or a ``torch.device``); rank and world size from
+        ``ignite.distributed`` (1 process outside a distributed run)."""
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        return cls(device, amp, channels_last, compile)
 
+    @classmethod
+    def of(cls, runtime: "Runtime | torch.device | str") -> "Runtime":
+        """``runtime`` itself, or for a device (``"cpu"``, ``torch.device("cuda")``) the runtime
+        of that device with the defaults (fp32, the default memory format, eager) in this
+        process of ``ignite.distributed``."""
+        if isinstance(runtime, Runtime):
+            return runtime
+        return cls(torch.device(runtime))
 
-def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """A batch on ``device``, in channels_last memory format when asked."""
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    @property
+    def distributed(self) -> bool:
+        """Several processes train together."""
+        return self.world_size > 1
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch on the device (``non_blocking``: no wait for the copy), in channels_last
+        format when asked."""
+        images = images.to(self.device, non_blocking=True)
+        return (images.contiguous(memory_format=torch.channels_last) if self.channels_last
+                else images)
 
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Convert ``model``'s weights to channels_last in place (optimizers stay valid); idempotent.
-    Do it once, before DDP builds its gradient buckets."""
-    return model.to(memory_format=torch.channels_last)
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """``model`` moved to the device, its weights in channels_last format when asked (in
+        place: optimizers built on it stay valid).  Do it once, before DDP wrapping."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def autocast(self, amp: Amp | None = None) -> ContextManager:
+        """The training step's autocast context (``amp``: this runtime's unless given); a no-op
+        when off."""
+        amp = self.amp if amp is None else amp
+        if amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[amp])
+
+    def eval_autocast(self) -> ContextManager:
+        """The autocast context of evaluation (embeddings, held-out logits): bf16 as in
+        training, but fp32 for ``fp16``.  fp16's range ends at 65,504: a network whose BatchNorm
+        running statistics are still young (the first validation of a run) gives larger raw
+        activations in eval mode, which become inf, then NaN embeddings; seen on an H200 after
+        one epoch at ``--amp fp16``.  bf16 has fp32's range; the GradScaler protects only the
+        training step."""
+        return self.autocast("off" if self.amp == "fp16" else self.amp)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler for the training step, enabled only for fp16 on CUDA (bf16 needs
+        none)."""
+        return torch.amp.GradScaler(self.device.type,
+                                    enabled=self.amp == "fp16" and self.device.type == "cuda")
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """``torch.compile(model)`` with ``compile``, else ``model``."""
+        return torch.compile(model) if self.compile else model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -168,7 +227,7 @@ def _ddp(module: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     return wrapped
 
 
-def auto_modules(model: nn.Module, criterion: nn.Module, device: torch.device,
+def auto_modules(model: nn.Module, criterion: nn.Module, runtime: Runtime | torch.device,
                  sync_bn: bool = False) -> tuple[nn.Module, nn.Module]:
     """The model and the criterion as the training step calls them.
 
@@ -177,13 +236,14 @@ def auto_modules(model: nn.Module, criterion: nn.Module, device: torch.device,
     all-reduces their gradients with the model's: the centres, the classifier and the
     optimizers' states stay identical on every process.  Buffers (BatchNorm statistics) are not
     broadcast by DDP in each forward: the step copies rank 0's after each optimizer step
-    (:func:`broadcast_buffers`).  ``sync_bn``: SyncBatchNorm.  Convert to channels_last
-    (:func:`to_channels_last`) before.  Keep using the plain ``model``/``criterion`` for
-    evaluators, optimizers and checkpoints.  A ``collective`` criterion (Partial FC: its shards
+    (:func:`broadcast_buffers`).  ``sync_bn``: SyncBatchNorm.  Prepare the model before
+    (:meth:`Runtime.prepare_model`: device, channels_last).  Keep using the plain
+    ``model``/``criterion`` for evaluators, optimizers and checkpoints.  A ``collective`` criterion (Partial FC: its shards
     differ per process and it does its own all-gathers) is never wrapped.
     """
     if idist.get_world_size() == 1:
         return model, criterion
+    device = Runtime.of(runtime).device
 
     def wrap(module: nn.Module) -> nn.Module:
         if not any(p.requires_grad for p in module.parameters()):

@@ -18,16 +18,17 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from faceignite.checkpoint import Resume
-from faceignite.data import build_face_data
+from faceignite.checkpoint import Resume, ResumeOptions
+from faceignite.config import options_group
+from faceignite.data import DataOptions, build_face_data
 from faceignite.engine import create_trainer
 from faceignite.losses import is_classifying
-from faceignite.losses.factory import CriterionFactory
+from faceignite.losses.factory import CriterionFactory, LossOptions
 from faceignite.models import build_model
 from faceignite.models.weight_files import load_field_classifier
 from faceignite.optim import build_optimizers
 from faceignite.run import Run, parallel
-from faceignite.runtime import auto_modules, make_grad_scaler, to_channels_last
+from faceignite.runtime import Runtime, auto_modules
 from handlers import checkpoint as checkpoint_handler
 from handlers import clearml as clearml_handler
 from handlers import events
@@ -42,29 +43,46 @@ NO_LOG_AGREE_EVERY = 50  # iterations between agreement points when no interval 
 
 
 # --------------------------------------------------------------------------- the parts
-def data(cfg: argparse.Namespace, run: Run, resume: Resume) -> Any:
+def resume(cfg: argparse.Namespace) -> Resume:
+    """``--resume_path`` / ``--finetune`` (checked now, restored later); a resumed run keeps
+    its held-out split and its checkpoint's ``--normalize``/``--augment`` (into ``cfg``)."""
+    found = Resume.from_options(options_group(cfg, ResumeOptions))
+    vars(cfg).update(found.kept_options)
+    return found
+
+
+def data(cfg: argparse.Namespace, run: Run, resumed: Resume) -> Any:
     """This process's share of the training images (and the held-out split a resumed run
-    keeps): a :class:`faceignite.data.loaders.FaceData`."""
-    return build_face_data(cfg, val_indices=resume.val_indices, num_replicas=run.world_size,
-                           rank=run.rank)
+    keeps): a :class:`faceignite.data.loaders.FaceData`; what it resolved (index file, P x K
+    identities) goes into ``cfg`` for ``config.json``."""
+    found = build_face_data(options_group(cfg, DataOptions), val_indices=resumed.val_indices,
+                            num_replicas=run.world_size, rank=run.rank)
+    vars(cfg).update(found.resolved)
+    return found
 
 
-def model(cfg: argparse.Namespace, run: Run) -> nn.Module:
-    """``--model`` on the run's device (``--channels_last``: converted once, before DDP)."""
-    net = build_model(cfg.model, cfg.embedding_dim, cfg.pretrained, image_size=cfg.image_size,
-                      normalize=getattr(cfg, "normalize", None)).to(run.device)
-    return to_channels_last(net) if cfg.channels_last else net
+def runtime(cfg: argparse.Namespace, run: Run) -> Runtime:
+    """Where and how the run computes: the run's device, ``--amp``, ``--channels_last``,
+    ``--compile``, this process's rank."""
+    return Runtime.create(run.device, cfg.amp, cfg.channels_last, cfg.compile)
 
 
-def criterion(cfg: argparse.Namespace, run: Run, factory: CriterionFactory, data: Any
+def model(cfg: argparse.Namespace, rt: Runtime) -> nn.Module:
+    """``--model`` prepared for ``rt`` (device, channels_last: once, before DDP)."""
+    return rt.prepare_model(build_model(cfg.model, cfg.embedding_dim, cfg.pretrained,
+                                        image_size=cfg.image_size,
+                                        normalize=getattr(cfg, "normalize", None)))
+
+
+def criterion(cfg: argparse.Namespace, rt: Runtime, factory: CriterionFactory, data: Any
               ) -> nn.Module:
-    """``factory(cfg, num_classes)`` (a :data:`faceignite.losses.factory.LOSSES` entry) on the
-    run's device; with ``--pretrained`` a facenet-pytorch file of the same identities, its
-    logits layer becomes the classifier."""
-    loss = factory(cfg, data.num_classes)
+    """``factory(loss options, num_classes)`` (a :data:`faceignite.losses.factory.LOSSES`
+    entry) on ``rt``'s device; with ``--pretrained`` a facenet-pytorch file of the same
+    identities, its logits layer becomes the classifier."""
+    loss = factory(options_group(cfg, LossOptions), data.num_classes)
     if cfg.pretrained and os.path.isfile(cfg.pretrained):
         load_field_classifier(loss, cfg.pretrained)
-    return loss.to(run.device)
+    return loss.to(rt.device)
 
 
 def optimizers(cfg: argparse.Namespace, net: nn.Module, criterion: nn.Module
@@ -77,15 +95,14 @@ def optimizers(cfg: argparse.Namespace, net: nn.Module, criterion: nn.Module
     return {k: idist.auto_optim(opt) for k, opt in found.items()}
 
 
-def trainer(cfg: argparse.Namespace, run: Run, net: nn.Module, criterion: nn.Module,
+def trainer(cfg: argparse.Namespace, rt: Runtime, net: nn.Module, criterion: nn.Module,
             optims: dict[str, torch.optim.Optimizer]) -> tuple[Engine, torch.amp.GradScaler]:
-    """The trainer and its fp16 GradScaler (``--amp``, ``--channels_last``, ``--compile``).
-    Several processes: it steps DDP modules (the criterion too, unless a ``--partial_fc`` one:
-    sharded); evaluators and checkpoints use the plain ``net`` and ``criterion``."""
-    ddp_model, ddp_criterion = auto_modules(net, criterion, run.device, cfg.sync_bn)
-    scaler = make_grad_scaler(run.device, cfg.amp)
-    engine = create_trainer(ddp_model, ddp_criterion, optims, run.device, cfg.amp,
-                            cfg.channels_last, scaler=scaler, compile_model=cfg.compile,
+    """The trainer on ``rt`` and its fp16 GradScaler.  Several processes: it steps DDP modules
+    (``--sync_bn``; the criterion too, unless a ``--partial_fc`` one: sharded); evaluators and
+    checkpoints use the plain ``net`` and ``criterion``."""
+    ddp_model, ddp_criterion = auto_modules(net, criterion, rt, cfg.sync_bn)
+    scaler = rt.grad_scaler()
+    engine = create_trainer(ddp_model, ddp_criterion, optims, rt, scaler=scaler,
                             image_size=cfg.image_size)
     return engine, scaler
 
@@ -136,29 +153,27 @@ def schedule(engine: Engine, cfg: argparse.Namespace, optims: dict, data: Any) -
                                len(data.train_loader), **lr_scheduler.schedule_options(cfg))
 
 
-def holdout(engine: Engine, cfg: argparse.Namespace, run: Run, net: nn.Module,
+def holdout(engine: Engine, cfg: argparse.Namespace, rt: Runtime, net: nn.Module,
             criterion: nn.Module, data: Any) -> Engine | None:
     """The held-out split's accuracy every epoch and every ``--val_interval`` iterations
     (classifying losses with a held-out split; else None)."""
     if data.val_loader is None or not is_classifying(criterion):
         return None
-    return holdout_handler.attach(engine, net, criterion, data.val_loader, run.device,
-                                  every_iterations=cfg.val_interval, amp=cfg.amp,
-                                  channels_last=cfg.channels_last)
+    return holdout_handler.attach(engine, net, criterion, data.val_loader, rt,
+                                  every_iterations=cfg.val_interval)
 
 
-def verification(engine: Engine, cfg: argparse.Namespace, run: Run, net: nn.Module,
-                 plan: Validations) -> dict:
+def verification(engine: Engine, cfg: argparse.Namespace, run: Run, rt: Runtime,
+                 net: nn.Module, plan: Validations) -> dict:
     """Verification on every target of ``plan`` (read now: a bad file fails before training)
     every ``--lfw_validation_epoch_interval`` epochs and ``--val_interval`` iterations."""
     if not plan.targets:
         return {}
     return verification_handler.attach(
-        engine, net, [t.load() for t in plan.targets], run.device, cfg.image_size,
+        engine, net, [t.load() for t in plan.targets], rt, cfg.image_size,
         batch_size=cfg.lfw_batch_size, every_epochs=cfg.lfw_validation_epoch_interval,
         every_iterations=cfg.val_interval, flip=cfg.lfw_flip, distance=cfg.distance,
-        output_dir=run.output_dir, num_workers=cfg.num_workers, amp=cfg.amp,
-        channels_last=cfg.channels_last)
+        output_dir=run.output_dir, num_workers=cfg.num_workers)
 
 
 def checkpoints(engine: Engine, cfg: argparse.Namespace, run: Run, state: Any,

@@ -10,28 +10,27 @@ from torch.utils.data import DataLoader
 
 from faceignite.engine import create_evaluator, create_sharded_evaluator
 from faceignite.losses import Classifying
+from faceignite.runtime import Runtime
 from handlers import events
 
 logger = logging.getLogger("faceignite")
 
 
 def attach(trainer: Engine, model: nn.Module, criterion: Classifying, loader: DataLoader,
-           device, every_epochs: int = 1, every_iterations: int = 0, amp: str = "off",
-           channels_last: bool = False) -> Engine:
+           runtime: Runtime | str, every_epochs: int = 1, every_iterations: int = 0) -> Engine:
     """Evaluate ``loader`` every ``every_epochs`` epochs (and every ``every_iterations``), and at
-    the end of the run if its last iteration was not validated yet.
+    the end of the run if its last iteration was not validated yet, on ``runtime`` (a
+    :class:`~faceignite.runtime.Runtime`, or a device for fp32).
 
     Writes ``val_accuracy`` and ``val_loss`` into ``trainer.state.metrics``, then fires
     ``ValidationEvents.HOLDOUT_COMPLETED`` on the trainer; returns the evaluator engine.
     """
     events.register(trainer)
     if getattr(criterion, "collective", False):  # --partial_fc: a collective evaluation
-        evaluator = create_sharded_evaluator(model, criterion, device, amp=amp,
-                                             channels_last=channels_last)
+        evaluator = create_sharded_evaluator(model, criterion, runtime)
     else:
-        evaluator = create_evaluator(model, criterion, device,
-                                     {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())},
-                                     amp=amp, channels_last=channels_last)
+        evaluator = create_evaluator(model, criterion, runtime,
+                                     {"accuracy": Accuracy(), "loss": Loss(nn.CrossEntropyLoss())})
 
     done_at = {"iteration": -1}
 

@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 
 from ignite.engine import Engine
 
-from faceignite.checkpoint import Resume, TrainingState
+from faceignite.checkpoint import TrainingState
 from faceignite.cli import exits_on_error
-from faceignite.config import parse_args
+from faceignite.config import parse_args, plain_config
 from faceignite.data.workers import stop_loader_workers
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory, describe_recipe
 from faceignite.run import default_run_name, run_folder, session
@@ -50,24 +50,25 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
     with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True,
                  folder_name=default_run_name(name, cfg.model)) as run:
         cfg.name = os.path.basename(run.output_dir)  # the folder used, in config.json
-        resume = Resume.from_options(cfg)  # --resume_path / --finetune; keeps the held-out split
+        resume = from_options.resume(cfg)  # --resume_path / --finetune; keeps the held-out split
 
         data = from_options.data(cfg, run, resume)  # this process's share of the images
-        model = from_options.model(cfg, run)
-        criterion = from_options.criterion(cfg, run, criterion_factory, data)
+        runtime = from_options.runtime(cfg, run)  # device, --amp, --channels_last, --compile
+        model = from_options.model(cfg, runtime)
+        criterion = from_options.criterion(cfg, runtime, criterion_factory, data)
         optimizers = from_options.optimizers(cfg, model, criterion)
-        trainer, scaler = from_options.trainer(cfg, run, model, criterion, optimizers)
+        trainer, scaler = from_options.trainer(cfg, runtime, model, criterion, optimizers)
         plan = from_options.validations(cfg, data)  # --lfw, --val_targets, --best_by
 
         # the handlers, in order; the run control (NaN guard, --max_time, --early_stopping,
         # signals, the agreement of several processes) owns its first and last places
         with from_options.control(trainer, cfg, plan, handle_signals) as control:
             scheduler = from_options.schedule(trainer, cfg, optimizers, data)
-            from_options.holdout(trainer, cfg, run, model, criterion, data)
-            from_options.verification(trainer, cfg, run, model, plan)
+            from_options.holdout(trainer, cfg, runtime, model, criterion, data)
+            from_options.verification(trainer, cfg, run, runtime, model, plan)
             stats = progress.attach(trainer, optimizers, log_interval=cfg.log_interval)
-            state = TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg,
-                                  scaler=scaler)
+            state = TrainingState(trainer, model, criterion, optimizers, scheduler, data,
+                                  plain_config(cfg), scaler=scaler)
             control.save_with(from_options.checkpoints(trainer, cfg, run, state, plan))
             control.close_at_end(
                 from_options.clearml(trainer, cfg, run, name, optimizers,

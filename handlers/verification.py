@@ -2,7 +2,7 @@
 ``.bin`` files or LFW-format folders), each with its own metrics, log line and ROC PNG.
 
     specs = targets_for_run(cfg, data)       # --lfw (or the built-in set), then --val_targets
-    verification.attach(trainer, model, [s.load() for s in specs], device, image_size=112, ...)
+    verification.attach(trainer, model, [s.load() for s in specs], runtime, image_size=112, ...)
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from torch import nn
 
+from faceignite.runtime import Runtime
 from faceignite.verification import PairsEvaluator, save_roc_curve
 from faceignite.verification.targets import (TargetSpec, VerificationTarget, best_metric,
                                     create_target_evaluator, plan_targets)
@@ -55,10 +56,9 @@ def check_target_options(cfg: argparse.Namespace, data: Any = None) -> str | Non
 
 
 def attach(trainer: Engine, model: nn.Module | Callable, targets: Sequence[VerificationTarget],
-           device, image_size: int, *, batch_size: int, every_epochs: int, flip: bool,
-           distance: str, every_iterations: int = 0, output_dir: str | None = None,
-           num_workers: int = 0, amp: str = "off", channels_last: bool = False
-           ) -> dict[str, PairsEvaluator]:
+           runtime: Runtime | str, image_size: int, *, batch_size: int, every_epochs: int,
+           flip: bool, distance: str, every_iterations: int = 0, output_dir: str | None = None,
+           num_workers: int = 0) -> dict[str, PairsEvaluator]:
     """Validate on every target, in order, every ``every_epochs`` epochs, after the last epoch,
     at the end of a run stopped early, and every ``every_iterations`` iterations when given.
 
@@ -67,7 +67,8 @@ def attach(trainer: Engine, model: nn.Module | Callable, targets: Sequence[Verif
     them in one line starting with ``t``, and saves ``<output_dir>/roc_<t>_epoch<E>_iter<I>.png``
     (its path in the metric ``t_roc_figure``).  Then ``ValidationEvents.VERIFICATION_COMPLETED`` fires,
     once.  The evaluators are built now (a bad target fails before training).  Returns them by
-    target name.
+    target name.  The images are embedded on ``runtime`` (a
+    :class:`~faceignite.runtime.Runtime`, or a device for fp32), under its evaluation autocast.
 
     Distributed: attach it in every process; each embeds its share of the images, the metrics
     (computed on the gathered embeddings) are the same everywhere, rank 0 writes the figures.
@@ -77,8 +78,8 @@ def attach(trainer: Engine, model: nn.Module | Callable, targets: Sequence[Verif
     for target in targets:
         # training must not die on an unreadable image: its pairs are dropped with a warning
         evaluators[target.name] = create_target_evaluator(
-            model, target, device, image_size, batch_size, flip, distance, num_workers, amp,
-            channels_last, skip_undecodable=True)
+            model, target, runtime, image_size, batch_size, flip, distance, num_workers,
+            skip_undecodable=True)
         events.add_evaluator(trainer, target.name, evaluators[target.name].engine)
         logger.info("verification target %s: %s, %d pairs in %d folds over %d images, %d px%s",
                     target.name, target.pairs.path, len(target.pairs), target.pairs.num_folds,

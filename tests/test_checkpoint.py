@@ -13,10 +13,11 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from faceignite.checkpoint import (ORIGINAL_KEYS, RESUME_KEYS, RNGState, Resume, TrainingState,
+from faceignite.checkpoint import (ORIGINAL_KEYS, RESUME_KEYS, RNGState, Resume, ResumeOptions,
+                                   TrainingState,
                                    load_backbone, load_checkpoint)
-from faceignite.config import parse_args
-from faceignite.data import build_face_data
+from faceignite.config import options_group, parse_args, plain_config
+from faceignite.data import DataOptions, build_face_data
 from faceignite.engine import create_trainer
 from faceignite.errors import FaceIgniteError
 from faceignite.export import load_embedding_model, main as export_main
@@ -47,7 +48,7 @@ def build_run(cfg, data, embedding_dim=None, num_classes=None):
     trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
     scheduler = lr_scheduler.attach(trainer, optimizers["model"], 0.1, cfg.epochs,
                                     len(data.train_loader), **lr_scheduler.schedule_options(cfg))
-    return TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg)
+    return TrainingState(trainer, model, criterion, optimizers, scheduler, data, plain_config(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def saved(tmp_path_factory, synthetic_root):
     root = copy_subset(train, tmp_path_factory.mktemp("small"), identities=4, images=3)
     out = tmp_path_factory.mktemp("ckpt")
     cfg = parse_args(small_args(root, out))
-    data = build_face_data(cfg)
+    data = build_face_data(options_group(cfg, DataOptions))
     state = build_run(cfg, data)
     saver = checkpoint_handler.attach(state.trainer, state, str(out), n_saved=2)
     state.trainer.run(data.train_loader, max_epochs=1, epoch_length=1)
@@ -95,16 +96,16 @@ def test_other_architecture_or_embedding_size_is_refused_before_training(saved, 
                                 "--resume_path", saved["path"]))
     with pytest.raises(FaceIgniteError, match=r"architecture tiny in the checkpoint, "
                                                r"resnet50 here \(--model\)"):
-        Resume.from_options(cfg)
+        Resume.from_options(options_group(cfg, ResumeOptions))
     cfg = parse_args(small_args(saved["root"], tmp_path, "--embedding_dim", "64",
                                 "--resume_path", saved["path"]))
     with pytest.raises(FaceIgniteError, match=r"embedding size 128 in the checkpoint, 64 here.*"
                                                r"--finetune loads its backbone alone"):
-        Resume.from_options(cfg)
+        Resume.from_options(options_group(cfg, ResumeOptions))
     cfg = parse_args(small_args(saved["root"], tmp_path, "--batch_size", "2",
                                 "--resume_path", saved["path"]))
     with pytest.raises(FaceIgniteError, match=r"--batch_size 4 \(checkpoint\) vs 2 \(here\)"):
-        Resume.from_options(cfg)
+        Resume.from_options(options_group(cfg, ResumeOptions))
 
 
 def test_other_number_of_classes_is_refused_and_nothing_is_loaded(saved):
@@ -127,7 +128,7 @@ def test_finetune_loads_the_backbone_alone(saved):
     cfg = parse_args(small_args(saved["root"], "unused", "--model", "resnet50", "--finetune",
                                 "--resume_path", saved["path"]))
     with pytest.raises(FaceIgniteError, match="architecture tiny in the checkpoint, resnet50"):
-        Resume.from_options(cfg)
+        Resume.from_options(options_group(cfg, ResumeOptions))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty"])

@@ -18,8 +18,8 @@ from handlers.training import main
 
 from faceignite.checkpoint import unwrap  # noqa: E402
 from faceignite.cli import EXIT_PREEMPTED  # noqa: E402
-from faceignite.config import parse_args  # noqa: E402
-from faceignite.data import build_face_data  # noqa: E402
+from faceignite.config import options_group, parse_args  # noqa: E402
+from faceignite.data import DataOptions, build_face_data  # noqa: E402
 from faceignite.engine import TrainerEvents  # noqa: E402
 from faceignite.verification import create_pairs_evaluator  # noqa: E402
 from faceignite.verification.evaluator import PairVerification  # noqa: E402
@@ -47,7 +47,7 @@ def test_processes_share_out_the_single_process_batches(synthetic_root, tmp_path
                       str(batch_size), "--num_workers", "0", "--device", "cpu"])
 
     def batches(num_replicas: int, rank: int, skip_steps: int = 0) -> list[list]:
-        loader = build_face_data(cfg, num_replicas=num_replicas, rank=rank).train_loader
+        loader = build_face_data(options_group(cfg, DataOptions), num_replicas=num_replicas, rank=rank).train_loader
         loader.sampler.set_epoch(1, skip=skip_steps * loader.batch_size)
         assert loader.batch_size == batch_size // num_replicas
         return list(loader.batch_sampler)  # the (index, seed) keys of each step

@@ -9,6 +9,7 @@ from faceignite.engine import create_evaluator
 from faceignite.losses import SoftmaxCenterLoss
 from faceignite.verification.evaluator import create_embedding_engine
 from faceignite.models import build_model
+from faceignite.runtime import Runtime
 
 
 def overflowing_model():
@@ -23,14 +24,15 @@ def overflowing_model():
 def test_fp16_embeddings_are_finite():
     batch = [(torch.rand(4, 3, 32, 32), torch.arange(4), [])]
     for amp in ("fp16", "bf16", "off"):
-        embeddings, _ = create_embedding_engine(overflowing_model(), torch.device("cpu"),
-                                                amp=amp).run(batch).output
+        embeddings, _ = create_embedding_engine(overflowing_model(),
+                                                Runtime(torch.device("cpu"), amp)
+                                                ).run(batch).output
         assert torch.isfinite(embeddings).all(), amp
 
 
 def test_fp16_held_out_logits_are_finite():
     criterion = SoftmaxCenterLoss(3, 16, 0.003)
     batch = [(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), 0)]
-    logits, _ = create_evaluator(overflowing_model(), criterion, torch.device("cpu"),
-                                 amp="fp16").run(batch).output
+    logits, _ = create_evaluator(overflowing_model(), criterion,
+                                 Runtime(torch.device("cpu"), "fp16")).run(batch).output
     assert torch.isfinite(logits).all()

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO, copy_subset
 
 from faceignite.cli import EXIT_PREEMPTED
-from faceignite.config import parse_args
+from faceignite.config import options_group, parse_args
 from faceignite.errors import FaceIgniteError
 from faceignite.models.registry import SPECS
 from handlers.standard import main as train
@@ -377,11 +377,11 @@ def test_each_experiments_help_describes_it(capsys, monkeypatch):
 
 
 def test_valid_split_that_holds_out_nothing_says_so(train_root, tmp_path, caplog):
-    from faceignite.data import build_face_data
+    from faceignite.data import DataOptions, build_face_data
 
     cfg = parse_args(args(train_root, tmp_path, "--valid_split", "0.1"))
     with caplog.at_level(logging.WARNING):
-        data = build_face_data(cfg)
+        data = build_face_data(options_group(cfg, DataOptions))
     assert not data.val_indices
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert line.startswith("--valid_split 0.1 holds out no image at all")

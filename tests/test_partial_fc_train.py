@@ -142,18 +142,18 @@ def test_one_plain_process_resumes_in_two_sharded_with_sampling(faces, tmp_path,
 def test_options_refuse_what_partial_fc_cannot_do(faces, tmp_path):
     """--sample_rate outside (0, 1], or without --partial_fc, and --partial_fc with the triplet
     loss: one-line errors, exit code 2, before any training."""
-    from faceignite.config import parse_args
+    from faceignite.config import options_group, parse_args
     from faceignite.errors import FaceIgniteError
-    from faceignite.losses.factory import LOSSES
+    from faceignite.losses.factory import LOSSES, LossOptions
 
     for rate in ("0", "1.5"):
         with pytest.raises(FaceIgniteError, match=r"--sample_rate .*must be in \(0, 1\]"):
             parse_args(["--partial_fc", "--sample_rate", rate])
     cfg = parse_args(["--sample_rate", "0.5"])
     with pytest.raises(FaceIgniteError, match="--sample_rate 0.5: needs --partial_fc"):
-        LOSSES["center"](cfg, CLASSES)
+        LOSSES["center"](options_group(cfg, LossOptions), CLASSES)
     with pytest.raises(FaceIgniteError, match="--partial_fc: the triplet loss"):
-        LOSSES["triplet"](parse_args(["--partial_fc"]), CLASSES)
+        LOSSES["triplet"](options_group(parse_args(["--partial_fc"]), LossOptions), CLASSES)
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(faces, tmp_path, "--sample_rate", "0.5"))
     assert exit_info.value.code == 2

@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import copy_subset, shared_path
 from faceignite.checkpoint import load_checkpoint
-from faceignite.config import parse_args
-from faceignite.data import build_face_data
+from faceignite.config import options_group, parse_args
+from faceignite.data import DataOptions, build_face_data
 from faceignite.data.dataset import FaceImageDataset
 from faceignite.data.index import scan_identity_folders
 from faceignite.data.pack import main as pack_main
@@ -285,7 +285,7 @@ def test_folder_and_packed_rec_give_the_same_data_split_and_pk_batches(tmp_path)
     for root in (src, tmp_path / "dst", tmp_path / "dst" / "train.rec"):
         cfg = parse_args(["--dataroot", str(root)] + common)
         cfg.images_per_identity = 2
-        datas.append(build_face_data(cfg))
+        datas.append(build_face_data(options_group(cfg, DataOptions)))
     folder = datas[0]
     for data in datas[1:]:
         assert data.num_classes == folder.num_classes == 8
@@ -349,7 +349,7 @@ def test_processes_share_out_the_rec_as_they_share_out_folders(tmp_path):
                       "--num_workers", "0", "--device", "cpu"])
 
     def steps(num_replicas: int, rank: int) -> list:
-        loader = build_face_data(cfg, num_replicas=num_replicas, rank=rank).train_loader
+        loader = build_face_data(options_group(cfg, DataOptions), num_replicas=num_replicas, rank=rank).train_loader
         loader.sampler.set_epoch(1)
         return [sorted(labels.tolist()) for _, labels, _ in loader], list(loader.batch_sampler)
 

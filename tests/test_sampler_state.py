@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from conftest import copy_subset
 from faceignite.checkpoint import TrainingState
-from faceignite.config import parse_args
-from faceignite.data import build_face_data
+from faceignite.config import options_group, parse_args, plain_config
+from faceignite.data import DataOptions, build_face_data
 from faceignite.data.index import index_digest, load_or_build_index
 from faceignite.data.pk_sampler import PKSampler
 from faceignite.data.sampler import EpochSampler, follow_trainer
@@ -121,12 +121,12 @@ def test_checkpoint_carries_the_sampler_and_older_files_resume_from_the_iteratio
 
     def build():
         torch.manual_seed(0)
-        data = build_face_data(cfg)
+        data = build_face_data(options_group(cfg, DataOptions))
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16))
         criterion = SoftmaxCenterLoss(data.num_classes, 16)
         optimizers = build_optimizers(model, criterion, "sgd", 0.1, 0.9, 5e-4, 0.5)
         trainer = create_trainer(model, criterion, optimizers, torch.device("cpu"))
-        return TrainingState(trainer, model, criterion, optimizers, None, data, cfg)
+        return TrainingState(trainer, model, criterion, optimizers, None, data, plain_config(cfg))
 
     state = build()
     loader = state.data.train_loader

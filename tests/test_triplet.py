@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import record_epochs, shared_path
-from faceignite.config import parse_args
-from faceignite.data import build_face_data
+from faceignite.config import options_group, parse_args
+from faceignite.data import DataOptions, build_face_data
 from faceignite.data.pk_sampler import PKSampler
 from faceignite.errors import FaceIgniteError
 from faceignite.losses import TripletLoss, batch_hard_triplets, pairwise_distances, semi_hard_triplets
@@ -150,7 +150,7 @@ def test_loader_gives_pk_batches_when_images_per_identity_is_set(synthetic_root,
     cfg = parse_args(["--dataroot", str(train), "--output_dir", str(tmp_path), "--valid_split", "0",
                       "--image_size", "32", "--batch_size", "16", "--num_workers", "0",
                       "--device", "cpu", "--images_per_identity", "4"])
-    data = build_face_data(cfg)
+    data = build_face_data(options_group(cfg, DataOptions))
     images, labels, _ = next(iter(data.train_loader))
     assert images.shape == (16, 3, 32, 32)
     assert sorted(Counter(labels.tolist()).values()) == [4, 4, 4, 4]

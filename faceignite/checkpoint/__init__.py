@@ -19,14 +19,15 @@ from faceignite.checkpoint.files import (BEST_PREFIX, BEST_RE, FORMAT, WHICH, be
                                          TRAJECTORY_OPTIONS, check_compatible, check_checkpoint_options,
                                          latest_checkpoint, load_checkpoint,
                                          resolve_checkpoint_path, safe_load)
-from faceignite.checkpoint.resume import Resume, load_backbone
+from faceignite.checkpoint.resume import Resume, ResumeOptions, load_backbone
 from faceignite.checkpoint.state import (RNGState, TrainingState, dataset_split, num_classes_of,
                                          unwrap)
 from faceignite.config import plain_config
 
 __all__ = [
     "BEST_PREFIX", "BEST_RE", "WHICH", "best_checkpoint", "FORMAT", "FORMAT_VERSION", "LATEST_PREFIX", "LATEST_RE", "NAME",
-    "ORIGINAL_KEYS", "RESUME_KEYS", "RNGState", "Resume", "TRAJECTORY_OPTIONS", "TrainingState",
+    "ORIGINAL_KEYS", "RESUME_KEYS", "RNGState", "Resume", "ResumeOptions", "TRAJECTORY_OPTIONS",
+    "TrainingState",
     "check_compatible", "check_checkpoint_options", "dataset_split", "latest_checkpoint",
     "load_backbone", "load_checkpoint", "num_classes_of", "plain_config", "resolve_checkpoint_path",
     "safe_load", "unwrap",

@@ -75,20 +75,23 @@ def agreed_resume_path(output_dir: str, name: str | None = None) -> str | None:
     return rank0_decides(lambda: newest_complete_checkpoint(output_dir, name) or "") or None
 
 
-def resolve_auto_resume(cfg, name: str | None = None) -> None:
-    """Replace ``cfg.resume_path == "auto"`` by the agreed checkpoint of experiment ``name``
-    under ``cfg.output_dir``, or None (a new run)."""
-    if getattr(cfg, "resume_path", None) != AUTO:
-        return
-    if getattr(cfg, "finetune", False):
+def resolve_auto_resume(resume_path: str | None, finetune: bool, output_dir: str,
+                        name: str | None = None) -> str | None:
+    """``--resume_path``: ``resume_path`` itself, or for ``auto`` the agreed checkpoint of
+    experiment ``name`` under ``output_dir`` (:func:`agreed_resume_path`), or None (a new
+    run)."""
+    if resume_path != AUTO:
+        return resume_path
+    if finetune:
         raise FaceIgniteError("--resume_path auto continues a run; --finetune needs a checkpoint "
                               "file")
-    cfg.resume_path = agreed_resume_path(cfg.output_dir, name)
-    if cfg.resume_path is None:
+    path = agreed_resume_path(output_dir, name)
+    if path is None:
         restart = elastic_restart()
         if restart:  # the first group died before its first checkpoint: all of it again
             logger.warning("--resume_path auto (%s): no checkpoint under %s yet, starting again "
-                           "from iteration 0", restart, cfg.output_dir)
+                           "from iteration 0", restart, output_dir)
         else:
             logger.info("--resume_path auto: no checkpoint under %s, starting a new run",
-                        cfg.output_dir)
+                        output_dir)
+    return path

@@ -3,7 +3,6 @@ that one fits this run.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pickle
@@ -242,15 +241,16 @@ def check_compatible(ckpt: Mapping, architecture: str | None = None, num_classes
                               f"{'; '.join(problems)}{hint}")
 
 
-def check_checkpoint_options(ckpt: Mapping, cfg: argparse.Namespace) -> None:
-    """A resumed run keeps the batch size, image size, seed (data order), optimizer, LR schedule."""
+def check_checkpoint_options(ckpt: Mapping, options: Mapping[str, Any]) -> None:
+    """A resumed run keeps the batch size, image size, seed (data order), optimizer, LR schedule:
+    ``options`` holds this run's values of :data:`TRAJECTORY_OPTIONS` (by option name)."""
     saved = dict(ckpt.get("config") or {})
     saved.setdefault("batch_size", ckpt.get("batch_size_training"))
     saved.setdefault("image_size", ckpt.get("image_size"))
-    problems = [f"--{name} {saved[name]} (checkpoint) vs {getattr(cfg, name)} (here)"
+    problems = [f"--{name} {saved[name]} (checkpoint) vs {options.get(name)} (here)"
                 for name in TRAJECTORY_OPTIONS
                 if saved.get(name) is not None
-                and getattr(cfg, name, None) not in (None, saved[name])]
+                and options.get(name) not in (None, saved[name])]
     if problems:
         raise FaceIgniteError(f"cannot resume {ckpt.get('path', '')} exactly with other options: "
                               f"{'; '.join(problems)}: pass the checkpoint's values (or --finetune "

@@ -3,15 +3,16 @@
 """
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from ignite.handlers import Checkpoint
 from torch import nn
 
 from faceignite.checkpoint.auto import elastic_restart
-from faceignite.checkpoint.files import check_compatible, check_checkpoint_options, load_checkpoint
+from faceignite.checkpoint.files import (TRAJECTORY_OPTIONS, check_checkpoint_options,
+                                         check_compatible, load_checkpoint)
 from faceignite.checkpoint.files import NAME  # the one object's key in Checkpoint(to_save)
 from faceignite.checkpoint.state import TrainingState, unwrap
 from faceignite.errors import FaceIgniteError
@@ -55,51 +56,83 @@ def checkpoint_position(ckpt: Mapping) -> str:
     return f"epoch {epoch} iteration {iteration}"
 
 
-def keep_input_convention(ckpt: Mapping, cfg: argparse.Namespace) -> None:
-    """A resumed run goes on with the checkpoint's ``--normalize`` and ``--augment``; a
-    checkpoint from before those options was trained with ImageNet's and the box pipeline."""
+def keep_input_convention(ckpt: Mapping, normalize: str | None,
+                          augment: str | None) -> dict[str, str]:
+    """The ``--normalize`` and ``--augment`` a resumed run goes on with: the checkpoint's (a
+    checkpoint from before those options was trained with ImageNet's and the box pipeline);
+    a change from this run's ``normalize``/``augment`` is logged."""
     config = ckpt.get("config") or {}
-    for name, before in (("normalize", "imagenet"), ("augment", "box")):
-        if name in vars(cfg):
-            value = config.get(name) or before
-            if getattr(cfg, name) != value:
-                logger.info("--%s %s: as the checkpoint's run", name, value)
-            setattr(cfg, name, value)
+    kept = {}
+    for name, now, before in (("normalize", normalize, "imagenet"), ("augment", augment, "box")):
+        value = config.get(name) or before
+        if now != value:
+            logger.info("--%s %s: as the checkpoint's run", name, value)
+        kept[name] = value
+    return kept
+
+
+@dataclass(frozen=True)
+class ResumeOptions:
+    """The options :meth:`Resume.from_options` reads: the checkpoint (``--resume_path``, a file
+    or a run folder; ``--finetune``), what it must fit (``--model``, ``--embedding_dim``,
+    ``--epochs``) and the options that fix a run's trajectory (:data:`TRAJECTORY_OPTIONS`), and
+    the input convention a resumed run keeps (``--normalize``, ``--augment``)."""
+
+    resume_path: str | None = None
+    finetune: bool = False
+    model: str | None = None
+    embedding_dim: int | None = None
+    epochs: int = 1
+    batch_size: int | None = None
+    image_size: int | None = None
+    seed: int | None = None
+    optimizer: str | None = None
+    lr_scheduler: str | None = None
+    normalize: str | None = None
+    augment: str | None = None
 
 
 class Resume:
     """``--resume_path`` / ``--finetune`` for an experiment: read the file before the data is
     built (to reuse its split), then :meth:`restore` once every object exists.
 
-        resume = Resume.from_options(cfg)
-        data = build_face_data(cfg, val_indices=resume.val_indices)
+        resume = Resume.from_options(options_group(cfg, ResumeOptions))
+        vars(cfg).update(resume.kept_options)     # a resumed run keeps its input convention
+        data = build_face_data(options_group(cfg, DataOptions), val_indices=resume.val_indices)
         ...
-        resume.restore(TrainingState(trainer, model, criterion, optimizers, scheduler, data, cfg))
+        resume.restore(TrainingState(trainer, model, criterion, optimizers, scheduler, data,
+                                     plain_config(cfg)))
+
+    ``kept_options``: the options a resumed run takes from its checkpoint (``normalize``,
+    ``augment``), for the composition to apply before it builds the data and the model.
     """
 
     def __init__(self, ckpt: Mapping | None = None, finetune: bool = False,
-                 max_epochs: int | None = None):
+                 max_epochs: int | None = None, kept_options: Mapping[str, Any] | None = None):
         self.ckpt, self.finetune, self.max_epochs = ckpt, finetune, max_epochs
+        self.kept_options = dict(kept_options or {})
 
     @classmethod
-    def from_options(cls, cfg: argparse.Namespace) -> "Resume":
+    def from_options(cls, cfg: ResumeOptions) -> "Resume":
         """Load and check ``cfg.resume_path`` (nothing when it is not set)."""
         if not cfg.resume_path:
             if cfg.finetune:
                 raise FaceIgniteError("--finetune needs --resume_path CHECKPOINT")
             return cls()
         ckpt = load_checkpoint(cfg.resume_path)
+        kept: dict[str, str] = {}
         if cfg.finetune:
             check_compatible(ckpt, architecture=cfg.model, finetune_hint=False)
         else:
             check_compatible(ckpt, architecture=cfg.model, embedding_dim=cfg.embedding_dim)
-            check_checkpoint_options(ckpt, cfg)
+            check_checkpoint_options(ckpt, {name: getattr(cfg, name)
+                                            for name in TRAJECTORY_OPTIONS})
             done = ckpt.get("trainer_state_dict", {})
             length = done.get("epoch_length")
             if length and done.get("iteration", 0) >= cfg.epochs * length:
                 raise FaceIgniteError(f"{ckpt['path']} has already trained {ckpt.get('epoch')} "
                                       f"epochs; pass --epochs above {ckpt.get('epoch')} to go on")
-            keep_input_convention(ckpt, cfg)
+            kept = keep_input_convention(ckpt, cfg.normalize, cfg.augment)
         before = (ckpt.get("config") or {}).get("epochs")
         if not cfg.finetune and before not in (None, cfg.epochs):
             logger.warning("--epochs %s (the checkpoint's run: %s): the LR schedule goes on as "
@@ -107,7 +140,7 @@ class Resume:
         restart = "" if cfg.finetune else elastic_restart()
         logger.info("%s from %s (%s)%s", "finetuning" if cfg.finetune else "resuming",
                     ckpt["path"], checkpoint_position(ckpt), f" after {restart}" if restart else "")
-        return cls(ckpt, cfg.finetune, cfg.epochs)
+        return cls(ckpt, cfg.finetune, cfg.epochs, kept)
 
     @property
     def path(self) -> str | None:

@@ -4,7 +4,6 @@ training sampler, RNG, split, options), and its parts.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import numbers
 import random
@@ -118,7 +117,9 @@ class TrainingState:
 
     ``data`` (a :class:`~faceignite.data.FaceData`) gives the split, image size, batch size and
     the training sampler, whose own ``state_dict`` (seed, epoch, position) is saved and restored
-    with the rest; ``config`` the run's options (kept as plain values).  :meth:`load_state_dict`
+    with the rest.  ``config``: the record of the run's options that the checkpoint stores under
+    its ``config`` key, a JSON-plain copy made by the composition (``plain_config(cfg)``); it is
+    data written to the file, never read here for an option.  :meth:`load_state_dict`
     first checks that the checkpoint fits (architecture, classes, embedding size, optimizers,
     data set, epoch length) and raises :class:`FaceIgniteError` naming the mismatch before
     changing anything.
@@ -135,21 +136,21 @@ class TrainingState:
 
     def __init__(self, trainer: Engine, model: nn.Module, criterion: nn.Module,
                  optimizers: Mapping[str, torch.optim.Optimizer], lr_scheduler: Any = None,
-                 data: Any = None, config: Mapping | argparse.Namespace | None = None,
+                 data: Any = None, config: Mapping[str, Any] | None = None,
                  scaler: torch.amp.GradScaler | None = None):
         self.trainer, self.model, self.criterion = trainer, model, criterion
         self.optimizers, self.lr_scheduler, self.data = optimizers, lr_scheduler, data
         self.config = plain_config(config)
         self.scaler = scaler if scaler is not None else getattr(trainer.state, "scaler", None)
         self.split = dataset_split(data) if data is not None else None
-        self.image_size = getattr(data, "image_size", None) or self.config.get("image_size")
+        self.image_size = getattr(data, "image_size", None)
         loader = getattr(data, "train_loader", None)
         self.world_size = idist.get_world_size()
         sampler = getattr(loader, "sampler", None)
         self.sampler = sampler if hasattr(sampler, "load_state_dict") else None
         self.process_batch_size = getattr(loader, "batch_size", None)  # what each process loads
-        self.batch_size = (self.process_batch_size * self.world_size if self.process_batch_size
-                           else self.config.get("batch_size"))  # all processes together
+        self.batch_size = (self.process_batch_size * self.world_size  # all processes together
+                           if self.process_batch_size else None)
 
     def state_dict(self) -> dict:
         """The checkpoint.  With a sharded criterion (``--partial_fc``) this is collective (Ignite

@@ -1,12 +1,11 @@
 """From options to data loaders: index, split, datasets, samplers (the built-in data by default)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import ignite.distributed as idist
 import numpy as np
@@ -30,9 +29,42 @@ from faceignite.errors import FaceIgniteError
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """The options :func:`build_face_data` reads (``--dataroot``, ``--batch_size``, ...), as one
+    small typed group; the composition makes it with
+    ``faceignite.config.options_group(cfg, DataOptions)``.
+
+    ``dataroot`` None: the built-in data (generated under ``output_dir/cache``).  ``batch_size``:
+    images of all processes together.  ``image_size`` in pixels.  ``device``: the ``--device``
+    text (pinned memory unless ``cpu``)."""
+
+    image_size: int
+    batch_size: int
+    dataroot: str | None = None
+    output_dir: str = "runs"
+    index_cache: str | None = None
+    lfw: str | None = None
+    lfw_pairs: str | None = None
+    valid_split: float = 0.0
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    model: str = "resnet34"
+    normalize: str | None = None
+    augment: str | None = None
+    triplet_mining: str | None = None
+    n_triplets: int | None = None
+    images_per_identity: int | None = None
+    identities_per_batch: int | None = None
+
+
 @dataclass
 class FaceData:
-    """What a training recipe needs from the data side."""
+    """What a training recipe needs from the data side.
+
+    ``resolved``: the options the data side decided (the index cache file used, the identities
+    per P x K batch) for the composition to record in ``config.json``."""
 
     index: ImageIndex
     train_loader: DataLoader
@@ -43,6 +75,7 @@ class FaceData:
     lfw_dir: str | None = None
     lfw_pairs: str | None = None
     builtin: bool = False
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -121,9 +154,10 @@ def warn_identities_without_holdout(labels: Sequence[int], val_idx: Sequence[int
     return none
 
 
-def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = None,
+def build_face_data(cfg: DataOptions, val_indices: list[int] | None = None,
                     num_replicas: int = 1, rank: int = 0) -> FaceData:
-    """Index ``cfg.dataroot`` (or generate the built-in data), split it, and build the loaders.
+    """Index ``cfg.dataroot`` (or generate the built-in data), split it, and build the loaders
+    (``cfg``: the :class:`DataOptions` group, never the whole options).
 
     ``val_indices`` (from a checkpoint) replaces the seeded split, so a resumed run validates on
     exactly the images it held out before.
@@ -145,7 +179,7 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
         else:
             root = cfg.dataroot
         cache_path = cfg.index_cache or default_cache_path(root, cfg.output_dir)
-        cfg.index_cache = cache_path  # config.json records the file used
+        resolved = {"index_cache": cache_path}  # config.json records the file used
         if record_files(root) is not None:  # a .rec file, or a folder holding train.rec
             index = load_or_build_record_index(root, cache_path)
         else:
@@ -176,23 +210,22 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
     samples = index.samples()
     read = {"read": index.image_reader()} if isinstance(index, RecordIndex) else {}
     pin = torch.cuda.is_available() and cfg.device != "cpu"
-    normalization = resolve_normalization(getattr(cfg, "normalize", None),
-                                          getattr(cfg, "model", "resnet34"))
-    augment = getattr(cfg, "augment", None) or "box"
+    normalization = resolve_normalization(cfg.normalize, cfg.model)
+    augment = cfg.augment or "box"
     train_set = FaceImageDataset([samples[i] for i in train_idx],
                                  train_transform(cfg.image_size, normalization, augment), **read)
-    if getattr(cfg, "triplet_mining", None) == "random":  # --n_triplets random triplets
+    if cfg.triplet_mining == "random":  # --n_triplets random triplets
         triplets = per_process_batch_size(cfg.batch_size, num_replicas)  # triplets per batch
         sampler = RandomTripletSampler(train_set.targets, cfg.n_triplets or len(train_set),
                                        cfg.seed, num_replicas, rank)
         logger.info("random triplets: %d per epoch, %d per batch", sampler.n_triplets, triplets)
         train_loader = make_loader(train_set, 3 * triplets, cfg.num_workers, sampler,
                                    drop_last=False, pin_memory=pin)
-    elif getattr(cfg, "images_per_identity", None):  # P x K identity-balanced batches (triplets)
+    elif cfg.images_per_identity:  # P x K identity-balanced batches (triplets)
         pk = pk_sampler_from_options(train_set.targets, cfg.batch_size, cfg.images_per_identity,
                                      cfg.identities_per_batch, cfg.seed, num_replicas, rank)
         logger.info("P x K batches: %d identities x %d images", pk.p, pk.k)
-        cfg.identities_per_batch = cfg.identities_per_batch or pk.p  # recorded in config.json
+        resolved["identities_per_batch"] = cfg.identities_per_batch or pk.p  # in config.json
         train_loader = make_loader(train_set, pk.batch_size, cfg.num_workers, pk,
                                    drop_last=False, pin_memory=pin)
     else:
@@ -213,4 +246,4 @@ def build_face_data(cfg: argparse.Namespace, val_indices: list[int] | None = Non
                 "--normalize %s", len(index.classes), len(train_idx), len(val_idx),
                 cfg.image_size, augment, normalization.name)
     return FaceData(index, train_loader, val_loader, train_idx, val_idx, cfg.image_size,
-                    lfw_dir, lfw_pairs, builtin)
+                    lfw_dir, lfw_pairs, builtin, resolved)

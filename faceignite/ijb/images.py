@@ -27,6 +27,7 @@ from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.cli import progress_enabled
 from faceignite.errors import FaceIgniteError
+from faceignite.runtime import Runtime
 
 logger = logging.getLogger("faceignite")
 
@@ -77,13 +78,17 @@ def _compact(path: str, keep: np.ndarray, chunk: int = 65_536) -> None:
 
 
 def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, image_size: int,
-                out_path: str, device: torch.device, batch_size: int = 128, num_workers: int = 0,
-                skip_undecodable: bool = False, progress: bool | None = None) -> np.ndarray:
+                out_path: str, runtime: Runtime | torch.device | str, batch_size: int = 128,
+                num_workers: int = 0, skip_undecodable: bool = False,
+                progress: bool | None = None) -> np.ndarray:
     """Write the flip-summed raw feature of each crop, in the order of ``paths``, to ``out_path``
     (float32 ``.npy``), with a progress bar (``progress``; default: when stderr is a
     terminal); return the boolean mask of the crops embedded (all, unless
-    ``skip_undecodable`` dropped undecodable files, whose rows are then left out of the file)."""
-    device = torch.device(device)
+    ``skip_undecodable`` dropped undecodable files, whose rows are then left out of the file).
+    The crops are embedded on ``runtime`` (a :class:`~faceignite.runtime.Runtime`, or a device
+    for fp32), under its evaluation autocast."""
+    runtime = Runtime.of(runtime)
+    device = runtime.device
     model = model.to(device).eval()
     dim = int(getattr(model, "embedding_dim", 0)) or None
     loader = DataLoader(AlignedCrops(paths, landmarks, image_size, of_model(model)), batch_size=batch_size,
@@ -93,7 +98,8 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
     part = out_path + ".part.npy"
     done = np.zeros(len(paths), dtype=bool)
     try:
-        _stream_features(model, loader, paths, part, dim, device, done, skip_undecodable, progress)
+        _stream_features(model, loader, paths, part, dim, runtime, done, skip_undecodable,
+                         progress)
         if not done.all():
             _compact(part, done)
     except BaseException:  # no half-written file left behind (error, Ctrl-C)
@@ -105,7 +111,7 @@ def embed_crops(model: nn.Module, paths: Sequence[str], landmarks: np.ndarray, i
 
 
 def _stream_features(model: nn.Module, loader: DataLoader, paths: Sequence[str], part: str,
-                     dim: int | None, device: torch.device, done: np.ndarray,
+                     dim: int | None, runtime: Runtime, done: np.ndarray,
                      skip_undecodable: bool, progress: bool | None) -> None:
     """Embed the loader's batches into the ``.npy`` at ``part`` (created at the first batch),
     marking the rows written in ``done``."""
@@ -121,7 +127,8 @@ def _stream_features(model: nn.Module, loader: DataLoader, paths: Sequence[str],
             for i in missing:
                 logger.warning("skipping undecodable IJB crop: %s", paths[i])
             if len(index):
-                batch = flip_features(model, images.to(device, non_blocking=True)).cpu().numpy()
+                with runtime.eval_autocast():
+                    batch = flip_features(model, runtime.prepare(images)).cpu().numpy()
                 if features is None:
                     features = open_memmap(part, mode="w+", dtype=np.float32,
                                            shape=(len(paths), dim or batch.shape[1]))

@@ -1,12 +1,13 @@
-"""Criteria built from the options, and each loss's own option defaults: one table.
+"""Criteria built from the loss options, and each loss's own option defaults: one table.
 
-``LOSSES[name](cfg, num_classes)`` builds the criterion; ``LOSS_DEFAULTS[name]`` holds the
-options a recipe with that loss changes (the margin defaults are the classes' own
+``LOSSES[name](options, num_classes)`` builds the criterion from a :class:`LossOptions` group
+(the composition makes it: ``options_group(cfg, LossOptions)``); ``LOSS_DEFAULTS[name]`` holds
+the options a recipe with that loss changes (the margin defaults are the classes' own
 ``default_margin``, stated once there).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -17,15 +18,32 @@ from faceignite.losses.margin import ArcFace, CosFace
 from faceignite.losses.partial_fc import PartialFC
 from faceignite.losses.triplet import TripletLoss
 
-CriterionFactory = Callable[[argparse.Namespace, int], nn.Module]
+@dataclass(frozen=True)
+class LossOptions:
+    """The options a criterion is built from (``--embedding_dim``, ``--margin``, ...): the
+    sizes and weights of :mod:`faceignite.losses`, ``--partial_fc`` and its ``--sample_rate``.
+    ``margin`` None: the loss class's own default."""
+
+    embedding_dim: int
+    center_loss_weight: float = 0.003
+    label_smoothing: float = 0.0
+    scale: float = 64.0
+    margin: float | None = None
+    triplet_mining: str = "semi_hard"
+    n_triplets: int | None = None
+    partial_fc: bool = False
+    sample_rate: float = 1.0
 
 
-def partial_fc(cfg: argparse.Namespace, num_classes: int, head: str) -> PartialFC | None:
+CriterionFactory = Callable[[LossOptions, int], nn.Module]  # (options, number of classes)
+
+
+def partial_fc(cfg: LossOptions, num_classes: int, head: str) -> PartialFC | None:
     """With ``--partial_fc``: the sharded criterion of ``head`` (softmax, arcface, cosface) with
     ``--sample_rate``; build it inside the distributed run (process group started).  None
     without the option."""
-    if not getattr(cfg, "partial_fc", False):
-        if getattr(cfg, "sample_rate", 1.0) != 1.0:
+    if not cfg.partial_fc:
+        if cfg.sample_rate != 1.0:
             raise FaceIgniteError(f"--sample_rate {cfg.sample_rate}: needs --partial_fc")
         return None
     return PartialFC(num_classes, cfg.embedding_dim, head, center_loss_weight=cfg.center_loss_weight,
@@ -33,30 +51,30 @@ def partial_fc(cfg: argparse.Namespace, num_classes: int, head: str) -> PartialF
                      scale=cfg.scale, margin=cfg.margin, sample_rate=cfg.sample_rate)
 
 
-def center_loss(cfg: argparse.Namespace, num_classes: int) -> SoftmaxCenterLoss | PartialFC:
+def center_loss(cfg: LossOptions, num_classes: int) -> SoftmaxCenterLoss | PartialFC:
     """Softmax cross-entropy + ``--center_loss_weight`` x center loss (the default)."""
     return partial_fc(cfg, num_classes, "softmax") or SoftmaxCenterLoss(
         num_classes, cfg.embedding_dim, cfg.center_loss_weight, cfg.label_smoothing)
 
 
-def triplet_loss(cfg: argparse.Namespace, num_classes: int) -> TripletLoss:
+def triplet_loss(cfg: LossOptions, num_classes: int) -> TripletLoss:
     """Triplet loss with ``--margin`` and ``--triplet_mining`` (no classifier)."""
-    if getattr(cfg, "partial_fc", False):
+    if cfg.partial_fc:
         raise FaceIgniteError("--partial_fc: the triplet loss has no classifier to shard; use it "
                               "with the center, arcface or cosface experiments")
-    if getattr(cfg, "n_triplets", None) and cfg.triplet_mining != "random":
+    if cfg.n_triplets and cfg.triplet_mining != "random":
         raise FaceIgniteError(f"--n_triplets {cfg.n_triplets} is for --triplet_mining random "
                               f"(random triplets per epoch); --triplet_mining "
                               f"{cfg.triplet_mining} mines inside each batch: drop one of them")
     return TripletLoss(cfg.margin, cfg.triplet_mining)
 
 
-def arcface(cfg: argparse.Namespace, num_classes: int) -> ArcFace | PartialFC:
+def arcface(cfg: LossOptions, num_classes: int) -> ArcFace | PartialFC:
     return partial_fc(cfg, num_classes, "arcface") or ArcFace(num_classes, cfg.embedding_dim,
                                                               cfg.scale, cfg.margin)
 
 
-def cosface(cfg: argparse.Namespace, num_classes: int) -> CosFace | PartialFC:
+def cosface(cfg: LossOptions, num_classes: int) -> CosFace | PartialFC:
     return partial_fc(cfg, num_classes, "cosface") or CosFace(num_classes, cfg.embedding_dim,
                                                               cfg.scale, cfg.margin)
 

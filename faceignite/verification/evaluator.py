@@ -28,7 +28,7 @@ from faceignite.cli import progress_enabled
 from faceignite.data.dataset import FaceImageDataset, collate_skip_bad
 from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
-from faceignite.runtime import eval_autocast_context, prepare_images
+from faceignite.runtime import Runtime
 from faceignite.errors import FaceIgniteError
 from faceignite.verification.metrics import FAR_TARGETS, VerificationResult, evaluate_embeddings
 from faceignite.verification.pairs import Pairs, find_pairs_file, keep_available, read_pairs, resolve_images
@@ -69,14 +69,17 @@ def gather_embeddings(indices: torch.Tensor, embeddings: torch.Tensor
     return torch.cat(gathered_i).cpu(), torch.cat(gathered_e).cpu()
 
 
-def create_embedding_engine(model: nn.Module | Callable, device: torch.device, flip: bool = False,
-                            amp: str = "off", channels_last: bool = False) -> Engine:
-    """An engine whose output per batch is ``(L2-normalised embeddings on CPU, image indices)``.
+def create_embedding_engine(model: nn.Module | Callable, runtime: Runtime | torch.device | str,
+                            flip: bool = False) -> Engine:
+    """An engine whose output per batch is ``(L2-normalised embeddings on CPU, image indices)``,
+    computed on ``runtime`` (a :class:`~faceignite.runtime.Runtime`, or a device for fp32)
+    under its evaluation autocast.
 
     With ``flip`` each image and its mirror go through the model in one batch and their
     normalised embeddings are averaged (then normalised again).
     """
     embed = embedding_function(model)
+    runtime = Runtime.of(runtime)
 
     @torch.no_grad()
     def step(engine: Engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +88,10 @@ def create_embedding_engine(model: nn.Module | Callable, device: torch.device, f
             return torch.empty(0, 0), index
         if isinstance(model, nn.Module):
             model.eval()
-        x = prepare_images(images, device, channels_last)
+        x = runtime.prepare(images)
         if flip:
             x = torch.cat([x, torch.flip(x, dims=[3])])
-        with eval_autocast_context(device, amp):
+        with runtime.eval_autocast():
             e = F.normalize(embed(x).float(), dim=1)
         if flip:
             e = F.normalize(e[: len(index)] + e[len(index):], dim=1)
@@ -198,10 +201,11 @@ def image_loader(paths: list[str], image_size: int, batch_size: int, num_workers
                       persistent_workers=num_workers > 0)
 
 
-def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None, device: torch.device,
-                           image_size: int, pairs_file: str | None = None, batch_size: int = 128,
+def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None,
+                           runtime: Runtime | torch.device | str, image_size: int,
+                           pairs_file: str | None = None, batch_size: int = 128,
                            flip: bool = False, distance: str = "l2", skip_missing: bool = False,
-                           num_workers: int = 0, amp: str = "off", channels_last: bool = False,
+                           num_workers: int = 0,
                            skip_undecodable: bool | None = None) -> PairsEvaluator:
     """Read the pairs file (``pairs_file``, or ``pairs.txt``/``lfw_pairs.txt`` in ``lfw_dir``),
     resolve its images under ``lfw_dir`` and build the embedding engine with its metric.
@@ -209,19 +213,21 @@ def create_pairs_evaluator(model: nn.Module | Callable, lfw_dir: str | None, dev
     Problems with the pairs file or missing images raise :class:`FaceIgniteError` here, before
     any training; ``skip_missing`` drops the pairs of missing images instead (logged).  In a
     distributed context the images are sharded over the processes (see the module's note).
+    ``runtime``: a :class:`~faceignite.runtime.Runtime`, or a device for fp32.
     """
-    device = torch.device(device)
+    runtime = Runtime.of(runtime)
     path = find_pairs_file(lfw_dir, pairs_file)
     pairs = read_pairs(path)
     total = len(pairs)
     root = lfw_dir or os.path.dirname(os.path.abspath(path))
     pairs, paths = resolve_images(pairs, root, skip_missing)
-    engine = create_embedding_engine(model, device, flip, amp, channels_last)
+    engine = create_embedding_engine(model, runtime, flip)
     PairVerification(pairs, paths, distance,
                      skip_undecodable=skip_missing if skip_undecodable is None else skip_undecodable
                      ).attach(engine, "verification")
-    loader = image_loader(paths, image_size, batch_size, num_workers, device.type == "cuda",
-                          idist.get_world_size(), idist.get_rank(), of_model(model))
+    loader = image_loader(paths, image_size, batch_size, num_workers,
+                          runtime.device.type == "cuda", runtime.world_size, runtime.rank,
+                          of_model(model))
     logger.info("pairs set %s: %d pairs in %d folds over %d unique images (%d slots), %d px%s",
                 path, len(pairs), pairs.num_folds, len(paths), 2 * len(pairs), image_size,
                 ", flip TTA" if flip else "")

@@ -2,7 +2,7 @@
 same protocol (:mod:`faceignite.verification.metrics`) and the same embedding engine.
 
     target = load_target("agedb_30.bin")                 # or "lfw-mtcnn-160" (pairs.txt inside)
-    result = create_target_evaluator(model, target, device, image_size=112, flip=True).run()
+    result = create_target_evaluator(model, target, runtime, image_size=112, flip=True).run()
     print(target.name, result.summary()); save_roc_curve(result, f"roc_{target.name}.png")
 
 Folds: an LFW folder's as :func:`~faceignite.verification.pairs.read_pairs` gives them; a ``.bin``'s are
@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 from sklearn.model_selection import KFold
@@ -29,6 +28,7 @@ from faceignite.data.decode import decode_rgb
 from faceignite.data.normalization import Normalization, of_model
 from faceignite.data.transforms import eval_transform
 from faceignite.errors import FaceIgniteError
+from faceignite.runtime import Runtime
 from faceignite.verification.bin_set import load_bin
 from faceignite.verification.evaluator import PairsEvaluator, PairVerification, create_embedding_engine
 from faceignite.verification.pairs import (NUM_FOLDS, PAIRS_FILE_NAMES, Pairs, find_pairs_file,
@@ -306,20 +306,22 @@ def target_loader(target: VerificationTarget, image_size: int, batch_size: int,
 
 
 def create_target_evaluator(model: nn.Module | Callable, target: VerificationTarget,
-                            device: torch.device, image_size: int, batch_size: int = 128,
-                            flip: bool = False, distance: str = "l2", num_workers: int = 0,
-                            amp: str = "off", channels_last: bool = False,
+                            runtime: Runtime | torch.device | str, image_size: int,
+                            batch_size: int = 128, flip: bool = False, distance: str = "l2",
+                            num_workers: int = 0,
                             skip_undecodable: bool = False) -> PairsEvaluator:
     """The embedding engine and protocol metric for ``target`` (as
     :func:`~faceignite.verification.evaluator.create_pairs_evaluator` builds them for a folder):
     ``.run()`` returns a :class:`~faceignite.verification.metrics.VerificationResult`.  Sharded over
-    the processes of a distributed run, which must all run it together."""
-    device = torch.device(device)
+    the processes of a distributed run, which must all run it together.  ``runtime``: a
+    :class:`~faceignite.runtime.Runtime`, or a device for fp32."""
+    runtime = Runtime.of(runtime)
     names = target.names
-    engine = create_embedding_engine(model, device, flip, amp, channels_last)
+    engine = create_embedding_engine(model, runtime, flip)
     PairVerification(target.pairs, names, distance,
                      skip_undecodable=skip_undecodable).attach(engine, "verification")
-    loader = target_loader(target, image_size, batch_size, num_workers, device.type == "cuda",
-                           idist.get_world_size(), idist.get_rank(), of_model(model))
+    loader = target_loader(target, image_size, batch_size, num_workers,
+                           runtime.device.type == "cuda", runtime.world_size, runtime.rank,
+                           of_model(model))
     return PairsEvaluator(engine, loader, target.pairs, names, target.skipped_pairs,
                           name=target.name)
