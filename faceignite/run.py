@@ -9,6 +9,7 @@ import logging.handlers
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -341,6 +342,29 @@ def parallel_options(cfg: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+PREEMPTION_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def _forward_preemption() -> Iterator[None]:
+    """While ``--nproc_per_node`` processes run: SIGTERM/SIGUSR1 to this launcher (a scheduler or
+    ``kill PID``) goes on to the spawned processes, which save a checkpoint and exit 75; this
+    one then exits with their code instead of dying by the signal.  A signal sent to the whole
+    process group reaches them twice: they take a repeat within a few seconds as the same one
+    (``handlers.interrupt``)."""
+    def forward(signum: int, _frame) -> None:
+        for process in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in PREEMPTION_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
     """``idist.Parallel`` for the options: ``parallel.run(training, ...)`` then runs ``training``
@@ -359,8 +383,9 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
     except FaceIgniteError as exc:
         setup_logging()
         fail(exc)
+    forwarding = _forward_preemption() if "nproc_per_node" in options else contextlib.nullcontext()
     try:
-        with idist.Parallel(**options) as launcher:
+        with forwarding, idist.Parallel(**options) as launcher:
             yield launcher
     except ProcessExitedException as exc:  # a spawned process exited (error, interrupt)
         raise SystemExit(exc.exit_code or 1) from None

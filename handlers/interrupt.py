@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Callable, Sequence
 
 import ignite.distributed as idist
@@ -31,6 +32,9 @@ logger = logging.getLogger("faceignite")
 PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
                            if hasattr(signal, name))
 COMMAND_LINE_SIGNALS = (signal.SIGINT, *PREEMPTION_SIGNALS)
+# seconds in which a repeat of the same pre-emption signal is the same one (sent to the process
+# group and forwarded by the --nproc_per_node launcher or torchrun's agent), not "abort now"
+REPEAT_WINDOW_S = 5.0
 
 
 def exit_code_of(signum: int) -> int:
@@ -55,6 +59,7 @@ class GracefulInterrupt:
                  signals: Sequence[int] = COMMAND_LINE_SIGNALS):
         self.trainer, self.save, self.signals = trainer, save, tuple(signals)
         self.received: int | None = None
+        self._received_at = 0.0  # time.monotonic() of the first signal
         self.announced = False
         self._pid = os.getpid()
         self._previous: dict[int, object] = {}
@@ -83,13 +88,16 @@ class GracefulInterrupt:
         if os.getpid() != self._pid:
             return  # a forked DataLoader worker inherited the handler: the main process acts
         name = signal.Signals(signum).name
+        if (signum == self.received and signum in PREEMPTION_SIGNALS
+                and time.monotonic() - self._received_at < REPEAT_WINDOW_S):
+            return  # the same pre-emption twice: to the process group and forwarded by a launcher
         if self.received is not None:
             self.restore()
             raise TrainingInterrupted(f"aborted by a second {name}: no checkpoint of this "
                                       f"iteration", signum)
         # only the flag: a log line written here could re-enter a log file's write the signal
         # interrupted ("reentrant call inside BufferedWriter"); announce() says it right after
-        self.received = signum
+        self.received, self._received_at = signum, time.monotonic()
 
     def announce(self, _: Engine | None = None) -> None:
         """Log, once, that a signal came (at the end of the iteration it interrupted, or at the

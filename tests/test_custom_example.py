@@ -185,3 +185,42 @@ def test_readme_second_example_swaps_loss_and_backbone_and_logs_the_norm(tmp_pat
     config = json.loads((run_dir / "config.json").read_text())
     assert config["margin"] == CosFace.default_margin and config["lr"] == 0.003
     assert "val_accuracy" in load_checkpoint(str(run_dir))["metrics"]
+
+
+def test_sigterm_to_the_launcher_or_its_group_saves_and_exits_75(tmp_path, synthetic_root):
+    """``--nproc_per_node 2``: SIGTERM to the launcher alone (``kill PID``, a container's stop)
+    goes on to the spawned processes; SIGTERM to the whole group reaches them twice (from the
+    sender and from the launcher), which they take as one.  Either way rank 0 saves and the
+    launcher exits 75 (pre-empted), not killed by the signal."""
+    train, _ = synthetic_root
+    root = copy_subset(train, tmp_path / "data", identities=4, images=6)
+    env = environment(tmp_path)
+    for target in ("launcher", "group"):
+        runs = tmp_path / target
+        command = [sys.executable, str(TEMPLATE), "--dataroot", str(root), "--output_dir",
+                   str(runs), "--model", "tiny", "--image_size", "32", "--batch_size", "4",
+                   "--epochs", "50", "--num_workers", "0", "--device", "cpu",
+                   "--log_interval", "1", "--nproc_per_node", "2", "--backend", "gloo",
+                   "--clearml", "off"]
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+        lines: list[str] = []
+        try:
+            for line in proc.stderr:
+                lines.append(line)
+                if "epoch 1 iteration 2 |" in line:
+                    if target == "launcher":
+                        os.kill(proc.pid, signal.SIGTERM)
+                    else:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    break
+            lines.extend(proc.stderr)
+            proc.wait(timeout=300)
+        finally:
+            proc.kill()
+        log = "".join(lines)
+        assert proc.returncode == 75, (target, log[-3000:])
+        assert re.search(r"interrupted by SIGTERM at epoch \d+ iteration \d+: checkpoint saved",
+                         log), (target, log[-3000:])
+        assert "aborted by a second" not in log, log[-3000:]
+        assert list(runs.glob("custom_example-*/training_checkpoint_*.pt"))
