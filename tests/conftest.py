@@ -43,6 +43,7 @@ def pytest_cmdline_main(config):
         config.option.dist = "loadfile"
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may be absent
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: the cores this process may run on (not every core of the machine)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
