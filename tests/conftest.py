@@ -31,11 +31,13 @@ def pytest_cmdline_main(config):
     """With pytest-xdist installed, a run of a folder (``pytest``, ``pytest -m "not slow"``,
     ``bash test.sh``) uses one worker process per core (``-n auto``) unless ``-n`` is given; a
     run naming test files stays in this process (starting workers costs more than it saves
-    there).  ``-n 0`` or ``-p no:xdist`` turn it off."""
+    there).  ``-n 0`` or ``-p no:xdist`` turn it off.  With ``--cov``, pass ``-n auto`` yourself:
+    pytest-cov chooses its mode before this hook runs."""
     if not config.pluginmanager.hasplugin("xdist") or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     if (config.option.numprocesses is None and not config.option.collectonly
-            and not config.option.usepdb and not _names_test_files(config.args)):
+            and not config.option.usepdb and not _names_test_files(config.args)
+            and not getattr(config.option, "cov_source", None)):  # pytest-cov: give -n yourself
         config.option.numprocesses = "auto"
     if config.option.numprocesses and config.option.dist == "no":
         # one test file per unit of work: a module's fixtures (a trained checkpoint, two spawned
