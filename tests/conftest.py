@@ -8,6 +8,7 @@ are too small to gain from a second thread, and on a busy machine two threads th
 for each other made a step 20x slower."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subprocesses inherit it
+# Two-process tests that call ``idist.Parallel`` themselves fork their ranks from one server
+# process per test process that imported torch, ignite and the trainer once ("forkserver"),
+# rather than start each rank from nothing ("spawn": 3-4 CPU-s of imports per rank).
+START_METHOD = "forkserver"
+multiprocessing.set_forkserver_preload(["torch", "ignite.distributed", "handlers.standard"])
 SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
