@@ -224,7 +224,7 @@ def add_ablation_args(p: argparse.ArgumentParser) -> None:
 
 def shuffled_identities(min_images: int) -> list[str]:
     """CelebA identities with >= ``min_images`` images, shuffled with seed 0 (the split of
-    tests/test_real_faces.py and tests/test_center_compactness.py)."""
+    tests/test_real_faces.py)."""
     celeba = DATA / "celeba_subset" / "aligned-160"
     ids = sorted(d for d in os.listdir(celeba) if len(os.listdir(celeba / d)) >= min_images)
     np.random.default_rng(0).shuffle(ids)
@@ -252,7 +252,7 @@ def celeba_held_out(model: nn.Module, identities: list[str], image_size: int, pa
                     celeba: Path) -> dict:
     """On CelebA identities (of the folder ``celeba``) not trained on: compactness of every
     image's L2-normalised embedding and the accuracy on 600 pairs of them (2 folds, no flip), as
-    tests/test_center_compactness.py measures them."""
+    tests/test_real_faces.py measures them."""
     from faceignite.compactness import compactness
     from faceignite.verification import create_pairs_evaluator
     from faceignite.data.normalization import of_model

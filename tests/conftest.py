@@ -8,6 +8,7 @@ are too small to gain from a second thread, and on a busy machine two threads th
 for each other made a step 20x slower."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +19,50 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subprocesses inherit it
+# Two-process tests that call ``idist.Parallel`` themselves fork their ranks from one server
+# process per test process that imported torch, ignite and the trainer once ("forkserver"),
+# rather than start each rank from nothing ("spawn": 3-4 CPU-s of imports per rank).
+START_METHOD = "forkserver"
+multiprocessing.set_forkserver_preload(["torch", "ignite.distributed", "handlers.standard"])
 SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _names_test_files(args: list[str]) -> bool:
+    """Whether the command line names test files or test ids (an edit-loop run of a few tests)."""
+    return any(Path(arg.split("::")[0]).is_file() for arg in args)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """With pytest-xdist installed, a run of a folder (``pytest``, ``pytest -m "not slow"``,
+    ``bash test.sh``) uses one worker process per core (``-n auto``) unless ``-n`` is given; a
+    run naming test files stays in this process (starting workers costs more than it saves
+    there).  ``-n 0`` or ``-p no:xdist`` turn it off.  With ``--cov``, pass ``-n auto`` yourself:
+    pytest-cov chooses its mode before this hook runs."""
+    if not config.pluginmanager.hasplugin("xdist") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if (config.option.numprocesses is None and not config.option.collectonly
+            and not config.option.usepdb and not _names_test_files(config.args)
+            and not getattr(config.option, "cov_source", None)):  # pytest-cov: give -n yourself
+        config.option.numprocesses = "auto"
+    if config.option.numprocesses and config.option.dist == "no":
+        # one test file per unit of work: a module's fixtures (a trained checkpoint, two spawned
+        # processes) are built once, on one worker (xdist 3.8's loadgroup fails on pytest 9.2)
+        config.option.dist = "loadfile"
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may be absent
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: the cores this process may run on (not every core of the machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_collection_modifyitems(config, items):
+    """In an xdist worker, the test files that hold ``slow`` tests first: with ``--dist loadfile``
+    each file is one unit of work, and the longest first makes the shortest schedule."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        slow = {item.path for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.path not in slow)  # stable: a file's order is kept
 
 
 def shared_path(*parts: str) -> Path:

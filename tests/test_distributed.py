@@ -12,7 +12,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import copy_subset
+from conftest import START_METHOD, copy_subset
 
 from handlers.training import main
 
@@ -288,7 +288,8 @@ def two_process_checks(synthetic_root, tmp_path_factory):
     torch.save(small_cnn().state_dict(), weights)
     single = {"fixed": verify_shards(str(pairs_dir), None),
               "images": evaluate_images(str(pairs_dir), weights)}
-    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port(),
+                        start_method=START_METHOD) as parallel:
         parallel.run(checks_worker, str(pairs_dir), weights, str(out))
     ranks = [torch.load(out / f"checks-rank{r}.pt", weights_only=True) for r in (0, 1)]
     return single, ranks

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_subset, one_error, shared_path
+from conftest import REPO, START_METHOD, copy_subset, one_error, shared_path
 from faceignite.cli import EXIT_PREEMPTED
 from faceignite.data.pack import main as pack_main
 from faceignite.errors import FaceIgniteError
@@ -376,7 +376,8 @@ def test_a_signal_to_one_process_stops_every_validation_at_its_agreement_point(t
 
     from faceignite.run import _free_port
 
-    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port(),
+                        start_method=START_METHOD) as parallel:
         parallel.run(validation_signal_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # both stop at batch 10 (not 97/100), save the trainer's iteration 4, exit 75 (pre-empted)

@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Events
 from PIL import Image
 
-from conftest import shared_path
+from conftest import START_METHOD, shared_path
 
 import partial_fc_memory  # noqa: E402  (bench/ is on pytest's pythonpath)
 
@@ -184,7 +184,8 @@ def two_processes(tmp_path_factory):
     for head in HEADS:  # 1-process states the 2 processes load (1 → 2)
         singles[head] = PartialFC(C, D, head).state_dict()
         torch.save(singles[head], out / f"single_{head}.pt")
-    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port(),
+                        start_method=START_METHOD) as parallel:
         parallel.run(worker, root, str(out))
     ranks = [torch.load(out / f"results-rank{r}.pt", weights_only=True) for r in (0, 1)]
     return ranks, singles, out

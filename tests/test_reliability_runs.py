@@ -128,10 +128,14 @@ def start(script: str, *argv: str) -> subprocess.Popen:
 
 # ------------------------------------------------------------ item 3: two runs at once
 AT_ONCE = """
-import sys, time
+import pathlib, sys, time
 from handlers.standard import main
-time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # both imported: start together
-main(sys.argv[2:])
+ready = pathlib.Path(sys.argv[1])
+(ready / sys.argv[2]).touch()  # imported
+while not (ready / "go").exists():  # the test writes the start time once both are imported
+    time.sleep(0.01)
+time.sleep(max(0.0, float((ready / "go").read_text()) - time.time()))  # start together
+main(sys.argv[3:])
 """
 
 
@@ -147,10 +151,18 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     for folder in taken:
         folder.mkdir(parents=True)
         (folder / "mine.txt").write_text("the other run's")
-    at = str(now + 12 + 0.05)  # the start of one second, both processes imported
-    procs = [start(AT_ONCE, at, *args(root, out, "--batch_size", "2", "--seed", str(seed),
-                                      "--index_cache", str(tmp_path / f"index{seed}.json")))
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [start(AT_ONCE, str(ready), str(seed),
+                   *args(root, out, "--batch_size", "2", "--seed", str(seed),
+                         "--index_cache", str(tmp_path / f"index{seed}.json")))
              for seed in (1, 2)]
+    deadline = time.monotonic() + 300
+    while not all((ready / str(seed)).exists() for seed in (1, 2)):  # both imported
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    (ready / "go.tmp").write_text(str(int(time.time()) + 2 + 0.05))  # the start of one second
+    os.replace(ready / "go.tmp", ready / "go")
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     for folder in taken:

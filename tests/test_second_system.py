@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader
 
-from conftest import copy_subset, errors, one_error, shared_path
+from conftest import START_METHOD, copy_subset, errors, one_error, shared_path
 from faceignite.config import parse_args
 from faceignite.data.sampler import follow_trainer
 from faceignite.data.triplet_sampler import RandomTripletSampler
@@ -356,7 +356,8 @@ def test_several_processes_follow_rank_0s_checkpoint(tmp_path):
         (folder / "auto-1").mkdir(parents=True)
         torch.save({"model_state_dict": {}, "model_architecture": "tiny", "embedding_dimension": 8},
                    folder / "auto-1" / f"training_checkpoint_{iteration}.pt")
-    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port()) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=_free_port(),
+                        start_method=START_METHOD) as parallel:
         parallel.run(agreed_worker, [str(f) for f in folders], str(tmp_path))  # rank r: folders[r]
     chosen = str(folders[0] / "auto-1" / "training_checkpoint_4.pt")
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [chosen, chosen]

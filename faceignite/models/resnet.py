@@ -11,7 +11,6 @@ import os
 import socket
 
 import torch
-import torchvision
 from torch import nn
 
 from faceignite.errors import FaceIgniteError
@@ -35,6 +34,8 @@ class EmbeddingNet(EmbeddingModel):
             raise FaceIgniteError(f"unknown architecture {architecture!r}: choose from {RESNETS}")
         self.architecture = architecture
         self.embedding_dim = embedding_dim
+        import torchvision  # here, not at import: 2 CPU-s that a tiny-network process never needs
+
         self.backbone = getattr(torchvision.models, architecture)(weights=None)
         features = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
@@ -43,6 +44,8 @@ class EmbeddingNet(EmbeddingModel):
 
 
 def _download_imagenet_weights(architecture: str) -> dict:
+    import torchvision
+
     weights = torchvision.models.get_model_weights(architecture).DEFAULT
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)

@@ -9,7 +9,6 @@ least 32 pixels works: the five max-pools need it) and the two 4096-wide fully c
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from faceignite.errors import FaceIgniteError
@@ -30,6 +29,8 @@ class VGGEmbeddingNet(EmbeddingModel):
             raise FaceIgniteError(f"unknown architecture {architecture!r}: choose from {VGGS}")
         self.architecture = architecture
         self.embedding_dim = embedding_dim
+        import torchvision  # here, not at import: 2 CPU-s that a tiny-network process never needs
+
         self.backbone = getattr(torchvision.models, architecture)(weights=None)
         features = self.backbone.classifier[6].in_features
         self.backbone.classifier[6] = nn.Identity()

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import auc as area_under_curve
-from sklearn.metrics import roc_curve
 
 from faceignite.errors import FaceIgniteError
 from faceignite.verification.pairs import Pairs
@@ -52,6 +50,8 @@ def pair_distances(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray,
 
 def _roc(distances: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(FAR, TAR, distance threshold) of "accept when distance <= threshold", every threshold."""
+    from sklearn.metrics import roc_curve  # here, not at import: scikit-learn takes ~1 CPU-s
+
     fpr, tpr, scores = roc_curve(issame, -distances, drop_intermediate=False)
     return fpr, tpr, -scores
 
@@ -199,6 +199,8 @@ def evaluate_distances(distances: np.ndarray, issame: np.ndarray, folds: np.ndar
             accept, same = distances[test] <= t_far, issame[test]
             vals[far].append(accept[same].mean() if same.any() else np.nan)
             fars[far].append(accept[~same].mean() if (~same).any() else np.nan)
+    from sklearn.metrics import auc as area_under_curve
+
     fpr, tpr, _ = _roc(distances, issame)
     acc, thr = np.array(accuracies), np.array(thresholds)
     return VerificationResult(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from faceignite.data.index import IMAGE_EXTENSIONS as INDEX_EXTENSIONS
 from faceignite.errors import FaceIgniteError
@@ -122,6 +121,8 @@ def _stratified_folds(path: str, issame: np.ndarray) -> np.ndarray:
         logger.warning("%s: only %d pairs of a kind, so %d folds instead of %d", path, smaller,
                        splits, NUM_FOLDS)
     folds = np.empty(len(issame), dtype=np.int64)
+    from sklearn.model_selection import StratifiedKFold  # here, not at import: ~1 CPU-s
+
     for k, (_, test) in enumerate(StratifiedKFold(splits).split(issame, issame)):
         folds[test] = k
     return folds

@@ -19,7 +19,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -77,6 +76,8 @@ def bin_pairs(path: str, issame: np.ndarray) -> Pairs:
     if splits < 2:
         raise FaceIgniteError(f"{path}: {count} pair(s): cross-validation needs at least 2")
     folds = np.empty(count, dtype=np.int64)
+    from sklearn.model_selection import KFold  # here, not at import: ~1 CPU-s
+
     for k, (_, test) in enumerate(KFold(splits, shuffle=False).split(np.arange(count))):
         folds[test] = k
     left = np.arange(0, 2 * count, 2, dtype=np.int64)
