@@ -57,12 +57,26 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# test files of the fast tier that take 15 s or more of one core each (several real processes:
+# spawned ranks, torchrun agents, signals; BENCHMARKS.md, "Test suite: tiers"), longest first
+LONG_FILES = ("test_custom_example.py", "test_elastic.py", "test_nothing_lost.py",
+              "test_reliability_runs.py", "test_partial_fc_train.py", "test_distributed.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """In an xdist worker, the test files that hold ``slow`` tests first: with ``--dist loadfile``
-    each file is one unit of work, and the longest first makes the shortest schedule."""
+    """In an xdist worker, the test files that hold ``slow`` tests first, then the long ones of
+    the fast tier: with ``--dist loadfile`` each file is one unit of work, and the longest
+    first makes the shortest schedule (a long file last would keep one core busy alone)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         slow = {item.path for item in items if item.get_closest_marker("slow")}
-        items.sort(key=lambda item: item.path not in slow)  # stable: a file's order is kept
+
+        def rank(item) -> int:
+            if item.path in slow:
+                return 0
+            name = item.path.name
+            return 1 + LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES) + 1
+
+        items.sort(key=rank)  # stable: a file's own order is kept
 
 
 def shared_path(*parts: str) -> Path:
