@@ -80,3 +80,13 @@ def write_atomic(path: str, write: Callable[[str], None], option: str) -> None:
                 os.remove(tmp)
             except OSError:
                 pass
+
+
+def save_png(figure, path: str) -> str:
+    """Write a matplotlib ``figure`` to ``path`` as a PNG, its folder made, through a temporary
+    file renamed into place (a reader never sees half an image); returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path

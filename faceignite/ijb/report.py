@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import auc, roc_curve
 
 from faceignite.errors import FaceIgniteError
+from faceignite.output_files import save_png
 
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -120,11 +121,7 @@ def save_roc_png(result: IJBResult, path: str, title: str) -> str:
     ax.legend(loc="lower right", fontsize=8, title_fontsize=8,
               title=f"{result.num_genuine} genuine, {result.num_impostor} impostor pairs")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
 
 
 def save_results(result: IJBResult, scores: np.ndarray, labels: np.ndarray, out_dir: str,

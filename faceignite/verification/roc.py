@@ -1,10 +1,9 @@
 """ROC curve PNG of a verification result (matplotlib's Agg canvas: no display, no pyplot state)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from faceignite.output_files import save_png
 from faceignite.verification.metrics import DISTANCES, VerificationResult, far_label
 
 
@@ -42,8 +41,4 @@ def save_roc_curve(result: VerificationResult, path: str, title: str | None = No
     ax.legend(loc="lower right", fontsize=8, title=f"{result.num_pairs} pairs, {distance}",
               title_fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
