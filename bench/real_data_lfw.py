@@ -46,7 +46,7 @@ from ablation_table import append_result, paired_differences, read_results, run_
 from common import SHARED_DATA as DATA
 
 from faceignite.models import ARCHITECTURES, SPECS
-from handlers.standard import main as train
+from handlers.training import main as train
 
 ROWS = [("LFW accuracy", "lfw_accuracy", 100), ("± std", "lfw_accuracy_std", 100),
         ("TAR @ FAR=1e-3", "lfw_val_far1e-3", 100), ("TAR @ FAR=1e-2", "lfw_val_far1e-2", 100),

@@ -19,13 +19,13 @@ import traceback
 import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 
-from handlers.standard import main  # noqa: E402
+from handlers.training import main  # noqa: E402
 
 LOG_INTERVAL = 5
 
 
 def guard(trainer, _state) -> None:
-    """Error mode between agreement points (a hook of :func:`handlers.standard.main`)."""
+    """Error mode between agreement points (a hook of :func:`handlers.training.main`)."""
     def mode(name: str) -> None:
         torch.cuda.set_sync_debug_mode(name)
 

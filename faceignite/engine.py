@@ -185,7 +185,7 @@ def stop_together(trainer: Engine, every: Iterable[int] = (1,)) -> None:
     at each epoch end — nothing in between: a handler that stops the trainer between those
     points must decide the same in every process (``handlers.control.StopCheck`` agrees on NaN,
     time limit and signals itself).  Attach it after every other ``ITERATION_COMPLETED`` and
-    ``EPOCH_COMPLETED`` handler (:func:`handlers.standard.attach_handlers` does).  A no-op in a
+    ``EPOCH_COMPLETED`` handler (the run control, :class:`handlers.control.RunControl`, does).  A no-op in a
     single process.
     """
     if idist.get_world_size() == 1:

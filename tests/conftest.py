@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subpr
 # process per test process that imported torch, ignite and the trainer once ("forkserver"),
 # rather than start each rank from nothing ("spawn": 3-4 CPU-s of imports per rank).
 START_METHOD = "forkserver"
-multiprocessing.set_forkserver_preload(["torch", "ignite.distributed", "handlers.standard"])
+multiprocessing.set_forkserver_preload(["torch", "ignite.distributed", "handlers.training"])
 SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

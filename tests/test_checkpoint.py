@@ -30,7 +30,7 @@ from handlers import interrupt, lr_scheduler
 
 from conftest import copy_subset
 
-from handlers.standard import main
+from handlers.training import main
 
 
 def small_args(root, out, *more):

@@ -29,7 +29,7 @@ from faceignite.tracking import clearml_session
 from handlers import clearml as clearml_handler
 from handlers import events, holdout, progress
 
-from handlers.standard import main
+from handlers.training import main
 
 LFW_VALUES = {"lfw_accuracy": 0.75, "lfw_auc": 0.8, "lfw_eer": 0.25}
 

@@ -14,7 +14,7 @@ from faceignite.config import BY_NAME, defaults_table, get_args_parser, parse_ar
 from faceignite.errors import FaceIgniteError
 from faceignite.losses import ArcFace, CosFace, TripletLoss
 from faceignite.losses.factory import LOSS_DEFAULTS
-from handlers.standard import main
+from handlers.training import main
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_OF_RANGE = [

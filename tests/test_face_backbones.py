@@ -159,7 +159,7 @@ def test_short_celeba_run_of_mobilefacenet_beats_its_untrained_self(tmp_path):
     from faceignite.verification import create_pairs_evaluator, read_pairs
     from faceignite.verification.make_pairs import make_pairs_set
 
-    from handlers.standard import main as train
+    from handlers.training import main as train
 
     celeba = shared_path("celeba_subset", "aligned-160")
     ids = sorted(d for d in os.listdir(celeba) if len(os.listdir(celeba / d)) >= MIN_IMAGES)

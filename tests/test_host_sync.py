@@ -15,7 +15,7 @@ from ignite.engine import Events
 
 from conftest import copy_subset, nan_loss_from
 from faceignite.checkpoint import load_checkpoint
-from handlers.standard import main
+from handlers.training import main
 
 READS = ("item", "__bool__", "tolist", "__float__", "__int__", "numpy")
 ITERATIONS = 8  # 4 identities x 6 images, 8 held out, batch 2

@@ -25,7 +25,7 @@ from pathlib import Path
 import faceignite
 from conftest import copy_subset
 from faceignite.config import get_args_parser
-from handlers.standard import main
+from handlers.training import main
 
 LIBRARY = str(Path(faceignite.__file__).resolve().parent)
 COMPOSITION_SIDE = {"faceignite.config", "faceignite.config_file", "faceignite.cli",

@@ -8,7 +8,7 @@ from faceignite.data.workers import stop_loader_workers
 
 
 def test_a_run_leaves_no_loader_worker_alive(tmp_path):
-    from handlers.standard import main
+    from handlers.training import main
 
     main(["--model", "tiny", "--image_size", "32", "--epochs", "1", "--batch_size", "32",
           "--num_workers", "2", "--clearml", "off", "--device", "cpu",

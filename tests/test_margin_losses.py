@@ -79,7 +79,7 @@ def test_class_weights_train_with_the_model_optimizer(cls):
 
 @pytest.mark.parametrize("experiment", ["resnet34_arcface", "resnet34_cosface"])
 def test_margin_experiment_lowers_its_loss_on_real_faces(experiment, tmp_path):
-    from handlers.standard import main
+    from handlers.training import main
     loss = experiment.rsplit("_", 1)[1]  # the experiment file's recipe: its name and loss
     # 16 steps at a constant 0.01 (at the default 0.003 the loss falls more slowly)
     losses: list[float] = []

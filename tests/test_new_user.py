@@ -25,7 +25,7 @@ from faceignite.cli import EXIT_PREEMPTED
 from faceignite.config import options_group, parse_args
 from faceignite.errors import FaceIgniteError
 from faceignite.models.registry import SPECS
-from handlers.standard import main as train
+from handlers.training import main as train
 
 PER_FOLD = 5  # pairs files written here: 10 folds x (5 same + 5 different) = 50 impostors
 

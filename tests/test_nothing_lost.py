@@ -20,7 +20,7 @@ from faceignite.cli import EXIT_PREEMPTED
 from faceignite.data.pack import main as pack_main
 from faceignite.errors import FaceIgniteError
 from faceignite.run_lock import LOCK_NAME, lock_run_folder
-from handlers.standard import main
+from handlers.training import main
 
 PYTHON = sys.executable
 

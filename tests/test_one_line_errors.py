@@ -12,7 +12,7 @@ import pytest
 from conftest import copy_subset, one_error, shared_path
 from faceignite.data.pack import main as pack_main
 from faceignite.data.recordio import IndexedRecordWriter, pack_payload
-from handlers.standard import main
+from handlers.training import main
 
 
 def faces(dest: Path, identities: int = 4, images: int = 3) -> Path:

@@ -13,7 +13,7 @@ from ignite.engine import Events
 from conftest import copy_subset
 
 from faceignite.checkpoint import unwrap
-from handlers.standard import main
+from handlers.training import main
 
 CLASSES, DIM = 6, 16
 # 3 epochs of 4 steps at a constant rate: enough for the loss to fall at this scale

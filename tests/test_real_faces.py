@@ -34,7 +34,7 @@ from faceignite.models import build_model
 from faceignite.verification import create_pairs_evaluator, read_pairs
 from faceignite.verification.evaluator import image_loader
 from faceignite.verification.make_pairs import make_pairs_set
-from handlers.standard import main as train
+from handlers.training import main as train
 
 TRAIN_IDS, HELD_OUT_IDS, MIN_IMAGES = 60, 60, 19
 IMAGE_SIZE, EPOCHS, SEED = 32, 4, 1

@@ -309,7 +309,7 @@ def test_round_trip_folder_pack_train(tmp_path):
     for (key, label), (path, want) in zip(index.samples(), folder):
         assert label == want and np.array_equal(reader(key), rgb(path))
 
-    from handlers.standard import main
+    from handlers.training import main
 
     args = ["--dataroot", str(dst), "--output_dir", str(tmp_path / "runs"), "--model", "tiny",
             "--image_size", "32",

@@ -80,7 +80,7 @@ def test_index_cache_follows_images_added_and_removed_inside_an_identity_folder(
 
 
 def test_resume_after_images_were_added_inside_a_folder_fails_the_data_check(tmp_path, caplog):
-    from handlers.standard import main
+    from handlers.training import main
 
     root = copy_subset(shared_path("celeba_subset", "aligned-160"), tmp_path / "data", 3, 4)
     out = tmp_path / "runs"

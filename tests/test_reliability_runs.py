@@ -24,7 +24,7 @@ from faceignite.engine import create_evaluator, create_trainer
 from faceignite.losses import SoftmaxCenterLoss
 from faceignite.models import build_model
 from faceignite.run import setup_logging
-from handlers.standard import main
+from handlers.training import main
 
 SIZE = 32
 PYTHON = sys.executable
@@ -129,7 +129,7 @@ def start(script: str, *argv: str) -> subprocess.Popen:
 # ------------------------------------------------------------ item 3: two runs at once
 AT_ONCE = """
 import pathlib, sys, time
-from handlers.standard import main
+from handlers.training import main
 ready = pathlib.Path(sys.argv[1])
 (ready / sys.argv[2]).touch()  # imported
 while not (ready / "go").exists():  # the test writes the start time once both are imported
@@ -182,7 +182,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
 GOES_NAN = """
 import sys
 from faceignite.losses import SoftmaxCenterLoss
-from handlers.standard import main
+from handlers.training import main
 
 class NanAfter(SoftmaxCenterLoss):  # the real criterion, NaN from its 4th call on (epoch 2)
     calls = 0

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO, copy_subset
 
 from faceignite.cli import EXIT_PREEMPTED
-from handlers.standard import main
+from handlers.training import main
 
 EPOCHS, EPOCH_LENGTH = 2, 2
 

@@ -28,7 +28,7 @@ from faceignite.models import build_model
 from faceignite.run import _free_port
 from second_system_worker import agreed_worker
 
-from handlers.standard import main as train
+from handlers.training import main as train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from ignite.engine import Events
 
 from conftest import copy_subset
 from faceignite.checkpoint import load_checkpoint
-from handlers.standard import main
+from handlers.training import main
 
 REPO = Path(__file__).resolve().parents[1]
 

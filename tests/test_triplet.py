@@ -193,7 +193,7 @@ MIN_FALL = 0.15
 
 
 def test_triplet_experiment_lowers_its_loss_on_real_faces(tmp_path):
-    from handlers.standard import main  # what experiments/resnet34_triplet.py runs
+    from handlers.training import main  # what experiments/resnet34_triplet.py runs
 
     losses: list[float] = []
     main(real_face_args(celeba_subset(tmp_path), tmp_path), name="resnet34_triplet",

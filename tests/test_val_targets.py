@@ -20,7 +20,7 @@ from faceignite.data.pack import pack_folder
 from faceignite.evaluate import main as evaluate
 from faceignite.verification.targets import best_metric, load_target, target_name
 from handlers import events
-from handlers.standard import main as train
+from handlers.training import main as train
 
 SUFFIXES = ("accuracy", "accuracy_std", "threshold", "val_far1e-3", "val_far1e-2", "auc", "eer")
 PER_FOLD = 2  # same and different pairs per fold taken from the built-in pairs.txt

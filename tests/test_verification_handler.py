@@ -203,3 +203,16 @@ def test_recipe_validates_on_the_pairs_set_and_plots(pairs_root, synthetic_root,
     assert len(pngs) == 1
     assert_png(str(pngs[0]))
     assert np.isfinite(metrics["lfw_threshold"]) and 0 < metrics["lfw_auc"] <= 1
+
+
+def test_the_former_module_names_still_import():
+    """``handlers.standard`` (the standard run's former module) and ``faceignite.lfw`` (the
+    verification package's former name) are aliases of what replaced them."""
+    import faceignite.lfw.evaluator
+    import faceignite.verification.evaluator
+    import handlers.standard
+    import handlers.training
+
+    assert handlers.standard.main is handlers.training.main
+    assert faceignite.lfw.evaluator is faceignite.verification.evaluator
+    assert events.ValidationEvents.LFW_COMPLETED is events.ValidationEvents.VERIFICATION_COMPLETED

@@ -9,4 +9,5 @@ from faceignite.verification import *  # noqa: F401,F403
 from faceignite.verification import __all__  # noqa: F401
 
 for _name in ("bin_set", "bin_writer", "evaluator", "metrics", "pairs", "roc", "targets"):
-    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"faceignite.verification.{_name}")
+    globals()[_name] = sys.modules[f"{__name__}.{_name}"] = importlib.import_module(
+        f"faceignite.verification.{_name}")
