@@ -17,7 +17,6 @@ from faceignite.checkpoint import TrainingState
 from faceignite.cli import exits_on_error
 from faceignite.config import parse_args, plain_config
 from faceignite.losses.factory import center_loss
-from faceignite.run import run_folder, session
 from handlers import from_options, progress
 
 NAME = "custom_example"
@@ -26,7 +25,7 @@ DEFAULTS = dict(epochs=4, lr_scheduler="cosine", val_interval=10)  # this experi
 
 def training(local_rank: int, cfg, result: dict) -> None:
     """One process of the run (every process runs all of it; rank 0 writes the files)."""
-    with session(cfg, NAME, run_dir=run_folder(cfg, NAME), deferred=True) as run:
+    with from_options.session(cfg, NAME) as run:  # nothing written before commit()
         resume = from_options.resume(cfg)  # --resume_path / --finetune; keeps the held-out split
         data = from_options.data(cfg, run, resume)  # this process's share of the images
         runtime = from_options.runtime(cfg, run)  # device, --amp, --channels_last, --compile
@@ -51,7 +50,7 @@ def training(local_rank: int, cfg, result: dict) -> None:
                 from_options.tensorboard(trainer, cfg, run, optimizers))
 
         resume.restore(state)
-        run.commit()  # the checks passed: config.json and run.log are written from now on
+        from_options.commit(run, cfg)  # the checks passed: config.json and run.log written
         result.update(control.run(data.train_loader, cfg.epochs))  # a NaN stop: exit code 3
 
 

@@ -233,6 +233,14 @@ def evaluate_targets(cfg: argparse.Namespace, runtime: Runtime, output_dir: str
     return results
 
 
+def evaluation_session(cfg: argparse.Namespace):
+    """The command's output folder (``--output_dir``/evaluate-<time>, or ``--name``), with its
+    options in ``config.json``."""
+    return session("evaluate", cfg.output_dir, device=cfg.device, amp=cfg.amp,
+                   seed=getattr(cfg, "seed", 0), run_name=getattr(cfg, "name", None),
+                   config=vars(cfg))
+
+
 @exits_on_error
 def main(argv: Sequence[str] | None = None
          ) -> VerificationResult | dict[str, VerificationResult]:
@@ -257,7 +265,7 @@ def main(argv: Sequence[str] | None = None
         plan_targets(cfg.val_targets, (cfg.lfw, cfg.lfw_pairs) if cfg.lfw or cfg.lfw_pairs
                      else None, val_pairs=cfg.val_pairs)  # missing files, clashing names:
         # one line, before any work
-        with session(cfg, "evaluate") as run:
+        with evaluation_session(cfg) as run:
             results = evaluate_targets(cfg, Runtime.create(run.device, cfg.amp),
                                        run.output_dir)
             with open(os.path.join(run.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
@@ -268,7 +276,7 @@ def main(argv: Sequence[str] | None = None
                                        for name, r in results.items()}}, f, indent=2)
             print(f"ROC curves  {run.output_dir}/roc_<target>.png", flush=True)
         return results
-    with session(cfg, "evaluate") as run:
+    with evaluation_session(cfg) as run:
         if cfg.embeddings:
             result, source = evaluate_embeddings_file(cfg), cfg.embeddings
         else:

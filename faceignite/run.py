@@ -1,7 +1,6 @@
 """Run set-up shared by experiment files: output folder, logging, seed, device, one-line errors."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -14,7 +13,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import ignite.distributed as idist
 import torch
@@ -26,7 +25,7 @@ from faceignite.cli import fail
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import write_error
 from faceignite.run_lock import RunLock, lock_run_folder
-from faceignite.runtime import rank0_decides, resolve_device, resolve_gpus
+from faceignite.runtime import rank0_decides, resolve_device
 
 logger = logging.getLogger("faceignite")
 
@@ -38,16 +37,17 @@ class Run:
     name: str
     output_dir: str
     device: torch.device
-    cfg: argparse.Namespace
     rank: int = 0
     world_size: int = 1
     files: DeferredRunFiles | None = None  # rank 0 of a session(deferred=True)
 
-    def commit(self) -> None:
-        """The run's checks passed: write ``config.json`` and ``run.log`` (with the lines so
-        far).  Only for ``session(..., deferred=True)``; a no-op elsewhere and off rank 0."""
+    def commit(self, config: Mapping[str, Any]) -> None:
+        """The run's checks passed: write ``config`` (the options as plain data, e.g.
+        ``faceignite.config.plain_config(cfg)``) to ``config.json`` and ``run.log`` (with the
+        lines so far).  Only for ``session(..., deferred=True)``; a no-op elsewhere and off
+        rank 0."""
         if self.files is not None:
-            self.files.write()
+            self.files.write(config)
 
 
 def setup_logging(log_file: str | None = None, rank: int = 0) -> None:
@@ -147,22 +147,23 @@ def make_run_dir(output_dir: str, name: str, option: str = "--output_dir") -> st
                           f"exist")
 
 
-def run_folder(cfg: argparse.Namespace, name: str) -> str | None:
-    """The folder of a training run: the resumed checkpoint's folder with ``--resume_path``
-    (not ``--finetune``: that is a new run); ``None`` for a new run, whose folder
-    :func:`session` creates (:func:`make_run_dir`).  ``--resume_path auto`` is resolved here
-    first (:mod:`faceignite.checkpoint.auto`: rank 0 picks, every process follows)."""
+def run_folder(resume_path: str | None, finetune: bool, output_dir: str, name: str
+               ) -> tuple[str | None, str | None]:
+    """``(resume_path, folder)`` of a training run: ``--resume_path auto`` resolved
+    (:mod:`faceignite.checkpoint.auto`: rank 0 picks, every process follows), and the resumed
+    checkpoint's folder with ``--resume_path`` (not ``--finetune``: that is a new run); folder
+    ``None`` for a new run, which :func:`session` creates (:func:`make_run_dir`)."""
     from faceignite.checkpoint.auto import resolve_auto_resume
 
     try:
-        cfg.resume_path = resolve_auto_resume(cfg.resume_path, cfg.finetune, cfg.output_dir, name)
+        resume_path = resolve_auto_resume(resume_path, finetune, output_dir, name)
     except FaceIgniteError as exc:
         setup_logging(rank=idist.get_rank())
         fail(exc)
-    if cfg.resume_path and not cfg.finetune:
-        path = os.path.abspath(os.path.expanduser(cfg.resume_path))
-        return path if os.path.isdir(path) else os.path.dirname(path)
-    return None
+    if resume_path and not finetune:
+        path = os.path.abspath(os.path.expanduser(resume_path))
+        return resume_path, (path if os.path.isdir(path) else os.path.dirname(path))
+    return resume_path, None
 
 
 CONFIG_FILE = "config.json"
@@ -208,22 +209,23 @@ class DeferredRunFiles:
     Until then the log lines go to stderr and are kept here, then written to ``run.log``
     first."""
 
-    def __init__(self, run_dir: str, cfg: argparse.Namespace):
-        self.run_dir, self.cfg = run_dir, cfg
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
         self.buffer = logging.handlers.MemoryHandler(capacity=1 << 30,
                                                      flushLevel=logging.CRITICAL + 1)
         self.buffer._faceignite = True  # type: ignore[attr-defined]
         logging.getLogger().addHandler(self.buffer)
         self.done = False
 
-    def write(self) -> None:
-        """Write ``config.json``, open ``run.log`` (appending) with the lines kept so far."""
+    def write(self, config: Mapping[str, Any]) -> None:
+        """Write ``config`` to ``config.json``, open ``run.log`` (appending) with the lines kept
+        so far."""
         if self.done:
             return
         self.done = True
         root = logging.getLogger()
         try:
-            write_config(self.run_dir, vars(self.cfg))
+            write_config(self.run_dir, dict(config))
             log = logging.FileHandler(os.path.join(self.run_dir, "run.log"), encoding="utf-8")
         except OSError as exc:
             self.discard()
@@ -318,10 +320,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def parallel_options(cfg: argparse.Namespace) -> dict[str, Any]:
+def parallel_options(nproc_per_node: int, backend: str | None, device: str) -> dict[str, Any]:
     """Keyword arguments of ``idist.Parallel`` for ``--backend`` and ``--nproc_per_node``."""
-    nproc = max(1, cfg.nproc_per_node)
-    backend = resolve_backend(cfg.backend, nproc, cfg.device)
+    nproc = max(1, nproc_per_node)
+    backend = resolve_backend(backend, nproc, device)
     if nproc > 1 and launched_externally():
         raise FaceIgniteError(f"--nproc_per_node {nproc} spawns processes itself: leave it out "
                               f"under torchrun/srun (they start the processes)")
@@ -366,7 +368,8 @@ def _forward_preemption() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
+def parallel(nproc_per_node: int = 1, backend: str | None = "auto", device: str = "auto"
+             ) -> Iterator[idist.Parallel]:
     """``idist.Parallel`` for the options: ``parallel.run(training, ...)`` then runs ``training``
     in this process, in each process torchrun/SLURM started, or in ``--nproc_per_node`` processes
     spawned here.  A spawned process that fails has logged why; this one then exits with its code.
@@ -374,12 +377,7 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
     """
     setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # ours says it
     try:
-        if getattr(cfg, "gpus", None) and launched_externally():
-            logger.warning("--gpus %s ignored: torchrun/srun started the processes, one GPU "
-                           "each", cfg.gpus)
-        else:  # --gpus 0,1: one process per GPU (the CPU when there is no CUDA)
-            vars(cfg).update(resolve_gpus(getattr(cfg, "gpus", None), cfg.device))
-        options = parallel_options(cfg)
+        options = parallel_options(nproc_per_node, backend, device)
     except FaceIgniteError as exc:
         setup_logging()
         fail(exc)
@@ -398,19 +396,20 @@ def parallel(cfg: argparse.Namespace) -> Iterator[idist.Parallel]:
 
 
 @contextlib.contextmanager
-def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
-            seed: int = 0, deferred: bool = False, folder_name: str | None = None
-            ) -> Iterator[Run]:
+def session(name: str, output_dir: str, *, device: str = "auto", amp: str = "off",
+            seed: int = 0, run_dir: str | None = None, run_name: str | None = None,
+            folder_name: str | None = None, config: Mapping[str, Any] | None = None,
+            deferred: bool = False) -> Iterator[Run]:
     """Create the run folder (``run_dir``, an existing one; default a new
-    ``cfg.output_dir/<name>-<time>``, made by :func:`make_run_dir`), log to ``run.log`` there,
-    seed everything (``cfg.seed`` when the options have one, else ``seed``), pick
-    ``cfg.device``.
+    ``output_dir/<name>-<time>``, made by :func:`make_run_dir`), log to ``run.log`` there,
+    seed everything with ``seed``, pick ``device`` (``--amp fp16`` needs CUDA).
 
     ``folder_name``: the new folder's name before its time (default ``name``); with
-    ``cfg.name`` (``--name``) the folder is ``cfg.output_dir/<cfg.name>`` exactly.
+    ``run_name`` (``--name``) the folder is ``output_dir/<run_name>`` exactly.
 
-    ``deferred``: ``run.log`` and ``config.json`` are written only at ``run.commit()``, after
-    the caller's checks (a resume's checkpoint and data): a refused resume rewrites nothing.
+    ``config`` (the options as plain data) is written to ``config.json`` at the start; with
+    ``deferred`` nothing is written until ``run.commit(config)``, after the caller's checks (a
+    resume's checkpoint and data): a refused resume rewrites nothing.
 
     A :class:`FaceIgniteError` inside ends the program with its one-line message (exit code 2);
     a new run folder still empty then is removed.  In a distributed run every process calls it:
@@ -419,9 +418,9 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
     """
     rank, world_size = idist.get_rank(), idist.get_world_size()
     try:
-        device = resolve_device(cfg.device)  # before anything is written
-        if getattr(cfg, "amp", "off") == "fp16" and device.type != "cuda":
-            raise FaceIgniteError(f"--amp fp16 needs a CUDA GPU (--device {cfg.device} is "
+        requested, device = device, resolve_device(device)  # before anything is written
+        if amp == "fp16" and device.type != "cuda":
+            raise FaceIgniteError(f"--amp fp16 needs a CUDA GPU (--device {requested} is "
                                   f"{device}, where fp16 has no gradient scaler): use --amp "
                                   f"bf16 or off")
     except FaceIgniteError as exc:
@@ -430,9 +429,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
     new = run_dir is None
     if new:  # rank 0 makes it and tells the others (or the one line of why it could not)
         try:
-            run_dir = rank0_decides(lambda: make_named_run_dir(cfg.output_dir, cfg.name)
-                                    if getattr(cfg, "name", None)
-                                    else make_run_dir(cfg.output_dir, folder_name or name))
+            run_dir = rank0_decides(lambda: make_named_run_dir(output_dir, run_name)
+                                    if run_name else make_run_dir(output_dir, folder_name or name))
         except FaceIgniteError as exc:
             setup_logging(rank=rank)
             fail(exc)
@@ -449,10 +447,10 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
         if deferred:
             setup_logging(None, rank)
             if rank == 0:
-                files = DeferredRunFiles(run_dir, cfg)
+                files = DeferredRunFiles(run_dir)
         else:
             setup_logging(os.path.join(run_dir, "run.log") if rank == 0 else None, rank)
-        manual_seed(vars(cfg).get("seed", seed))
+        manual_seed(seed)
         if world_size > 1 and device.type == "cuda":
             if device != idist.device() and device.index is not None:
                 logger.warning("--device %s ignored: process %d trains on %s", device, rank,
@@ -462,8 +460,8 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             torch.backends.cudnn.benchmark = True
         elif world_size > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun would set it
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
-        if rank == 0 and not deferred:
-            write_config(run_dir, vars(cfg))
+        if rank == 0 and not deferred and config is not None:
+            write_config(run_dir, dict(config))
         where = (f", {world_size} processes ({idist.backend()}, {idist.get_nnodes()} node(s))"
                  if world_size > 1 else "")
         logger.info("%s: output in %s, device %s%s", name, run_dir, device, where)
@@ -474,7 +472,7 @@ def session(cfg: argparse.Namespace, name: str, run_dir: str | None = None,
             lock.release()
         raise
     try:
-        yield Run(name, run_dir, device, cfg, rank, world_size, files)
+        yield Run(name, run_dir, device, rank, world_size, files)
     except FaceIgniteError as exc:
         if files is not None and not files.done:
             files.discard()

@@ -9,6 +9,7 @@ the handler's own ``attach(...)`` to change more than the options allow.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,14 +22,18 @@ from torch import nn
 from faceignite.checkpoint import Resume, ResumeOptions
 from faceignite.config import options_group
 from faceignite.data import DataOptions, build_face_data
+from faceignite.cli import fail
 from faceignite.engine import create_trainer
+from faceignite.errors import FaceIgniteError
 from faceignite.losses import is_classifying
 from faceignite.losses.factory import CriterionFactory, LossOptions
 from faceignite.models import build_model
 from faceignite.models.weight_files import load_field_classifier
 from faceignite.optim import build_optimizers
-from faceignite.run import Run, parallel
-from faceignite.runtime import Runtime, auto_modules
+from faceignite.config import plain_config
+from faceignite.run import Run, default_run_name, launched_externally, parallel, run_folder
+from faceignite.run import session as run_session
+from faceignite.runtime import Runtime, auto_modules, resolve_gpus
 from handlers import checkpoint as checkpoint_handler
 from handlers import clearml as clearml_handler
 from handlers import events
@@ -40,6 +45,24 @@ from handlers.control import RunControl
 from handlers.interrupt import COMMAND_LINE_SIGNALS
 
 NO_LOG_AGREE_EVERY = 50  # iterations between agreement points when no interval is set
+
+
+# --------------------------------------------------------------------------- the run
+def session(cfg: argparse.Namespace, name: str, folder_name: str | None = None):
+    """The run's folder, log and seed (:func:`faceignite.run.session`, deferred: nothing is
+    written before :func:`commit`): the resumed run's folder with ``--resume_path`` (``auto``
+    resolved into ``cfg``), else a new ``--output_dir/<folder_name or name>-<time>`` (or
+    ``--name``)."""
+    cfg.resume_path, run_dir = run_folder(cfg.resume_path, cfg.finetune, cfg.output_dir, name)
+    return run_session(name, cfg.output_dir, device=cfg.device, amp=cfg.amp, seed=cfg.seed,
+                       run_dir=run_dir, run_name=cfg.name, deferred=True,
+                       folder_name=folder_name or default_run_name(name, cfg.model))
+
+
+def commit(run: Run, cfg: argparse.Namespace) -> None:
+    """Every check passed: write ``config.json`` (the options as they are now) and ``run.log``."""
+    cfg.name = os.path.basename(run.output_dir)  # the folder used
+    run.commit(plain_config(cfg))
 
 
 # --------------------------------------------------------------------------- the parts
@@ -220,7 +243,15 @@ def launch(training: Callable[..., Any], cfg: argparse.Namespace, *args: Any) ->
     ``result`` as filled by ``training`` (empty when the processes were spawned here: their
     results are in ``run.log`` and the checkpoints)."""
     verification_handler.check_target_options(cfg)
+    if cfg.gpus and launched_externally():
+        logging.getLogger("faceignite").warning(
+            "--gpus %s ignored: torchrun/srun started the processes, one GPU each", cfg.gpus)
+    else:  # --gpus 0,1: one process per GPU (the CPU when there is no CUDA)
+        try:
+            vars(cfg).update(resolve_gpus(cfg.gpus, cfg.device))
+        except FaceIgniteError as exc:
+            fail(exc)
     result: dict = {}
-    with parallel(cfg) as launcher:
+    with parallel(cfg.nproc_per_node, cfg.backend, cfg.device) as launcher:
         launcher.run(training, cfg, *args, result)
     return result

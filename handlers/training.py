@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any, Callable, Sequence
 
 from ignite.engine import Engine
@@ -28,7 +27,6 @@ from faceignite.cli import exits_on_error
 from faceignite.config import parse_args, plain_config
 from faceignite.data.workers import stop_loader_workers
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory, describe_recipe
-from faceignite.run import default_run_name, run_folder, session
 from handlers import from_options, progress
 
 Hook = Callable[[Engine, TrainingState], None]
@@ -47,9 +45,7 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
 
     A NaN stop ends with ``SystemExit(3)`` (the run control's); nothing is written to the run
     folder before the resume and data checks passed."""
-    with session(cfg, name, run_dir=run_folder(cfg, name), deferred=True,
-                 folder_name=default_run_name(name, cfg.model)) as run:
-        cfg.name = os.path.basename(run.output_dir)  # the folder used, in config.json
+    with from_options.session(cfg, name) as run:  # nothing written before commit()
         resume = from_options.resume(cfg)  # --resume_path / --finetune; keeps the held-out split
 
         data = from_options.data(cfg, run, resume)  # this process's share of the images
@@ -79,7 +75,7 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
                 hook(trainer, state)
 
         resume.restore(state)
-        run.commit()  # every check passed: now config.json and run.log are written
+        from_options.commit(run, cfg)  # every check passed: config.json and run.log written
         try:
             metrics = control.run(data.train_loader, cfg.epochs)
         except KeyboardInterrupt:  # its checkpoint is saved: the last iteration's line too

@@ -28,9 +28,10 @@ from faceignite.config import get_args_parser
 from handlers.training import main
 
 LIBRARY = str(Path(faceignite.__file__).resolve().parent)
-COMPOSITION_SIDE = {"faceignite.config", "faceignite.config_file", "faceignite.cli",
-                    "faceignite.run"}
-RECORDS = {("faceignite.checkpoint.state", "__init__", "config")}  # a checkpoint's options copy
+COMPOSITION_SIDE = {"faceignite.config", "faceignite.config_file", "faceignite.cli"}
+RECORDS = {("faceignite.checkpoint.state", "__init__", "config"),  # a checkpoint's options copy
+           ("faceignite.run", "commit", "config"),  # config.json's copy (plain_config)
+           ("faceignite.run", "write", "config"), ("faceignite.run", "write_config", "options")}
 RECORD_KEY = "config"  # where a checkpoint (and TrainingState) keeps that copy
 OPTION_NAMES = frozenset(vars(get_args_parser().parse_args([])))
 
