@@ -46,7 +46,9 @@ class BoundaryWatch:
 
     def __init__(self):
         self.library_code: dict = {}  # code object -> its module when it is watched, else None
-        self.live_dicts: set[int] = set()  # id(vars(ns)) of every namespace seen
+        # id(vars(ns)) of every namespace seen -> that dict, kept alive so that its id is never
+        # reused by another dict (which would then look like the namespace's own)
+        self.live_dicts: dict[int, dict] = {}
         self.found: list[str] = []
         self.calls = 0
 
@@ -61,7 +63,7 @@ class BoundaryWatch:
 
     def _problem(self, value, record: bool) -> str | None:
         if isinstance(value, argparse.Namespace):
-            self.live_dicts.add(id(vars(value)))
+            self.live_dicts[id(vars(value))] = vars(value)
             return "the argparse namespace"
         if isinstance(value, dict):
             if id(value) in self.live_dicts:
@@ -104,7 +106,7 @@ class BoundaryWatch:
         if not module:
             for value in frame.f_locals.values():  # the composition's namespace, to know its dict
                 if isinstance(value, argparse.Namespace):
-                    self.live_dicts.add(id(vars(value)))
+                    self.live_dicts[id(vars(value))] = vars(value)
             return
         self.calls += 1
         code = frame.f_code
