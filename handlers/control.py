@@ -29,6 +29,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, TerminateOnNan
 
 from faceignite.cli import EXIT_NAN
+from faceignite.data.workers import stop_loader_workers
 from faceignite.engine import STOP_CODES, TrainerEvents, register_trainer_events, stop_together
 from faceignite.errors import FaceIgniteError
 from handlers import events, interrupt
@@ -408,6 +409,7 @@ class RunControl:
             for tracker in self.to_close:  # a tracker closed at COMPLETED says so: `closed`
                 if not getattr(tracker, "closed", False):
                     tracker.close()
+            stop_loader_workers()  # now, not at exit: a 5 s join per pinned worker there
         if self.nan_seen:  # the NaN guard logged where, and which checkpoint to resume from
             raise SystemExit(EXIT_NAN)
         metrics = dict(self.trainer.state.metrics)

@@ -25,7 +25,6 @@ from ignite.engine import Engine
 from faceignite.checkpoint import TrainingState
 from faceignite.cli import exits_on_error
 from faceignite.config import parse_args, plain_config
-from faceignite.data.workers import stop_loader_workers
 from faceignite.losses.factory import LOSS_DEFAULTS, LOSSES, CriterionFactory, describe_recipe
 from handlers import from_options, progress
 
@@ -82,8 +81,6 @@ def training(local_rank: int, cfg: argparse.Namespace, name: str = "resnet34_cen
             if trainer.state.iteration:
                 stats.log_last()
             raise
-        finally:
-            stop_loader_workers()  # not at exit: a 5 s join per pinned worker there
         if result is not None:
             result.update(metrics)
         return metrics

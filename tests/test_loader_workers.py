@@ -2,17 +2,25 @@
 (where PyTorch joins each pinned worker with a 5 s timeout: 30-60 s seen on an H200)."""
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 
+import pytest
+
+from faceignite.config import parse_args
 from faceignite.data.workers import stop_loader_workers
 
 
-def test_a_run_leaves_no_loader_worker_alive(tmp_path):
-    from handlers.training import main
-
-    main(["--model", "tiny", "--image_size", "32", "--epochs", "1", "--batch_size", "32",
-          "--num_workers", "2", "--clearml", "off", "--device", "cpu",
-          "--output_dir", str(tmp_path)], handle_signals=False)
+@pytest.mark.parametrize("composition", ["handlers.training", "experiments.custom_example"])
+def test_a_run_leaves_no_loader_worker_alive(tmp_path, composition):
+    """The standard run and the template, called as one process of a run (a rank that
+    ``--nproc_per_node`` spawned, no command-line wrapper around it): the run control stops
+    the workers when ``control.run`` returns."""
+    training = importlib.import_module(composition).training
+    cfg = parse_args(["--model", "tiny", "--image_size", "32", "--epochs", "1",
+                      "--batch_size", "32", "--num_workers", "2", "--clearml", "off",
+                      "--device", "cpu", "--output_dir", str(tmp_path)])
+    training(0, cfg, result={})
     assert multiprocessing.active_children() == []  # train, held-out and pairs loaders: stopped
 
 
