@@ -20,9 +20,9 @@ from ignite.engine import Engine
 from torch import nn
 
 from faceignite.checkpoint import Resume, ResumeOptions
-from faceignite.config import options_group
-from faceignite.data import DataOptions, build_face_data
 from faceignite.cli import fail
+from faceignite.config import options_group, plain_config
+from faceignite.data import DataOptions, build_face_data
 from faceignite.engine import create_trainer
 from faceignite.errors import FaceIgniteError
 from faceignite.losses import is_classifying
@@ -30,7 +30,6 @@ from faceignite.losses.factory import CriterionFactory, LossOptions
 from faceignite.models import build_model
 from faceignite.models.weight_files import load_field_classifier
 from faceignite.optim import build_optimizers
-from faceignite.config import plain_config
 from faceignite.run import Run, default_run_name, launched_externally, parallel, run_folder
 from faceignite.run import session as run_session
 from faceignite.runtime import Runtime, auto_modules, resolve_gpus
