@@ -110,8 +110,9 @@ class StopCheck:
     at once.  One small tensor — NaN seen, signal number, time limit passed, a process already
     stopping — is read once (all-reduced with MAX when there are several processes) and acted
     on: NaN → :meth:`TerminateOnNanLoss.stop`; a signal → the interrupt handler saves and raises
-    (exit code 130 for Ctrl-C, 75 for SIGTERM/SIGUSR1: pre-empted); the time limit → ``terminate()`` (``COMPLETED`` still runs:
-    final validation and checkpoint); another process stopping → the same stop here.
+    (exit code 130 for Ctrl-C, 75 for SIGTERM/SIGUSR1: pre-empted); the time limit →
+    ``terminate()`` (``COMPLETED`` still runs: final validation and checkpoint); another process
+    stopping → the same stop here.
 
     ``every``: iteration intervals whose multiples are agreement points (0s ignored; epoch ends
     always are).  With several processes a signal or the time limit takes effect at the next
