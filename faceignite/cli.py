@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from typing import Callable, NoReturn, TypeVar
 
@@ -17,6 +18,9 @@ logger = logging.getLogger("faceignite")
 EXIT_ERROR = 2
 EXIT_NAN = 3
 EXIT_PREEMPTED = 75
+# a scheduler taking the machine back: save, exit EXIT_PREEMPTED, continue with --resume_path auto
+PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
+                           if hasattr(signal, name))
 F = TypeVar("F", bound=Callable)
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from ignite.utils import manual_seed, setup_logger
 from torch.multiprocessing import ProcessExitedException
 
-from faceignite.cli import fail
+from faceignite.cli import PREEMPTION_SIGNALS, fail
 from faceignite.errors import FaceIgniteError
 from faceignite.output_files import write_error
 from faceignite.run_lock import RunLock, lock_run_folder
@@ -342,9 +342,6 @@ def parallel_options(nproc_per_node: int, backend: str | None, device: str) -> d
         options.update(nproc_per_node=nproc,
                        master_port=int(os.environ.get("MASTER_PORT") or _free_port()))
     return options
-
-
-PREEMPTION_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
 
 
 @contextlib.contextmanager

@@ -25,12 +25,9 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-from faceignite.cli import EXIT_PREEMPTED
+from faceignite.cli import EXIT_PREEMPTED, PREEMPTION_SIGNALS
 
 logger = logging.getLogger("faceignite")
-# a scheduler taking the machine back: save, exit EXIT_PREEMPTED, continue with --resume_path auto
-PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
-                           if hasattr(signal, name))
 COMMAND_LINE_SIGNALS = (signal.SIGINT, *PREEMPTION_SIGNALS)
 # seconds in which a repeat of the same pre-emption signal is the same one (sent to the process
 # group and forwarded by the --nproc_per_node launcher or torchrun's agent), not "abort now"
