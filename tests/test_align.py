@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import zygote
 from conftest import REPO, shared_path
 
 pytest.importorskip("facenet_pytorch", reason="pip install facenet-pytorch==2.5.3")
@@ -197,8 +197,8 @@ def test_cli_module_and_lazy_import(tmp_path):
             "assert 'facenet_pytorch' not in sys.modules; "
             "sys.argv = ['x', sys.argv[1], sys.argv[2]]; "
             "import runpy; runpy.run_module('faceignite.align', run_name='__main__')")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none"), str(tmp_path / "o")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = zygote.run([sys.executable, "-c", code, str(tmp_path / "none"), str(tmp_path / "o")],
+                     cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "source folder not found" in errors[0]

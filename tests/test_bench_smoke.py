@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
+
+import zygote
 
 REPO = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"\|\s*\d+\.\d\dx\s*\|")
@@ -40,8 +41,8 @@ def outputs() -> dict[str, str]:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",  # the benches and this checkout
            "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), str(REPO)])}
     runs = {k: v for k, v in RUNS.items() if k != "bench_gpu" or not torch.cuda.is_available()}
-    proc = subprocess.run([sys.executable, "-c", DRIVER.format(runs=runs)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = zygote.run([sys.executable, "-c", DRIVER.format(runs=runs)],
+                      cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = proc.stdout.split("@@@ ")[1:]
     return {p.split("\n", 1)[0]: p.split("\n", 1)[1] for p in parts}

@@ -22,6 +22,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+import zygote
 from faceignite.engine import create_trainer
 from faceignite.losses import SoftmaxCenterLoss
 from faceignite.optim import build_optimizers
@@ -374,12 +375,12 @@ def test_a_run_started_from_a_process_with_a_clearml_task_gets_its_own_task(tmp_
     root = tiny_faces(synthetic_root, tmp_path / "data")
     env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_CACHE_DIR": str(tmp_path / "cache"),
            "CLEARML_PROC_MASTER_ID": "1:0123456789abcdef"}  # pid 1: not this run's
-    done = subprocess.run([sys.executable, "experiments/resnet34_center.py", "--dataroot",
-                           str(root), "--model", "tiny", "--image_size", "32", "--epochs", "1",
-                           "--batch_size", "4", "--valid_split", "0", "--num_workers", "0",
-                           "--device", "cpu", "--clearml", "offline", "--output_dir",
-                           str(tmp_path / "runs")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = zygote.run([sys.executable, "experiments/resnet34_center.py", "--dataroot",
+                      str(root), "--model", "tiny", "--image_size", "32", "--epochs", "1",
+                      "--batch_size", "4", "--valid_split", "0", "--num_workers", "0",
+                      "--device", "cpu", "--clearml", "offline", "--output_dir",
+                      str(tmp_path / "runs")], cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = (tmp_path / "runs").glob("resnet34_center-*")
     record = json.loads((run_dir / "clearml" / "task.json").read_text())

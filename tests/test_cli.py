@@ -1,10 +1,10 @@
 """The command line: every original option, and one-line errors for bad input."""
 import runpy
-import subprocess
 import sys
 
 import pytest
 
+import zygote
 from conftest import REPO
 
 ORIGINAL_OPTIONS = ["--dataroot", "-d", "--lfw", "--lfw_batch_size", "--lfw_validation_epoch_interval",
@@ -15,8 +15,8 @@ OUR_OPTIONS = ["--seed", "--device", "--optimizer", "--output_dir", "--image_siz
 
 
 def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return zygote.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                      timeout=timeout)
 
 
 def assert_full_help(script: str, text: str) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import zygote
 from faceignite.config import BY_NAME, defaults_table, get_args_parser, parse_args
 from faceignite.errors import FaceIgniteError
 from faceignite.losses import ArcFace, CosFace, TripletLoss
@@ -48,9 +48,9 @@ def test_the_edges_of_each_range_are_accepted(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_device_cuda_without_a_gpu_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "experiments/resnet34_center.py", "--device", "cuda",
-                           "--output_dir", str(tmp_path), "--clearml", "off"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = zygote.run([sys.executable, "experiments/resnet34_center.py", "--device", "cuda",
+                      "--output_dir", str(tmp_path), "--clearml", "off"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "--device cuda: no CUDA GPU" in lines[0]

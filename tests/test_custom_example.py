@@ -19,6 +19,7 @@ import tokenize
 import zipfile
 from pathlib import Path
 
+import zygote
 from conftest import copy_subset
 from faceignite.checkpoint import load_checkpoint
 from faceignite.losses import CosFace
@@ -70,7 +71,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def interrupt_when(proc: subprocess.Popen, line_starts: str) -> str:
+def interrupt_when(proc: zygote.Popen, line_starts: str) -> str:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) once ``proc`` logged
     a line containing ``line_starts``; returns everything it wrote to stderr."""
     lines: list[str] = []
@@ -113,8 +114,8 @@ def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_
             "--best_by", pairs.name, "--lfw_validation_epoch_interval", "3"]
     env = environment(tmp_path)
     command = [sys.executable, str(TEMPLATE), *args]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = zygote.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         log = interrupt_when(proc, "epoch 1 iteration 2 |")
     finally:
@@ -135,7 +136,7 @@ def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_
     assert list(run_dir.glob("clearml/offline/*.zip"))  # the interrupted run's session, closed
     before = {p.name: digest(p) for p in run_dir.glob("training_checkpoint_*.pt")}
 
-    resumed = subprocess.run(command + ["--resume_path", str(run_dir)], cwd=REPO, env=env,
+    resumed = zygote.run(command + ["--resume_path", str(run_dir)], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in runs.glob("custom_example-*")] == [run_dir.name]
@@ -170,7 +171,7 @@ def test_readme_second_example_swaps_loss_and_backbone_and_logs_the_norm(tmp_pat
     script = tmp_path / "mobilefacenet_cosface.py"
     script.write_text(example, encoding="utf-8")
     root = copy_subset(synthetic_root[0], tmp_path / "data", identities=4, images=6)
-    done = subprocess.run(
+    done = zygote.run(
         [sys.executable, str(script), "--dataroot", str(root), "--output_dir",
          str(tmp_path / "runs"), "--model", "tiny", "--image_size", "32", "--batch_size", "4",
          "--valid_split", "0.25", "--epochs", "1", "--log_interval", "2", "--num_workers", "0",
@@ -202,8 +203,8 @@ def test_sigterm_to_the_launcher_or_its_group_saves_and_exits_75(tmp_path, synth
                    "--epochs", "50", "--num_workers", "0", "--device", "cpu",
                    "--log_interval", "1", "--nproc_per_node", "2", "--backend", "gloo",
                    "--clearml", "off"]
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+        proc = zygote.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, start_new_session=True)
         lines: list[str] = []
         try:
             for line in proc.stderr:

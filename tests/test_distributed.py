@@ -104,10 +104,11 @@ def assert_equal_tree(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def test_two_processes_train_identical_replicas_and_resume_in_one(small_root, tmp_path):
+def test_two_processes_train_identical_replicas_and_resume_in_one(small_root, tmp_path,
+                                                                 forked_ranks):
     out = tmp_path / "runs"
     assert main(run_args(small_root, out, "--nproc_per_node", "2", "--backend", "gloo"),
-                hooks=[save_states]) == {}  # spawned: the metrics are in the run folder
+                hooks=[save_states]) == {}  # ranks elsewhere: the metrics are in the run folder
     rank0, rank1 = (torch.load(out / f"states-rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
     # 12 images, batch 4 in all = 2 per process: 3 iterations, as with one process

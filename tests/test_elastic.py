@@ -17,24 +17,25 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, copy_subset
+import zygote
+from conftest import REPO, copy_subset, fork_ranks
 
 from faceignite.cli import EXIT_PREEMPTED
+from handlers.training import main
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 K = 2                      # --save_interval: at most K iterations are trained again
 EPOCHS, EPOCH_LENGTH = 3, 4  # 16 training images, a global batch of 4
 FINAL = EPOCHS * EPOCH_LENGTH
 LIMIT_S = 240              # per process group; a hung group fails the test, not the suite
 
-pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="this torch has no torch.distributed")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-STARTED: list[subprocess.Popen] = []
+STARTED: list[zygote.Popen] = []
 
 
 @pytest.fixture(autouse=True)
@@ -76,21 +77,24 @@ def no_leftover_processes():
             proc.wait()
 
 
-def start(*args: str, log: Path) -> subprocess.Popen:
+def start(*args: str, log: Path) -> zygote.Popen:
+    """``python ARGS...`` (forked from the tests' zygote; torchrun's workers are started by
+    torchrun itself, from ``sys.executable``)."""
     # torchrun's agent: a rendezvous store of its own per worker group, as the README says
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     with open(log, "ab") as f:
-        proc = subprocess.Popen([*args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = zygote.Popen(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     STARTED.append(proc)
     return proc
 
 
-def torchrun(*options: str, log: Path) -> subprocess.Popen:
-    return start(str(TORCHRUN), *options, log=log)
+def torchrun(*options: str, log: Path) -> zygote.Popen:
+    """``torchrun OPTIONS...``: its agent, ``python -m torch.distributed.run``."""
+    return start("-m", "torch.distributed.run", *options, log=log)
 
 
-def finish(proc: subprocess.Popen, log: Path) -> int:
+def finish(proc: zygote.Popen, log: Path) -> int:
     try:
         return proc.wait(timeout=LIMIT_S)
     except subprocess.TimeoutExpired:
@@ -98,7 +102,7 @@ def finish(proc: subprocess.Popen, log: Path) -> int:
         pytest.fail(f"no exit in {LIMIT_S} s:\n{log.read_text()[-4000:]}")
 
 
-def wait_for(condition, proc: subprocess.Popen, log: Path, what: str) -> None:
+def wait_for(condition, proc: zygote.Popen, log: Path, what: str) -> None:
     """Poll the run's files (every 10 ms) until ``condition()``; fail if the run ended first."""
     deadline = time.monotonic() + LIMIT_S
     while not condition():
@@ -119,7 +123,7 @@ def logged(out: Path, iteration: int) -> bool:
         f" iteration {iteration} |" in (folders[0] / "run.log").read_text())
 
 
-def workers(agent: subprocess.Popen) -> dict[int, int]:
+def workers(agent: zygote.Popen) -> dict[int, int]:
     """The worker processes of a torchrun agent: rank -> pid (from /proc)."""
     pids = []
     with contextlib.suppress(OSError):
@@ -161,11 +165,12 @@ def iterations_before(log: str, marker: str) -> int:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root) -> Path:
-    """The uninterrupted one-node, two-process run: its final checkpoint."""
+    """The uninterrupted one-node, two-process run (``--nproc_per_node 2``, its ranks forked
+    from the tests' forkserver): its final checkpoint, which torchrun's runs must end with."""
     out = tmp_path_factory.mktemp("reference")
-    log = out.parent / f"{out.name}.out"
-    proc = torchrun("--standalone", "--nproc_per_node", "2", *recipe(data_root, out), log=log)
-    assert finish(proc, log) == 0, log.read_text()[-4000:]
+    with pytest.MonkeyPatch.context() as patch:
+        fork_ranks(patch)
+        main(recipe(data_root, out)[1:] + ["--nproc_per_node", "2", "--backend", "gloo"])
     final = run_folder(out) / f"training_checkpoint_{FINAL}.pt"
     assert final.exists(), sorted(p.name for p in run_folder(out).iterdir())
     return final
@@ -240,7 +245,7 @@ def test_two_node_agents_train_as_one_node_and_their_checkpoint_resumes_in_one_p
     (single / f"training_checkpoint_{mid}.pt").write_bytes(
         (folder / f"training_checkpoint_{mid}.pt").read_bytes())
     log = tmp_path / "single.out"
-    proc = start(sys.executable, *recipe(data_root, single), log=log)
+    proc = start(*recipe(data_root, single), log=log)
     assert finish(proc, log) == 0, log.read_text()[-4000:]
     text = (single / "run.log").read_text()
     assert [at for at, _ in resumes(text)] == [mid] and f"iteration {FINAL} |" in text

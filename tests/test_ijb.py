@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import zygote
 from conftest import REPO, shared_path
 from faceignite.align.five_point import warp_to_template
 from faceignite.data.transforms import MEAN, STD
@@ -375,9 +375,9 @@ def test_command_exits_2_with_one_line(ijb, tmp_path):
     pairs[0][0] = 555
     root = copy_case(ijb, tmp_path, pairs=pairs)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "faceignite.ijb", "--embeddings", str(npy),
-                           "--names", str(txt), "--ijb", str(root), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = zygote.run([sys.executable, "-m", "faceignite.ijb", "--embeddings", str(npy),
+                      "--names", str(txt), "--ijb", str(root), "--out", str(tmp_path / "o")],
+                     capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {root / 'meta' / 'ijbc_template_pair_label.txt'} line 1: template 555 has no "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import zygote
 from conftest import REPO, START_METHOD, copy_subset, one_error, shared_path
 from faceignite.cli import EXIT_PREEMPTED
 from faceignite.data.pack import main as pack_main
@@ -144,15 +145,15 @@ def test_issame_as_0_1_integers_is_accepted(tmp_path):
 
 
 # ------------------------------------------------ item 3: one writer per run folder
-def start_run(argv: list[str], log: Path) -> subprocess.Popen:
+def start_run(argv: list[str], log: Path) -> zygote.Popen:
     """A real training process of this checkout (``experiments/resnet34_center.py``)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_OFFLINE_MODE": "1"}
     with open(log, "w") as f:
-        return subprocess.Popen([PYTHON, str(REPO / "experiments" / "resnet34_center.py"),
-                                 *argv], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        return zygote.Popen([PYTHON, str(REPO / "experiments" / "resnet34_center.py"),
+                            *argv], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def wait_for(found, timeout: float = 120.0, proc: subprocess.Popen | None = None):
+def wait_for(found, timeout: float = 120.0, proc: zygote.Popen | None = None):
     """Poll ``found()`` (the run's own files) until it gives something."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -174,7 +175,7 @@ def test_a_second_writer_of_a_live_run_folder_is_refused_naming_it(tmp_path):
         lock = json.loads((run_dir / LOCK_NAME).read_text())
         assert (lock["pid"], lock["host"]) == (first.pid, socket.gethostname())
         config, log = (run_dir / "config.json").read_text(), (run_dir / "run.log").read_text()
-        second = subprocess.run(
+        second = zygote.run(
             [PYTHON, str(REPO / "experiments" / "resnet34_center.py"),
              *args(root, out, "--epochs", "100000", "--resume_path", str(run_dir))],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
@@ -278,8 +279,8 @@ def clearml_run(tmp_path: Path, *extra: str) -> tuple[Path, Path]:
            "CLEARML_LOG_ENVIRONMENT": "*", "FACEIGNITE_TEST_SECRET": ENV_SECRET}
     env.pop("CLEARML_OFFLINE_MODE", None)
     argv = [a for a in args(root, tmp_path / "runs", *extra) if a not in ("--clearml", "off")]
-    done = subprocess.run([PYTHON, "train.py", *argv, "--clearml", "offline"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = zygote.run([PYTHON, "train.py", *argv, "--clearml", "offline"], cwd=repo, env=env,
+                      capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and p.name != "cache"]
     assert list(run_dir.glob("clearml/offline/*.zip")), done.stderr[-3000:]

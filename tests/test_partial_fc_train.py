@@ -53,7 +53,7 @@ def record(trainer, state) -> None:
 
     @trainer.on(Events.COMPLETED)
     def _save(engine) -> None:
-        path = os.path.join(os.environ["PFC_RECORD_DIR"], f"pfc-rank{idist.get_rank()}.pt")
+        path = os.path.join(state.config["output_dir"], f"pfc-rank{idist.get_rank()}.pt")
         torch.save({**seen, "world_size": idist.get_world_size(), "type": type(criterion).__name__,
                     "rows": [getattr(criterion, "class_start", 0),
                              getattr(criterion, "class_stop", CLASSES)],
@@ -64,20 +64,11 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.fixture
-def records(tmp_path, monkeypatch):
-    """Where :func:`record` writes (the spawned processes inherit the environment)."""
-    folder = tmp_path / "records"
-    folder.mkdir()
-    monkeypatch.setenv("PFC_RECORD_DIR", str(folder))
-    return folder
-
-
-def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, records):
+def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, forked_ranks):
     out = tmp_path / "runs"
     main(run_args(faces, out, "--partial_fc", "--nproc_per_node", "2", "--backend", "gloo",
                   *LEARN), hooks=[record])
-    rank0, rank1 = load(records / "pfc-rank0.pt"), load(records / "pfc-rank1.pt")
+    rank0, rank1 = load(out / "pfc-rank0.pt"), load(out / "pfc-rank1.pt")
     assert rank0["type"] == "PartialFC" and rank0["world_size"] == 2
     assert rank0["rows"] == [0, 3] and rank1["rows"] == [3, 6]  # each holds half the classes
     assert rank0["end"]["classifier.weight"].shape == (3, DIM)
@@ -106,7 +97,7 @@ def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, re
     resumed_out = tmp_path / "resumed"
     metrics = main(run_args(faces, resumed_out, *LEARN, "--epochs", "4", "--resume_path",
                             str(run_dir / "training_checkpoint_12.pt")), hooks=[record])
-    plain = load(records / "pfc-rank0.pt")
+    plain = load(resumed_out / "pfc-rank0.pt")
     assert plain["type"] == "SoftmaxCenterLoss" and plain["world_size"] == 1
     assert plain["start_iteration"] == 12 and plain["iteration"] == 16
     for key in state:
@@ -115,15 +106,15 @@ def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, re
     assert load(run_dir / "training_checkpoint_16.pt")["world_size"] == 1
 
 
-def test_one_plain_process_resumes_in_two_sharded_with_sampling(faces, tmp_path, records):
+def test_one_plain_process_resumes_in_two_sharded_with_sampling(faces, tmp_path,
+                                                                forked_ranks):
     out = tmp_path / "runs"
     main(run_args(faces, out, "--epochs", "1"))
-    (records / "pfc-rank0.pt").unlink(missing_ok=True)
     run_dir = next(out.glob("resnet34_center-*"))
     ckpt = load(run_dir / "training_checkpoint_4.pt")
     main(run_args(faces, out, "--partial_fc", "--sample_rate", "0.5", "--nproc_per_node", "2",
                   "--backend", "gloo", "--resume_path", str(run_dir)), hooks=[record])
-    rank0, rank1 = load(records / "pfc-rank0.pt"), load(records / "pfc-rank1.pt")
+    rank0, rank1 = load(out / "pfc-rank0.pt"), load(out / "pfc-rank1.pt")
     assert rank0["world_size"] == 2 and rank0["type"] == "PartialFC"
     for rank in (rank0, rank1):  # each process loaded its own rows of the plain checkpoint
         start, stop = rank["rows"]
@@ -159,12 +150,12 @@ def test_options_refuse_what_partial_fc_cannot_do(faces, tmp_path):
     assert exit_info.value.code == 2
 
 
-def test_arcface_head_in_one_process_is_one_shard(faces, tmp_path, records):
+def test_arcface_head_in_one_process_is_one_shard(faces, tmp_path):
     """--partial_fc in a single process: one shard holding every class (ArcFace head)."""
     out = tmp_path / "runs"
     metrics = main(run_args(faces, out, "--partial_fc", "--epochs", "1"), hooks=[record],
                    name="resnet34_arcface", loss="arcface")
-    rank0 = load(records / "pfc-rank0.pt")
+    rank0 = load(out / "pfc-rank0.pt")
     assert rank0["type"] == "PartialFC" and rank0["rows"] == [0, CLASSES]
     assert math.isfinite(metrics["train_loss"]) and 0.0 <= metrics["val_accuracy"] <= 1.0
     ckpt = load(next(out.glob("resnet34_arcface-*")) / "training_checkpoint_4.pt")

@@ -17,6 +17,7 @@ from ignite.metrics import Accuracy, Loss
 from torch import nn
 from torch.utils.data import DataLoader
 
+import zygote
 from conftest import REPO, copy_subset, one_error, shared_path
 from faceignite.data import FaceImageDataset, collate_skip_bad
 from faceignite.data.transforms import eval_transform, train_transform
@@ -119,11 +120,11 @@ def run_dirs(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.name.startswith("resnet34_center-"))
 
 
-def start(script: str, *argv: str) -> subprocess.Popen:
+def start(script: str, *argv: str) -> zygote.Popen:
     """A real training process (this checkout's code), its output kept."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "CLEARML_OFFLINE_MODE": "1"}
-    return subprocess.Popen([PYTHON, "-c", script, *argv], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return zygote.Popen([PYTHON, "-c", script, *argv], cwd=REPO, env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 # ------------------------------------------------------------ item 3: two runs at once
@@ -351,7 +352,8 @@ def record_steps(trainer, state) -> None:
                    Path(state.config["output_dir"]) / f"rank{idist.get_rank()}.pt")
 
 
-def test_two_processes_with_batches_of_one_and_none_step_together_without_hanging(tmp_path):
+def test_two_processes_with_batches_of_one_and_none_step_together_without_hanging(tmp_path,
+                                                                                 forked_ranks):
     root = faces(tmp_path / "data", 2, 4)  # 8 images, batch 4 in all: 2 steps of 2 a process
     files = sorted(root.rglob("*.jpg"))
     for f in files[1:4] + files[5:]:

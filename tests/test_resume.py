@@ -13,6 +13,7 @@ import threading
 import pytest
 import torch
 
+import zygote
 from conftest import REPO, copy_subset
 
 from faceignite.cli import EXIT_PREEMPTED
@@ -92,9 +93,9 @@ def test_two_epochs_equal_one_epoch_resumed_for_one_more(baseline, small_root, t
 
 def test_sigterm_mid_epoch_saves_and_resume_continues_exactly(baseline, small_root, tmp_path):
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "experiments/resnet34_center.py",
-                             *run_args(small_root, out)], cwd=REPO, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+    proc = zygote.Popen([sys.executable, "experiments/resnet34_center.py",
+                         *run_args(small_root, out)], cwd=REPO, stderr=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL, text=True)
     lines = []
     try:
         for line in proc.stderr:  # the run announces its signal handling as training starts
