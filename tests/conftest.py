@@ -8,6 +8,7 @@ are too small to gain from a second thread, and on a busy machine two threads th
 for each other made a step 20x slower."""
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import shutil
@@ -15,16 +16,18 @@ from pathlib import Path
 
 import pytest
 
+import zygote
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subprocesses inherit it
 # Two-process tests that call ``idist.Parallel`` themselves fork their ranks from one server
 # process per test process that imported torch, ignite and the trainer once ("forkserver"),
-# rather than start each rank from nothing ("spawn": 3-4 CPU-s of imports per rank).
+# rather than start each rank from nothing ("spawn": 3-4 CPU-s of imports per rank); so do the
+# tests' command lines (``zygote``).
 START_METHOD = "forkserver"
-multiprocessing.set_forkserver_preload(["torch", "torch._dynamo", "ignite.distributed",
-                                        "handlers.training"])
+multiprocessing.set_forkserver_preload(list(zygote.PRELOAD))
 SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -48,8 +51,10 @@ def pytest_cmdline_main(config):
         config.option.numprocesses = "auto"
     if config.option.numprocesses and config.option.dist == "no":
         # one test file per unit of work: a module's fixtures (a trained checkpoint, two spawned
-        # processes) are built once, on one worker (xdist 3.8's loadgroup fails on pytest 9.2)
+        # processes) are built once, on one worker (xdist 3.8's loadgroup fails on pytest 9.2),
+        # handed out in the order of pytest_collection_modifyitems
         config.option.dist = "loadfile"
+        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may be absent
@@ -58,16 +63,20 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# test files of the fast tier that take 15 s or more of one core each (several real processes:
-# spawned ranks, torchrun agents, signals; BENCHMARKS.md, "Test suite: tiers"), longest first
-LONG_FILES = ("test_custom_example.py", "test_elastic.py", "test_nothing_lost.py",
-              "test_reliability_runs.py", "test_partial_fc_train.py", "test_distributed.py")
+# the fast tier's longest test files, longest first (their durations in the fast tier on 2 idle
+# cores: 42, 34, 11, 10, 9, 7, 6 and 5 s; BENCHMARKS.md, "Test suite: tiers")
+LONG_FILES = ("test_custom_example.py", "test_elastic.py", "test_face_backbones.py",
+              "test_field_weights.py", "test_second_system.py", "test_evaluate_any_model.py",
+              "test_ijb.py", "test_nothing_lost.py")
 
 
+@pytest.hookimpl(trylast=True)  # after ``-m``/``-k`` deselected what will not run
 def pytest_collection_modifyitems(config, items):
-    """In an xdist worker, the test files that hold ``slow`` tests first, then the long ones of
-    the fast tier: with ``--dist loadfile`` each file is one unit of work, and the longest
-    first makes the shortest schedule (a long file last would keep one core busy alone)."""
+    """In an xdist worker, the test files that hold selected ``slow`` tests first (real
+    backbones on real faces: minutes), then the long ones of the fast tier.  With ``--dist
+    loadfile`` each file is one unit of work, handed out in this order (``loadscopereorder``
+    is off: xdist would order files by their number of tests); the longest first makes the
+    shortest schedule, the short ones filling in at the end."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         slow = {item.path for item in items if item.get_closest_marker("slow")}
 
@@ -78,6 +87,12 @@ def pytest_collection_modifyitems(config, items):
             return 1 + LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES) + 1
 
         items.sort(key=rank)  # stable: a file's own order is kept
+
+
+def installed(*modules: str) -> bool:
+    """Whether ``modules`` can be imported, without importing them (a test module's skip marker:
+    collecting it in a worker that runs none of its tests costs nothing)."""
+    return all(importlib.util.find_spec(name) is not None for name in modules)
 
 
 def shared_path(*parts: str) -> Path:

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 import zygote
-from conftest import REPO, shared_path
+from conftest import REPO, installed, shared_path
+from faceignite import align
 
-pytest.importorskip("facenet_pytorch", reason="pip install facenet-pytorch==2.5.3")
-
-from faceignite import align  # noqa: E402
+pytestmark = pytest.mark.skipif(not installed("facenet_pytorch"),
+                                reason="pip install facenet-pytorch==2.5.3")
 
 SUMMARY = "aligned {} | no face {} | failed {} | skipped (existing) {}"
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_path
+from conftest import installed, shared_path
+from faceignite import align
+from faceignite.align.five_point import ARCFACE_TEMPLATE
 
-pytest.importorskip("facenet_pytorch", reason="pip install facenet-pytorch==2.5.3")
-
-from faceignite import align  # noqa: E402
-from faceignite.align.five_point import ARCFACE_TEMPLATE  # noqa: E402
+pytestmark = pytest.mark.skipif(not installed("facenet_pytorch"),
+                                reason="pip install facenet-pytorch==2.5.3")
 
 
 def _copy(root, rels, dest):

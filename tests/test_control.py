@@ -108,7 +108,7 @@ def test_max_time_stops_a_minimal_engine_at_the_first_iteration_past_the_limit()
 
 
 def test_max_time_stops_cleanly_with_a_loadable_checkpoint(run_args, tmp_path):
-    metrics = main(run_args + ["--epochs", "1000", "--max_time", "2"])
+    metrics = main(run_args + ["--epochs", "1000", "--max_time", "0.5"])
     run_dir = next((tmp_path / "runs").glob("resnet34_center-*"))
     ckpt = load_checkpoint(str(run_dir))  # the newest training checkpoint of the run
     assert ckpt["iteration"] < 1000 * ITERS_PER_EPOCH  # stopped long before the last epoch

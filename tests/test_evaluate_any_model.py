@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import one_error, shared_path
+from conftest import installed, one_error, shared_path
 from faceignite.evaluate import main as evaluate
 from faceignite.models import build_model
 
-pytest.importorskip("onnxruntime", reason="pip install onnxruntime")
+pytestmark = pytest.mark.skipif(not installed("onnxruntime"), reason="pip install onnxruntime")
 
 
 def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str, str]:

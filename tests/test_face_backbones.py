@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from conftest import shared_path
 from faceignite.config import get_args_parser
@@ -29,7 +28,8 @@ def n_params(model: torch.nn.Module) -> float:
 @pytest.mark.parametrize("architecture", sorted(PUBLISHED))
 def test_parameter_count_is_the_published_one(architecture):
     dim, millions = PUBLISHED[architecture]
-    model = build_model(architecture, dim)
+    with torch.device("meta"):  # counted, not initialised
+        model = build_model(architecture, dim)
     assert model.architecture == architecture and model.embedding_dim == dim
     assert abs(n_params(model) - millions) / millions < 0.03, n_params(model)
 
@@ -80,18 +80,22 @@ def test_registry_is_the_one_list_and_keeps_resnet_keys():
                                      "tiny"} == set(ARCHITECTURES)  # test_field_weights.py
     action = next(a for a in get_args_parser()._actions if a.dest == "model")
     assert tuple(action.choices) == ARCHITECTURES  # --model offers every registered network
-    # checkpoints written before the package keep loading: same class, same keys
-    model = build_model("resnet34", 32)
-    assert type(model) is EmbeddingNet
-    expected = {f"backbone.{k}" for k in torchvision.models.resnet34().state_dict()
-                if not k.startswith("fc.")}
-    expected |= {"embedding.0.weight", "embedding.1.weight", "embedding.1.bias",
-                 "embedding.1.running_mean", "embedding.1.running_var",
-                 "embedding.1.num_batches_tracked"}
-    assert set(model.state_dict()) == expected
-    for name in PUBLISHED:  # --finetune copies backbone.*; the head is embedding.*
-        keys = build_model(name, 8).state_dict()
-        assert all(k.startswith(("backbone.", "embedding.")) for k in keys)
+    # checkpoints written before the package keep loading: same class, same keys (networks
+    # built on the meta device: names and shapes, no initialising)
+    with torch.device("meta"):
+        model = build_model("resnet34", 32)
+        assert type(model) is EmbeddingNet
+        from torchvision.models import resnet34
+
+        expected = {f"backbone.{k}" for k in resnet34().state_dict()
+                    if not k.startswith("fc.")}
+        expected |= {"embedding.0.weight", "embedding.1.weight", "embedding.1.bias",
+                     "embedding.1.running_mean", "embedding.1.running_var",
+                     "embedding.1.num_batches_tracked"}
+        assert set(model.state_dict()) == expected
+        for name in PUBLISHED:  # --finetune copies backbone.*; the head is embedding.*
+            keys = build_model(name, 8).state_dict()
+            assert all(k.startswith(("backbone.", "embedding.")) for k in keys)
 
 
 def test_wrong_image_size_is_one_line_naming_the_option():

@@ -15,8 +15,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
-from facenet_pytorch.models.mtcnn import fixed_image_standardization
 from PIL import Image
 
 from conftest import shared_path
@@ -85,6 +83,8 @@ def insightface_preprocess(path: Path) -> torch.Tensor:
 
 def facenet_preprocess(path: Path) -> torch.Tensor:
     """facenet-pytorch: PIL RGB → float tensor CHW → ``fixed_image_standardization``."""
+    from facenet_pytorch.models.mtcnn import fixed_image_standardization
+
     img = np.float32(Image.open(path).convert("RGB"))
     return fixed_image_standardization(torch.from_numpy(img).permute(2, 0, 1)).unsqueeze(0)
 
@@ -131,6 +131,8 @@ def test_an_arcface_torch_file_loads_exactly(tmp_path, name):
 
 
 def test_a_facenet_pytorch_file_loads_exactly(tmp_path):
+    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
+
     # a VGGFace2-style file: 8,631-class logits included, as facenet-pytorch's files are
     reference = trained_looking(InceptionResnetV1(pretrained=None, classify=True,
                                                   num_classes=8631), 160)
@@ -155,13 +157,15 @@ def test_a_facenet_pytorch_file_loads_exactly(tmp_path):
 
 @pytest.mark.parametrize("name", ["r100", "r200"])
 def test_deep_iresnets_take_arcface_torch_keys(name):
-    # built, not compared (slow on a CPU): the file's keys and shapes are ours under the mapping
+    # built on the meta device (shapes, no memory, no initialising), not compared (slow on a
+    # CPU): the file's keys and shapes are ours under the mapping
     from faceignite.models.weight_files import to_faceignite
 
-    theirs = {k: tuple(v.shape) for k, v in insightface_get_model(name).state_dict().items()}
-    ours = {k: tuple(v.shape) for k, v in build_model(name, 512).state_dict().items()}
+    with torch.device("meta"):
+        theirs = {k: tuple(v.shape) for k, v in insightface_get_model(name).state_dict().items()}
+        ours = {k: tuple(v.shape) for k, v in build_model(name, 512).state_dict().items()}
+        assert build_model(f"iresnet{name[1:]}", 512).architecture == f"iresnet{name[1:]}"
     assert {k: v for k, v in to_faceignite("iresnet", theirs).items()} == ours
-    assert build_model(f"iresnet{name[1:]}", 512).architecture == f"iresnet{name[1:]}"
 
 
 def test_a_file_of_another_architecture_names_it(tmp_path):

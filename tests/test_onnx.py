@@ -6,13 +6,12 @@ import torch
 from faceignite.data import eval_transform
 from faceignite.data.dataset import read_rgb
 from faceignite.errors import FaceIgniteError
+from conftest import installed
 from faceignite.models import build_model
+from faceignite.onnx_export import check_onnx, main, onnx_embed
 
-pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxscript)")
-pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install onnxscript)")
-pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnxruntime)")
-
-from faceignite.onnx_export import check_onnx, main, onnx_embed  # noqa: E402
+pytestmark = pytest.mark.skipif(not installed("onnx", "onnxscript", "onnxruntime"),
+                                reason="pip install onnx onnxscript onnxruntime")
 
 SIZE = 32
 
