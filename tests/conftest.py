@@ -152,6 +152,34 @@ def synthetic_root(tmp_path_factory) -> tuple[Path, Path]:
     return Path(train), Path(pairs)
 
 
+SMALL_PAIRS_PER_FOLD = 5
+
+
+@pytest.fixture(scope="session")
+def small_pairs(synthetic_root, tmp_path_factory) -> Path:
+    """An LFW-format folder of real JPEGs whose pairs.txt has 10 folds of 5 same + 5 different
+    pairs, taken from the built-in pairs set (600 pairs): verification in a test's run at a
+    sixth of the cost."""
+    src = synthetic_root[1]
+    lines = (src / "pairs.txt").read_text().splitlines()
+    per_fold = int(lines[0].split()[1])
+    body, chosen = lines[1:], []
+    for fold in range(10):
+        block = body[fold * 2 * per_fold:(fold + 1) * 2 * per_fold]
+        chosen += (block[:SMALL_PAIRS_PER_FOLD]
+                   + block[per_fold:per_fold + SMALL_PAIRS_PER_FOLD])
+    root = tmp_path_factory.mktemp("lfw")
+    for line in chosen:
+        t = line.split()
+        people = [(t[0], t[1]), (t[0], t[2])] if len(t) == 3 else [(t[0], t[1]), (t[2], t[3])]
+        for person, number in people:
+            (root / person).mkdir(exist_ok=True)
+            name = f"{person}_{int(number):04d}.jpg"
+            shutil.copy(src / person / name, root / person / name)
+    (root / "pairs.txt").write_text(f"10\t{SMALL_PAIRS_PER_FOLD}\n" + "\n".join(chosen) + "\n")
+    return root
+
+
 @pytest.fixture
 def train_args(tmp_path, synthetic_root):
     """Command-line options for a fast CPU run of the tiny network on the synthetic JPEG folders

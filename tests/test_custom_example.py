@@ -98,14 +98,14 @@ def test_readme_shows_the_complete_example_as_it_is():
     assert f"```python\n{example}```" in readme
 
 
-def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_root):
+def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_root,
+                                                           small_pairs):
     """``--nproc_per_node 2 --backend gloo``, ClearML offline, TensorBoard, a verification
     target picking the best checkpoint: Ctrl-C saves a checkpoint and exits 130; the same
     command with ``--resume_path`` continues from that iteration, in the same folder, the same
     ClearML task, to the end."""
-    train, pairs = synthetic_root
-    root = copy_subset(train, tmp_path / "data", identities=4, images=6)
-    runs = tmp_path / "runs"
+    root = copy_subset(synthetic_root[0], tmp_path / "data", identities=4, images=6)
+    pairs, runs = small_pairs, tmp_path / "runs"
     args = ["--dataroot", str(root), "--output_dir", str(runs), "--model", "tiny",
             "--image_size", "32", "--batch_size", "4", "--valid_split", "0.25", "--epochs", "3",
             "--num_workers", "0", "--device", "cpu", "--log_interval", "1", "--n_saved", "20",

@@ -131,12 +131,12 @@ class BoundaryWatch:
         threading.setprofile(None)
 
 
-def test_the_library_never_receives_the_options(synthetic_root, tmp_path):
+def test_the_library_never_receives_the_options(synthetic_root, small_pairs, tmp_path):
     """A training run (held-out validation, verification on the built-in pairs, a checkpoint)
     and its resume pass only plain arguments, option groups and the Runtime below the
     composition."""
     root = copy_subset(synthetic_root[0], tmp_path / "faces", identities=4, images=6)
-    pairs = synthetic_root[1]
+    pairs = small_pairs
     out = tmp_path / "runs"
     common = ["--dataroot", str(root), "--output_dir", str(out), "--model", "tiny",
               "--image_size", "32", "--batch_size", "4", "--valid_split", "0.25",

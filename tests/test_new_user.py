@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, copy_subset
+from conftest import SMALL_PAIRS_PER_FOLD as PER_FOLD  # pairs.txt: 10 folds x (5 same + 5 diff)
 
 from faceignite.cli import EXIT_PREEMPTED
 from faceignite.config import options_group, parse_args
@@ -27,36 +28,11 @@ from faceignite.errors import FaceIgniteError
 from faceignite.models.registry import SPECS
 from handlers.training import main as train
 
-PER_FOLD = 5  # pairs files written here: 10 folds x (5 same + 5 different) = 50 impostors
-
 
 @pytest.fixture(scope="module")
 def train_root(synthetic_root, tmp_path_factory):
     """4 identities x 4 real JPEGs: 12 training + 4 held out (--valid_split 0.25), batch 4."""
     return copy_subset(synthetic_root[0], tmp_path_factory.mktemp("train"), 4, 4)
-
-
-@pytest.fixture(scope="module")
-def lfw_root(synthetic_root, tmp_path_factory):
-    """An LFW-format folder (real JPEGs) whose pairs.txt has 10 folds of 5 same + 5 different
-    pairs, taken from the built-in pairs set."""
-    src = synthetic_root[1]
-    lines = (src / "pairs.txt").read_text().splitlines()
-    per_fold = int(lines[0].split()[1])
-    body, chosen = lines[1:], []
-    for fold in range(10):
-        block = body[fold * 2 * per_fold:(fold + 1) * 2 * per_fold]
-        chosen += block[:PER_FOLD] + block[per_fold:per_fold + PER_FOLD]
-    root = tmp_path_factory.mktemp("lfw")
-    for line in chosen:
-        t = line.split()
-        people = [(t[0], t[1]), (t[0], t[2])] if len(t) == 3 else [(t[0], t[1]), (t[2], t[3])]
-        for person, number in people:
-            (root / person).mkdir(exist_ok=True)
-            name = f"{person}_{int(number):04d}.jpg"
-            shutil.copy(src / person / name, root / person / name)
-    (root / "pairs.txt").write_text(f"10\t{PER_FOLD}\n" + "\n".join(chosen) + "\n")
-    return root
 
 
 def args(train_root, out, *more) -> list[str]:
@@ -93,8 +69,8 @@ def test_embedding_dim_default_is_the_architectures_own():
     assert parse_args(["--model", "iresnet50", "--embedding_dim", "64"]).embedding_dim == 64
 
 
-def test_config_json_records_every_value_used(train_root, lfw_root, tmp_path):
-    train(args(train_root, tmp_path, "--lfw", str(lfw_root)), loss="arcface",
+def test_config_json_records_every_value_used(train_root, small_pairs, tmp_path):
+    train(args(train_root, tmp_path, "--lfw", str(small_pairs)), loss="arcface",
           name="resnet34_arcface")
     (run_dir,) = runs_in(tmp_path)
     config = json.loads((run_dir / "config.json").read_text())
@@ -124,9 +100,9 @@ def test_run_names_and_one_cache_folder(train_root, tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------- item 15
-def test_best_and_latest_of_one_iteration_are_one_file(train_root, lfw_root, tmp_path, caplog):
+def test_best_and_latest_of_one_iteration_are_one_file(train_root, small_pairs, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
-        train(args(train_root, tmp_path, "--lfw", str(lfw_root)))
+        train(args(train_root, tmp_path, "--lfw", str(small_pairs)))
     (run_dir,) = runs_in(tmp_path)
     (best,) = run_dir.glob("best_checkpoint_3_lfw_accuracy=*.pt")
     latest = run_dir / "training_checkpoint_3.pt"
@@ -135,10 +111,10 @@ def test_best_and_latest_of_one_iteration_are_one_file(train_root, lfw_root, tmp
     assert f"best checkpoint {best} (lfw_accuracy " in done
 
 
-def test_run_folder_commands_use_the_best_checkpoint(train_root, lfw_root, tmp_path, caplog):
+def test_run_folder_commands_use_the_best_checkpoint(train_root, small_pairs, tmp_path, caplog):
     from faceignite import evaluate, export
 
-    train(args(train_root, tmp_path / "runs", "--lfw", str(lfw_root), "--epochs", "2"))
+    train(args(train_root, tmp_path / "runs", "--lfw", str(small_pairs), "--epochs", "2"))
     (run_dir,) = runs_in(tmp_path / "runs")
     (best,) = run_dir.glob("best_checkpoint_*.pt")
     with caplog.at_level(logging.INFO):
@@ -158,7 +134,7 @@ def test_run_folder_commands_use_the_best_checkpoint(train_root, lfw_root, tmp_p
     assert str(tmp_path / "empty") in line
     assert not list((tmp_path / "ev").glob("evaluate-*"))
     # a run folder given with a trailing slash names the ROC after the folder (not "roc_.png")
-    evaluate.main(["--checkpoint", f"{run_dir}/", "--lfw", str(lfw_root), "--output_dir",
+    evaluate.main(["--checkpoint", f"{run_dir}/", "--lfw", str(small_pairs), "--output_dir",
                    str(tmp_path / "ev"), "--device", "cpu"])
     (ev_dir,) = (tmp_path / "ev").glob("evaluate-*")
     assert (ev_dir / f"roc_{run_dir.name}.png").is_file()
@@ -236,17 +212,17 @@ def test_interrupt_keeps_the_last_line_and_resume_names_the_same_epoch(train_roo
 
 
 # --------------------------------------------------------------------------- item 17
-def test_pack_writes_a_bin_the_reader_reads_back(lfw_root, tmp_path):
+def test_pack_writes_a_bin_the_reader_reads_back(small_pairs, tmp_path):
     from faceignite.data import pack
     from faceignite.verification.bin_set import load_bin
     from faceignite.verification.pairs import read_pairs, resolve_images
 
     pairs_file = tmp_path / "elsewhere.txt"
-    shutil.copy(lfw_root / "pairs.txt", pairs_file)
+    shutil.copy(small_pairs / "pairs.txt", pairs_file)
     dst = tmp_path / "mini.bin"
-    assert pack.main([str(lfw_root), str(dst), "--pairs", str(pairs_file)]) == 0
+    assert pack.main([str(small_pairs), str(dst), "--pairs", str(pairs_file)]) == 0
     data = load_bin(str(dst))
-    pairs, files = resolve_images(read_pairs(str(pairs_file)), str(lfw_root))
+    pairs, files = resolve_images(read_pairs(str(pairs_file)), str(small_pairs))
     assert list(data.issame) == list(pairs.issame) and len(data) == 10 * 2 * PER_FOLD
     for p in range(len(pairs)):
         for side, key in ((0, pairs.left[p]), (1, pairs.right[p])):
@@ -255,28 +231,28 @@ def test_pack_writes_a_bin_the_reader_reads_back(lfw_root, tmp_path):
     with open(dst, "rb") as f:  # nothing but bytes and bools: no global in the pickle
         assert not [op for op, *_ in __import__("pickletools").genops(f.read())
                     if "GLOBAL" in op.name]
-    assert pack.main([str(lfw_root), str(dst), "--pairs", str(pairs_file)]) == 2  # exists
+    assert pack.main([str(small_pairs), str(dst), "--pairs", str(pairs_file)]) == 2  # exists
     broken = tmp_path / "broken"
-    shutil.copytree(lfw_root, broken)
+    shutil.copytree(small_pairs, broken)
     victim = next(broken.glob("*/*.jpg"))
     victim.write_bytes(b"not a jpeg")
     assert pack.main([str(broken), str(tmp_path / "b.bin")]) == 2
     assert not (tmp_path / "b.bin").exists()
 
 
-def test_named_targets_and_pairs_files_stored_elsewhere(lfw_root, tmp_path):
+def test_named_targets_and_pairs_files_stored_elsewhere(small_pairs, tmp_path):
     from faceignite.verification.targets import plan_targets
 
     images = tmp_path / "images"
-    shutil.copytree(lfw_root, images, ignore=shutil.ignore_patterns("pairs.txt"))
+    shutil.copytree(small_pairs, images, ignore=shutil.ignore_patterns("pairs.txt"))
     pairs = tmp_path / "my_pairs.txt"
-    shutil.copy(lfw_root / "pairs.txt", pairs)
+    shutil.copy(small_pairs / "pairs.txt", pairs)
     (spec,) = plan_targets([f"mine={images}"], val_pairs=[f"mine={pairs}"])
     assert spec.name == "mine" and spec.pairs_file == str(pairs)
     target = spec.load()
     assert target.name == "mine" and len(target.pairs) == 10 * 2 * PER_FOLD
     odd = tmp_path / "a=b"  # an existing path with '=' is a path, not NAME=PATH
-    shutil.copytree(lfw_root, odd)
+    shutil.copytree(small_pairs, odd)
     (spec,) = plan_targets([str(odd)])
     assert spec.path == str(odd) and spec.name == "a_b"
     with pytest.raises(FaceIgniteError, match="--val_pairs other="):
@@ -285,28 +261,28 @@ def test_named_targets_and_pairs_files_stored_elsewhere(lfw_root, tmp_path):
         plan_targets([str(images)])
 
 
-def test_named_target_in_a_training_run(train_root, lfw_root, tmp_path):
+def test_named_target_in_a_training_run(train_root, small_pairs, tmp_path):
     images = tmp_path / "images"
-    shutil.copytree(lfw_root, images, ignore=shutil.ignore_patterns("pairs.txt"))
-    shutil.copy(lfw_root / "pairs.txt", tmp_path / "p.txt")
+    shutil.copytree(small_pairs, images, ignore=shutil.ignore_patterns("pairs.txt"))
+    shutil.copy(small_pairs / "pairs.txt", tmp_path / "p.txt")
     metrics = train(args(train_root, tmp_path / "runs", "--val_targets", f"mine={images}",
                          "--val_pairs", f"mine={tmp_path / 'p.txt'}"))
     assert 0 <= metrics["mine_accuracy"] <= 1
     assert metrics["mine_val_far1e-3"] is None  # 45 impostor pairs cannot resolve 1e-3
 
 
-def test_tar_at_an_unresolvable_far_is_na(lfw_root, tmp_path, capsys):
+def test_tar_at_an_unresolvable_far_is_na(small_pairs, tmp_path, capsys):
     from faceignite import evaluate
     from faceignite.verification.pairs import read_pairs
     from handlers.tracking import evaluator_scalars
 
-    pairs = read_pairs(str(lfw_root / "pairs.txt"))
+    pairs = read_pairs(str(small_pairs / "pairs.txt"))
     names = list(pairs.keys)
     rng = np.random.default_rng(0)
     np.save(tmp_path / "e.npy", rng.normal(size=(len(names), 8)).astype(np.float32))
     (tmp_path / "e.txt").write_text("\n".join(names) + "\n")
     evaluate.main(["--embeddings", str(tmp_path / "e.npy"), "--names", str(tmp_path / "e.txt"),
-                   "--lfw_pairs", str(lfw_root / "pairs.txt"), "--output_dir",
+                   "--lfw_pairs", str(small_pairs / "pairs.txt"), "--output_dir",
                    str(tmp_path / "ev")])
     printed = capsys.readouterr().out
     assert re.search(r"TAR @ FAR=1e-3\s+n/a: the 45 impostor pairs .* FAR >= 2\.2e-02", printed)
@@ -340,13 +316,13 @@ def test_training_bar_moves_every_iteration(capsys):
     assert "/2" not in capsys.readouterr().err
 
 
-def test_validation_shows_a_progress_bar(lfw_root, capsys):
+def test_validation_shows_a_progress_bar(small_pairs, capsys):
     import torch
 
     from faceignite.verification.targets import create_target_evaluator, load_target
     from faceignite.models import build_model
 
-    target = load_target(str(lfw_root))
+    target = load_target(str(small_pairs))
     evaluator = create_target_evaluator(build_model("tiny", 8), target, torch.device("cpu"), 32,
                                         batch_size=16)
     evaluator.progress = True

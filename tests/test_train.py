@@ -28,12 +28,13 @@ def test_tiny_run_learns(train_args):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_custom_experiment_from_the_readme_runs(synthetic_root, tmp_path, monkeypatch):
+def test_custom_experiment_from_the_readme_runs(synthetic_root, small_pairs, tmp_path,
+                                                monkeypatch):
     """The README's hand-composed experiment trains, validates on LFW-format pairs and saves
     (the file run as ``__main__`` in this process, tiny network, 48 JPEGs; as a real process
     that also resumes: tests/test_custom_example.py)."""
-    train, pairs = synthetic_root
-    root = copy_subset(train, tmp_path / "data", identities=6, images=8)
+    root = copy_subset(synthetic_root[0], tmp_path / "data", identities=6, images=8)
+    pairs = small_pairs
     monkeypatch.setattr(sys, "argv", [
         "experiments/custom_example.py", "--dataroot", str(root), "--output_dir",
         str(tmp_path / "runs"), "--model", "tiny", "--image_size", "32", "--batch_size", "4",
