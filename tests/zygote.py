@@ -40,9 +40,11 @@ PRELOAD = ("torch", "torch._dynamo", "torch.distributed.run", "ignite.engine", "
 # ------------------------------------------------------------------------- in the forked child
 def _command(request: dict, fds: list[int]) -> None:
     """The forkserver's child: becomes the command's process, runs it and exits."""
-    # the main process of its own program, not a multiprocessing child of the test
+    # the main process of its own program (which may start processes of its own), not a
+    # daemonic multiprocessing child of the test
     this = multiprocessing.current_process()
     this._name, this._parent_pid, this._parent_name = "MainProcess", None, None
+    this._config["daemon"] = False
     multiprocessing.process._parent_process = None
     _become(request, fds)
     _exit(_run(request["argv"]))
@@ -120,8 +122,9 @@ def _run(argv: list[str]) -> int | None:
 
 def _exit(code: int | None) -> None:
     """End as ``python`` ends: ``atexit`` functions (logging, ClearML, ``weakref.finalize``),
-    the standard streams flushed; then without tearing down every module the zygote imported
-    (1-2 s of copy-on-write page faults in a fork; ``multiprocessing`` ends its forks so too)."""
+    the standard streams flushed; then without tearing down every module the forkserver
+    imported (1-2 s of copy-on-write page faults in a fork; ``multiprocessing`` ends its forks
+    so too)."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -194,7 +197,8 @@ class Popen:
                    "env": dict(os.environ if env is None else env),
                    "new_session": start_new_session, "pgid": os.getpgid(0)}
         self._process = multiprocessing.get_context("forkserver").Process(
-            target=_command, args=(request, [_Fd(fd) for fd in child_fds]), daemon=False)
+            target=_command, args=(request, [_Fd(fd) for fd in child_fds]),
+            daemon=True)  # a command a failed test left running is ended when pytest exits
         self._process.start()
         self.pid = self._process.pid
         for fd in parent_ends:
