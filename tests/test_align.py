@@ -5,7 +5,6 @@ import csv
 import logging
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

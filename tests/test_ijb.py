@@ -6,7 +6,6 @@ The protocol is checked against a plain-loop NumPy computation written here from
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import sys
 from pathlib import Path

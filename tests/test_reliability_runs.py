@@ -3,7 +3,6 @@ empty batches, two runs started at once, a NaN stop's exit code, a refused resum
 the run untouched, the options refused before training, and impossible or full output folders."""
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
