@@ -152,6 +152,27 @@ def synthetic_root(tmp_path_factory) -> tuple[Path, Path]:
     return Path(train), Path(pairs)
 
 
+def fold_pairs(pairs_txt: Path, keep: int, folds: int = 10, skip: int = 0) -> list[str]:
+    """Lines of an LFW ``pairs.txt`` (header ``FOLDS<TAB>PER_FOLD``, then each fold's same
+    pairs and its different ones): of each of the first ``folds`` folds, ``keep`` same then
+    ``keep`` different pairs, after the first ``skip`` of each kind."""
+    lines = Path(pairs_txt).read_text().splitlines()
+    per_fold = int(lines[0].split()[1])
+    chosen = []
+    for fold in range(folds):
+        block = lines[1 + fold * 2 * per_fold:1 + (fold + 1) * 2 * per_fold]
+        chosen += (block[skip:skip + keep]
+                   + block[per_fold + skip:per_fold + skip + keep])
+    return chosen
+
+
+def pair_files(line: str) -> tuple[list[tuple[str, str]], bool]:
+    """``[(person, file name)] * 2`` and same-or-not of one ``pairs.txt`` line."""
+    t = line.split()
+    people = [(t[0], t[1]), (t[0], t[2])] if len(t) == 3 else [(t[0], t[1]), (t[2], t[3])]
+    return [(p, f"{p}_{int(n):04d}.jpg") for p, n in people], len(t) == 3
+
+
 SMALL_PAIRS_PER_FOLD = 5
 
 
@@ -161,20 +182,11 @@ def small_pairs(synthetic_root, tmp_path_factory) -> Path:
     pairs, taken from the built-in pairs set (600 pairs): verification in a test's run at a
     sixth of the cost."""
     src = synthetic_root[1]
-    lines = (src / "pairs.txt").read_text().splitlines()
-    per_fold = int(lines[0].split()[1])
-    body, chosen = lines[1:], []
-    for fold in range(10):
-        block = body[fold * 2 * per_fold:(fold + 1) * 2 * per_fold]
-        chosen += (block[:SMALL_PAIRS_PER_FOLD]
-                   + block[per_fold:per_fold + SMALL_PAIRS_PER_FOLD])
+    chosen = fold_pairs(src / "pairs.txt", SMALL_PAIRS_PER_FOLD)
     root = tmp_path_factory.mktemp("lfw")
     for line in chosen:
-        t = line.split()
-        people = [(t[0], t[1]), (t[0], t[2])] if len(t) == 3 else [(t[0], t[1]), (t[2], t[3])]
-        for person, number in people:
+        for person, name in pair_files(line)[0]:
             (root / person).mkdir(exist_ok=True)
-            name = f"{person}_{int(number):04d}.jpg"
             shutil.copy(src / person / name, root / person / name)
     (root / "pairs.txt").write_text(f"10\t{SMALL_PAIRS_PER_FOLD}\n" + "\n".join(chosen) + "\n")
     return root

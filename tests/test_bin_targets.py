@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from conftest import shared_path
+from conftest import fold_pairs, pair_files, shared_path
 from faceignite.errors import FaceIgniteError
 from faceignite.verification import create_pairs_evaluator, save_roc_curve
 from faceignite.verification.bin_set import load_bin
@@ -59,24 +59,18 @@ def pairs_set(tmp_path_factory):
     """An LFW-format folder with the first 2 same + 2 different pairs of each of LFW's 10 folds
     (real MTCNN crops), and the same pairs as (image bytes, issame) in file order."""
     lfw = shared_path("lfw", "lfw-mtcnn-160")
-    lines = shared_path("lfw", "pairs.txt").read_text().splitlines()[1:]
+    chosen = fold_pairs(shared_path("lfw", "pairs.txt"), PER_FOLD)
     root = tmp_path_factory.mktemp("lfw_small")
-    chosen = []
-    for fold in range(10):
-        block = lines[fold * 600:(fold + 1) * 600]
-        chosen += block[:PER_FOLD] + block[300:300 + PER_FOLD]
     (root / "pairs.txt").write_text(f"10\t{PER_FOLD}\n" + "\n".join(chosen) + "\n")
     images, issame = [], []
     for line in chosen:
-        t = line.split()
-        names = [(t[0], int(t[1])), (t[0], int(t[2]))] if len(t) == 3 else [(t[0], int(t[1])),
-                                                                             (t[2], int(t[3]))]
-        for person, number in names:
-            src = lfw / person / f"{person}_{number:04d}.jpg"
+        files, same = pair_files(line)
+        for person, name in files:
+            src = lfw / person / name
             (root / person).mkdir(exist_ok=True)
             shutil.copy(src, root / person / src.name)
             images.append(src.read_bytes())
-        issame.append(len(t) == 3)
+        issame.append(same)
     return root, images, issame
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import installed, one_error, shared_path
+from conftest import fold_pairs, installed, one_error, shared_path
 from faceignite.evaluate import main as evaluate
 from faceignite.models import build_model
 
@@ -19,11 +19,7 @@ pytestmark = pytest.mark.skipif(not installed("onnxruntime"), reason="pip instal
 
 def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str, str]:
     """A pairs file of the first ``per_fold`` same and different pairs of LFW's first folds."""
-    lines = shared_path("lfw", "pairs.txt").read_text().splitlines()[1:]
-    kept = []
-    for fold in range(folds):
-        block = lines[fold * 600:(fold + 1) * 600]
-        kept += block[:per_fold] + block[300:300 + per_fold]
+    kept = fold_pairs(shared_path("lfw", "pairs.txt"), per_fold, folds)
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(f"{folds}\t{per_fold}\n" + "\n".join(kept) + "\n")
     return str(shared_path("lfw", "lfw-mtcnn-160")), str(pairs)

@@ -15,6 +15,7 @@ import cv2
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import fold_pairs, pair_files
 from faceignite.config import get_args_parser, parse_args
 from faceignite.data.pack import pack_folder
 from faceignite.evaluate import main as evaluate
@@ -26,42 +27,26 @@ SUFFIXES = ("accuracy", "accuracy_std", "threshold", "val_far1e-3", "val_far1e-2
 PER_FOLD = 2  # same and different pairs per fold taken from the built-in pairs.txt
 
 
-def pair_paths(line: str) -> tuple[list[tuple[str, str]], bool]:
-    """``[(person, file name)] * 2`` and same-or-not of one ``pairs.txt`` line."""
-    t = line.split()
-    if len(t) == 3:
-        people = [(t[0], int(t[1])), (t[0], int(t[2]))]
-    else:
-        people = [(t[0], int(t[1])), (t[2], int(t[3]))]
-    return [(p, f"{p}_{n:04d}.jpg") for p, n in people], len(t) == 3
-
-
 @pytest.fixture(scope="module")
 def targets(synthetic_root, tmp_path_factory):
     """``cfp_mini.bin`` (the first 2 same + 2 different pairs of each fold of the built-in
     pairs set, JPEG bytes pickled as ``(images, issame)``) and ``calfw_mini/`` (the next ones,
     an LFW-format folder with its ``pairs.txt``)."""
     pairs_root = synthetic_root[1]
-    lines = (pairs_root / "pairs.txt").read_text().splitlines()
-    per_fold = int(lines[0].split()[1])
-    lines = lines[1:]
     base = tmp_path_factory.mktemp("targets")
-    images, issame, chosen = [], [], []
-    for fold in range(10):
-        block = lines[fold * 2 * per_fold:(fold + 1) * 2 * per_fold]
-        for line in block[:PER_FOLD] + block[per_fold:per_fold + PER_FOLD]:
-            files, same = pair_paths(line)
-            images += [(pairs_root / p / f).read_bytes() for p, f in files]
-            issame.append(same)
-        chosen += (block[PER_FOLD:2 * PER_FOLD]
-                   + block[per_fold + PER_FOLD:per_fold + 2 * PER_FOLD])
+    images, issame = [], []
+    for line in fold_pairs(pairs_root / "pairs.txt", PER_FOLD):
+        files, same = pair_files(line)
+        images += [(pairs_root / p / f).read_bytes() for p, f in files]
+        issame.append(same)
+    chosen = fold_pairs(pairs_root / "pairs.txt", PER_FOLD, skip=PER_FOLD)
     bin_path = base / "cfp_mini.bin"
     bin_path.write_bytes(pickle.dumps((images, issame), protocol=2))
     folder = base / "calfw_mini"
     folder.mkdir()
     (folder / "pairs.txt").write_text(f"10\t{PER_FOLD}\n" + "\n".join(chosen) + "\n")
     for line in chosen:
-        for person, name in pair_paths(line)[0]:
+        for person, name in pair_files(line)[0]:
             (folder / person).mkdir(exist_ok=True)
             shutil.copy(pairs_root / person / name, folder / person / name)
     return bin_path, folder

@@ -51,14 +51,11 @@ def _command(request: dict, fds: list[int]) -> None:
 
 
 def _become(request: dict, fds: list[int]) -> None:
-    """The request's process group, folder, environment and standard streams."""
+    """The request's session, folder, environment and standard streams.  Without a new
+    session the process stays in the forkserver's process group, which is the test process's
+    (the server is its child), as ``subprocess.Popen`` leaves it."""
     if request["new_session"]:
         os.setsid()
-    else:
-        try:
-            os.setpgid(0, request["pgid"])  # the client's group, as subprocess.Popen leaves it
-        except OSError:
-            pass
     os.chdir(request["cwd"])
     sys.path[:] = _command_path(request["argv"], request["env"])
     os.environ.clear()
@@ -173,6 +170,8 @@ class Popen:
     def __init__(self, argv: Sequence[str], *, cwd: str | os.PathLike | None = None,
                  env: dict | None = None, stdin: Any = None, stdout: Any = None,
                  stderr: Any = None, text: bool = False, start_new_session: bool = False):
+        if stdin == subprocess.PIPE:
+            raise ValueError("stdin=PIPE is not supported: commands read /dev/null or a file")
         argv = [str(a) for a in argv]
         if argv and argv[0] == sys.executable:
             argv = argv[1:]
@@ -184,7 +183,7 @@ class Popen:
         child_fds, parent_ends = [], []
         for spec, mode, name in ((stdin, "r", "stdin"), (stdout, "w", "stdout"),
                                  (stderr, "w", "stderr")):
-            if spec == subprocess.PIPE and mode == "w":
+            if spec == subprocess.PIPE:  # stdout or stderr (stdin=PIPE refused above)
                 read, write = os.pipe()
                 child_fds.append(write)
                 parent_ends.append(write)
@@ -195,7 +194,7 @@ class Popen:
                 child_fds.append(_stream(spec, mode, keep))
         request = {"argv": argv, "cwd": str(cwd or os.getcwd()),
                    "env": dict(os.environ if env is None else env),
-                   "new_session": start_new_session, "pgid": os.getpgid(0)}
+                   "new_session": start_new_session}
         self._process = multiprocessing.get_context("forkserver").Process(
             target=_command, args=(request, [_Fd(fd) for fd in child_fds]),
             daemon=True)  # a command a failed test left running is ended when pytest exits
@@ -230,7 +229,7 @@ class Popen:
         return results.get("stdout"), results.get("stderr")
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
+        if self.poll() is None:  # not to a pid the system may have given to another process
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
