@@ -321,6 +321,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--nproc_per_node",), "runtime", "Spawn this many training processes on this "
            "machine (Ignite's idist.Parallel), e.g. one per GPU; not with torchrun", 1, type=int,
            check=at_least(1)),
+    Option(("--start_method",), "runtime", "How --nproc_per_node starts its processes: "
+           "spawn (a new interpreter each, 3-4 CPU-s of imports; safe everywhere), fork (copies "
+           "of this process, started at once; CPU runs on Linux) or forkserver (copies of one "
+           "new interpreter)", "spawn", type=str, choices=("spawn", "fork", "forkserver")),
     Option(("--sync_bn",), "runtime", "Several processes: SyncBatchNorm, batch statistics over "
            "all of them", False, action="store_true"),
     # LFW validation

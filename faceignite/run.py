@@ -320,8 +320,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def parallel_options(nproc_per_node: int, backend: str | None, device: str) -> dict[str, Any]:
-    """Keyword arguments of ``idist.Parallel`` for ``--backend`` and ``--nproc_per_node``."""
+def parallel_options(nproc_per_node: int, backend: str | None, device: str,
+                     start_method: str = "spawn") -> dict[str, Any]:
+    """Keyword arguments of ``idist.Parallel`` for ``--backend``, ``--nproc_per_node`` and
+    ``--start_method`` (used only when this process starts the others)."""
     nproc = max(1, nproc_per_node)
     backend = resolve_backend(backend, nproc, device)
     if nproc > 1 and launched_externally():
@@ -339,42 +341,79 @@ def parallel_options(nproc_per_node: int, backend: str | None, device: str) -> d
                               f"{torch.cuda.device_count()} GPUs (one process per GPU)")
     options: dict[str, Any] = {"backend": backend}
     if nproc > 1:
-        options.update(nproc_per_node=nproc,
+        check_start_method(start_method, backend, device)
+        options.update(nproc_per_node=nproc, start_method=start_method,
                        master_port=int(os.environ.get("MASTER_PORT") or _free_port()))
     return options
+
+
+def check_start_method(start_method: str, backend: str, device: str) -> None:
+    """Refuse a ``--start_method`` this platform lacks, and ``fork`` for a CUDA run (a forked
+    process cannot use CUDA once its parent has touched it, which checking for GPUs does)."""
+    available = multiprocessing.get_all_start_methods()
+    if start_method not in available:
+        raise FaceIgniteError(f"--start_method {start_method} is not available on this platform "
+                              f"(it has {', '.join(available)})")
+    cuda = backend == "nccl" or str(device).startswith("cuda") or (
+        str(device) == "auto" and torch.cuda.is_available())
+    if start_method == "fork" and cuda:
+        raise FaceIgniteError("--start_method fork is for CPU runs (a forked process cannot use "
+                              "CUDA): use spawn or forkserver, or --device cpu")
+
+
+_forwarding = False  # this process is a launcher forwarding signals (_forward_preemption)
+
+
+def _forked_child_starts_with_default_signals() -> None:
+    """A process forked while forwarding (``--start_method fork``) starts as a spawned one:
+    SIGTERM/SIGUSR1 at their defaults until its run sets its own handlers."""
+    global _forwarding
+    if _forwarding:
+        _forwarding = False
+        for sig in PREEMPTION_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forked_child_starts_with_default_signals)
 
 
 @contextlib.contextmanager
 def _forward_preemption() -> Iterator[None]:
     """While ``--nproc_per_node`` processes run: SIGTERM/SIGUSR1 to this launcher (a scheduler or
-    ``kill PID``) goes on to the spawned processes, which save a checkpoint and exit 75; this
+    ``kill PID``) goes on to the started processes, which save a checkpoint and exit 75; this
     one then exits with their code instead of dying by the signal.  A signal sent to the whole
     process group reaches them twice: they take a repeat within a few seconds as the same one
     (``handlers.interrupt``)."""
+    global _forwarding
+
     def forward(signum: int, _frame) -> None:
         for process in multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in PREEMPTION_SIGNALS}
+    _forwarding = True
     try:
         yield
     finally:
+        _forwarding = False
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
-def parallel(nproc_per_node: int = 1, backend: str | None = "auto", device: str = "auto"
-             ) -> Iterator[idist.Parallel]:
+def parallel(nproc_per_node: int = 1, backend: str | None = "auto", device: str = "auto",
+             start_method: str = "spawn") -> Iterator[idist.Parallel]:
     """``idist.Parallel`` for the options: ``parallel.run(training, ...)`` then runs ``training``
     in this process, in each process torchrun/SLURM started, or in ``--nproc_per_node`` processes
-    spawned here.  A spawned process that fails has logged why; this one then exits with its code.
-    On Ctrl-C this one waits for the spawned processes, which save a checkpoint and stop.
+    started here (``start_method``: spawn, fork or forkserver).  A started process that fails has
+    logged why; this one then exits with its code.  On Ctrl-C this one waits for the started
+    processes, which save a checkpoint and stop.
     """
     setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # ours says it
     try:
-        options = parallel_options(nproc_per_node, backend, device)
+        options = parallel_options(nproc_per_node, backend, device, start_method)
     except FaceIgniteError as exc:
         setup_logging()
         fail(exc)

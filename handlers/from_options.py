@@ -251,6 +251,6 @@ def launch(training: Callable[..., Any], cfg: argparse.Namespace, *args: Any) ->
         except FaceIgniteError as exc:
             fail(exc)
     result: dict = {}
-    with parallel(cfg.nproc_per_node, cfg.backend, cfg.device) as launcher:
+    with parallel(cfg.nproc_per_node, cfg.backend, cfg.device, cfg.start_method) as launcher:
         launcher.run(training, cfg, *args, result)
     return result

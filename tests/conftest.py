@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subprocesses inherit it
-# Two-process tests that call ``idist.Parallel`` themselves fork their ranks from one server
-# process per test process that imported torch, ignite and the trainer once ("forkserver"),
-# rather than start each rank from nothing ("spawn": 3-4 CPU-s of imports per rank); so do the
-# tests' command lines (``zygote``).
+# Two-process tests whose subject is what the ranks do (``idist.Parallel(start_method=...)``,
+# ``--start_method``) fork their ranks from one server process per test process that imported
+# torch, ignite and the trainer once ("forkserver"), rather than start each rank from nothing
+# ("spawn": 3-4 CPU-s of imports per rank); so do the tests' command lines (``zygote``).  The
+# ranks get the server's environment, not the test's.
 START_METHOD = "forkserver"
 multiprocessing.set_forkserver_preload(list(zygote.PRELOAD))
 SHARED_DATA = Path(os.environ.get("FACEIGNITE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -118,29 +119,6 @@ def one_thread():
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def fork_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--nproc_per_node N`` runs started in this process (``main(...)``) fork their ranks from
-    the preloaded forkserver (``START_METHOD``) instead of spawning each from nothing (3-4 CPU-s
-    of imports a rank): for tests whose subject is what the ranks do, not how they start.  The
-    ranks get the forkserver's environment, not the test's.  ``test_custom_example`` launches
-    the template as users do (spawn)."""
-    import faceignite.run
-
-    plain = faceignite.run.parallel_options
-
-    def forked(*args, **kwargs):
-        options = plain(*args, **kwargs)
-        return {**options, "start_method": START_METHOD} if "nproc_per_node" in options else options
-
-    monkeypatch.setattr(faceignite.run, "parallel_options", forked)
-
-
-@pytest.fixture
-def forked_ranks(monkeypatch):
-    """This test's ``--nproc_per_node`` runs fork their ranks (:func:`fork_ranks`)."""
-    fork_ranks(monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -136,8 +136,10 @@ def test_template_on_two_processes_interrupted_then_resumed(tmp_path, synthetic_
     assert list(run_dir.glob("clearml/offline/*.zip"))  # the interrupted run's session, closed
     before = {p.name: digest(p) for p in run_dir.glob("training_checkpoint_*.pt")}
 
-    resumed = zygote.run(command + ["--resume_path", str(run_dir)], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
+    # continued with its ranks forked from the launcher (--start_method fork): a run's start
+    # method is not part of it
+    resumed = zygote.run(command + ["--resume_path", str(run_dir), "--start_method", "fork"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in runs.glob("custom_example-*")] == [run_dir.name]
     assert f"iteration {stopped})" in resumed.stderr  # "resuming from ... (epoch E iteration I)"
@@ -190,9 +192,10 @@ def test_readme_second_example_swaps_loss_and_backbone_and_logs_the_norm(tmp_pat
 
 def test_sigterm_to_the_launcher_or_its_group_saves_and_exits_75(tmp_path, synthetic_root):
     """``--nproc_per_node 2``: SIGTERM to the launcher alone (``kill PID``, a container's stop)
-    goes on to the spawned processes; SIGTERM to the whole group reaches them twice (from the
+    goes on to the started processes; SIGTERM to the whole group reaches them twice (from the
     sender and from the launcher), which they take as one.  Either way rank 0 saves and the
-    launcher exits 75 (pre-empted), not killed by the signal."""
+    launcher exits 75 (pre-empted), not killed by the signal.  The ranks are forked from the
+    launcher (``--start_method fork``): children of it as spawned ones are, started at once."""
     train, _ = synthetic_root
     root = copy_subset(train, tmp_path / "data", identities=4, images=6)
     env = environment(tmp_path)
@@ -202,7 +205,7 @@ def test_sigterm_to_the_launcher_or_its_group_saves_and_exits_75(tmp_path, synth
                    str(runs), "--model", "tiny", "--image_size", "32", "--batch_size", "4",
                    "--epochs", "50", "--num_workers", "0", "--device", "cpu",
                    "--log_interval", "1", "--nproc_per_node", "2", "--backend", "gloo",
-                   "--clearml", "off"]
+                   "--start_method", "fork", "--clearml", "off"]
         proc = zygote.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)
         lines: list[str] = []

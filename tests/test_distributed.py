@@ -12,7 +12,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import START_METHOD, copy_subset
+from conftest import START_METHOD, copy_subset, one_error
 
 from handlers.training import main
 
@@ -104,10 +104,10 @@ def assert_equal_tree(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def test_two_processes_train_identical_replicas_and_resume_in_one(small_root, tmp_path,
-                                                                 forked_ranks):
+def test_two_processes_train_identical_replicas_and_resume_in_one(small_root, tmp_path):
     out = tmp_path / "runs"
-    assert main(run_args(small_root, out, "--nproc_per_node", "2", "--backend", "gloo"),
+    assert main(run_args(small_root, out, "--nproc_per_node", "2", "--backend", "gloo",
+                         "--start_method", START_METHOD),
                 hooks=[save_states]) == {}  # ranks elsewhere: the metrics are in the run folder
     rank0, rank1 = (torch.load(out / f"states-rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
@@ -343,3 +343,52 @@ def test_auto_backend_for_torchrun_srun_nproc_and_plain_runs(monkeypatch):
     monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
     monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun
     assert resolve_backend("auto", 1, "cpu") == "gloo"
+
+
+def test_start_method_fork_is_refused_for_cuda_runs_and_where_the_platform_lacks_it(
+        small_root, tmp_path, caplog, monkeypatch):
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exited:  # refused before anything is started or written
+        main(run_args(small_root, out, "--nproc_per_node", "2", "--device", "cuda",
+                      "--start_method", "fork"))
+    assert exited.value.code == 2 and "--start_method fork" in one_error(caplog)
+    assert not out.exists()
+    caplog.clear()
+    monkeypatch.setattr("multiprocessing.get_all_start_methods", lambda: ["spawn"])  # Windows
+    with pytest.raises(SystemExit) as exited:
+        main(run_args(small_root, out, "--nproc_per_node", "2", "--start_method", "forkserver"))
+    assert exited.value.code == 2 and "--start_method forkserver" in one_error(caplog)
+    assert not out.exists()
+
+
+def _signals_of_a_forked_child() -> list[str]:
+    """SIGTERM's and SIGUSR1's handlers in a child forked now (its report through a pipe)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        names = [str(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGUSR1)]
+        os.write(write, ",".join(names).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        report = f.read()
+    os.waitpid(pid, 0)
+    return report.split(",")
+
+
+def test_a_rank_forked_by_a_forwarding_launcher_starts_with_the_default_signals():
+    """``--start_method fork``: the launcher forwards SIGTERM/SIGUSR1 to its ranks; a rank
+    forked meanwhile starts with the default handlers (as a spawned one), not the launcher's."""
+    from faceignite.run import _forward_preemption
+
+    default = str(signal.SIG_DFL)
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)]
+    with _forward_preemption():
+        assert callable(signal.getsignal(signal.SIGTERM))  # the launcher forwards
+        assert _signals_of_a_forked_child() == [default, default]
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)] == before
+    signal.signal(signal.SIGUSR1, forward_nothing := lambda *_: None)  # outside: inherited
+    try:
+        assert _signals_of_a_forked_child()[1] == str(forward_nothing)
+    finally:
+        signal.signal(signal.SIGUSR1, before[1])

@@ -1,9 +1,9 @@
 """Survive a dead worker: real torchrun process groups on CPU (gloo), the tiny network at 32 px.
 
-- a worker SIGKILLed mid-epoch: torchrun ``--max_restarts 2`` restarts the group, which continues
-  from the newest checkpoint (``--resume_path auto``) and ends with the uninterrupted run's weights;
-- pre-emption: SIGUSR1 to one worker saves at the next agreement point, exit code 75 in every
-  worker; the same command again finishes the run with the same weights;
+- a worker SIGKILLed mid-epoch: torchrun ``--max_restarts`` restarts the group, which continues
+  from the newest checkpoint (``--resume_path auto``); then pre-emption: SIGUSR1 to one worker of
+  the restarted group saves at the next agreement point, exit code 75 in every worker; the same
+  command again finishes the run with the uninterrupted run's weights;
 - two torchrun node agents on 127.0.0.1 train as the one-node two-process run, and a checkpoint
   written there resumes in one process.
 
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import zygote
-from conftest import REPO, copy_subset, fork_ranks
+from conftest import REPO, START_METHOD, copy_subset
 
 from faceignite.cli import EXIT_PREEMPTED
 from handlers.training import main
@@ -123,6 +123,14 @@ def logged(out: Path, iteration: int) -> bool:
         f" iteration {iteration} |" in (folders[0] / "run.log").read_text())
 
 
+def continued(out: Path) -> bool:
+    """``run.log`` shows a resume and an iteration trained after it."""
+    text = (run_folder(out) / "run.log").read_text()
+    resumed = resumes(text)
+    return bool(resumed) and (
+        f" iteration {resumed[-1][0] + 1} |" in text[text.rindex("resuming from"):])
+
+
 def workers(agent: zygote.Popen) -> dict[int, int]:
     """The worker processes of a torchrun agent: rank -> pid (from /proc)."""
     pids = []
@@ -168,59 +176,63 @@ def reference(tmp_path_factory, data_root) -> Path:
     """The uninterrupted one-node, two-process run (``--nproc_per_node 2``, its ranks forked
     from the tests' forkserver): its final checkpoint, which torchrun's runs must end with."""
     out = tmp_path_factory.mktemp("reference")
-    with pytest.MonkeyPatch.context() as patch:
-        fork_ranks(patch)
-        main(recipe(data_root, out)[1:] + ["--nproc_per_node", "2", "--backend", "gloo"])
+    main(recipe(data_root, out)[1:] + ["--nproc_per_node", "2", "--backend", "gloo",
+                                       "--start_method", START_METHOD])
     final = run_folder(out) / f"training_checkpoint_{FINAL}.pt"
     assert final.exists(), sorted(p.name for p in run_folder(out).iterdir())
     return final
 
 
-def test_a_worker_killed_mid_epoch_restarts_from_the_checkpoint_with_identical_weights(
+def test_a_killed_worker_restarts_the_group_then_sigusr1_preempts_and_the_requeue_finishes(
         reference, data_root, tmp_path):
-    out, log = tmp_path / "runs", tmp_path / "torchrun.out"
-    proc = torchrun("--standalone", "--nproc_per_node", "2", "--max_restarts", "2",
-                    *recipe(data_root, out), log=log)
-    # after the first checkpoint (iteration K) and one iteration more: mid-interval, mid-epoch
-    wait_for(lambda: logged(out, K + 1), proc, log, f"checkpoint {K} and iteration {K + 1}")
-    os.kill(workers(proc)[0], signal.SIGKILL)  # rank 0: the one that writes
-    assert finish(proc, log) == 0, log.read_text()[-4000:]
+    """One cluster run's life, with exactly the uninterrupted run's weights at the end:
 
-    folder = run_folder(out)  # the restarted group continued in the same folder
-    text = (folder / "run.log").read_text()
+    1. a worker SIGKILLed mid-epoch: torchrun (``--max_restarts 1``) restarts the group, which
+       continues from the newest checkpoint, at most K iterations back;
+    2. SIGUSR1 (SLURM's warning) to one worker of the restarted group: both save at the next
+       agreement point and exit 75 (pre-empted, not killed); no restart is left, so torchrun
+       ends and reports it;
+    3. the same command line again (the requeue) continues from that checkpoint to the end."""
+    out, log = tmp_path / "runs", tmp_path / "torchrun.out"
+    command = ["--standalone", "--nproc_per_node", "2", "--max_restarts", "1",
+               *recipe(data_root, out)]
+    proc = torchrun(*command, log=log)
+    # 1. after the first checkpoint (iteration K) and one iteration more: mid-interval, mid-epoch
+    wait_for(lambda: logged(out, K + 1), proc, log, f"checkpoint {K} and iteration {K + 1}")
+    killed = workers(proc)[0]
+    os.kill(killed, signal.SIGKILL)  # rank 0: the one that writes
+    wait_for(lambda: continued(out), proc, log, "an iteration trained after the restart")
+    text = (run_folder(out) / "run.log").read_text()  # the restarted group, in the same folder
     ((resumed_at, note),) = resumes(text)
-    assert "after torchrun restart 1 of 2" in note, note
+    assert "after torchrun restart 1 of 1" in note, note
     reached = iterations_before(text, "resuming from")
     assert K <= resumed_at <= reached and reached - resumed_at <= K, (resumed_at, reached)
-    assert resumed_at < FINAL and f"iteration {FINAL} |" in text
-    final = folder / f"training_checkpoint_{FINAL}.pt"
-    assert max_difference(final, reference) == 0.0
 
-
-def test_sigusr1_preempts_at_the_next_agreement_point_and_the_same_command_continues(
-        reference, data_root, tmp_path):
-    out, log = tmp_path / "runs", tmp_path / "torchrun.out"
-    command = ["--standalone", "--nproc_per_node", "2", *recipe(data_root, out)]
-    proc = torchrun(*command, log=log)
-    wait_for(lambda: logged(out, K + 1), proc, log, f"checkpoint {K} and iteration {K + 1}")
-    os.kill(workers(proc)[1], signal.SIGUSR1)  # SLURM's warning, to one worker only
+    # 2. pre-empted: SIGUSR1 to one worker only (a new one: the group was restarted)
+    restarted = workers(proc)
+    assert killed not in restarted.values()
+    os.kill(restarted[1], signal.SIGUSR1)
     assert finish(proc, log) != 0  # torchrun reports its workers' failure
     text = log.read_text()
-    root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", text, re.S)
-    assert root and root.group(1) == str(EXIT_PREEMPTED), text[-4000:]  # pre-empted, not killed
+    failures = text[text.rindex("Failures:"):]  # the last group's report
+    root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", failures, re.S)
+    assert root and root.group(1) == str(EXIT_PREEMPTED), failures  # pre-empted, not killed
     # a worker still saving when the first one exits 75 is ended by the agent (SIGTERM, -15)
-    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", text)) <= {str(EXIT_PREEMPTED), "-15"}
+    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", failures)) <= {str(EXIT_PREEMPTED), "-15"}
     match = re.search(r"interrupted by SIGUSR1 at epoch \d+ iteration (\d+): checkpoint saved to "
                       r"(\S+\.pt)", (run_folder(out) / "run.log").read_text())
     assert match, (run_folder(out) / "run.log").read_text()[-4000:]
     stopped = int(match.group(1))
-    assert stopped % K == 0 and K < stopped < FINAL  # an agreement point (--save_interval)
+    # an agreement point (--save_interval) after the restart, before the end
+    assert stopped % K == 0 and resumed_at < stopped < FINAL, (resumed_at, stopped)
     assert Path(match.group(2)).name == f"training_checkpoint_{stopped}.pt"
 
-    again = torchrun(*command, log=log)  # the SLURM requeue: the same command line
+    # 3. the SLURM requeue: the same command line
+    again = torchrun(*command, log=log)
     assert finish(again, log) == 0, log.read_text()[-4000:]
     text = (run_folder(out) / "run.log").read_text()
-    assert [at for at, _ in resumes(text)] == [stopped]
+    assert [at for at, _ in resumes(text)] == [resumed_at, stopped]
+    assert f"iteration {FINAL} |" in text
     assert max_difference(run_folder(out) / f"training_checkpoint_{FINAL}.pt", reference) == 0.0
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from conftest import copy_subset
+from conftest import START_METHOD, copy_subset
 
 from faceignite.checkpoint import unwrap
 from handlers.training import main
@@ -64,10 +64,10 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, forked_ranks):
+def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path):
     out = tmp_path / "runs"
     main(run_args(faces, out, "--partial_fc", "--nproc_per_node", "2", "--backend", "gloo",
-                  *LEARN), hooks=[record])
+                  "--start_method", START_METHOD, *LEARN), hooks=[record])
     rank0, rank1 = load(out / "pfc-rank0.pt"), load(out / "pfc-rank1.pt")
     assert rank0["type"] == "PartialFC" and rank0["world_size"] == 2
     assert rank0["rows"] == [0, 3] and rank1["rows"] == [3, 6]  # each holds half the classes
@@ -106,14 +106,14 @@ def test_two_processes_train_sharded_and_resume_in_one_plain(faces, tmp_path, fo
     assert load(run_dir / "training_checkpoint_16.pt")["world_size"] == 1
 
 
-def test_one_plain_process_resumes_in_two_sharded_with_sampling(faces, tmp_path,
-                                                                forked_ranks):
+def test_one_plain_process_resumes_in_two_sharded_with_sampling(faces, tmp_path):
     out = tmp_path / "runs"
     main(run_args(faces, out, "--epochs", "1"))
     run_dir = next(out.glob("resnet34_center-*"))
     ckpt = load(run_dir / "training_checkpoint_4.pt")
     main(run_args(faces, out, "--partial_fc", "--sample_rate", "0.5", "--nproc_per_node", "2",
-                  "--backend", "gloo", "--resume_path", str(run_dir)), hooks=[record])
+                  "--backend", "gloo", "--start_method", START_METHOD,
+                  "--resume_path", str(run_dir)), hooks=[record])
     rank0, rank1 = load(out / "pfc-rank0.pt"), load(out / "pfc-rank1.pt")
     assert rank0["world_size"] == 2 and rank0["type"] == "PartialFC"
     for rank in (rank0, rank1):  # each process loaded its own rows of the plain checkpoint

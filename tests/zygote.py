@@ -34,7 +34,7 @@ from typing import IO, Any, Sequence
 
 PRELOAD = ("torch", "torch._dynamo", "torch.distributed.run", "ignite.engine", "ignite.handlers",
            "ignite.distributed", "ignite.metrics", "albumentations", "handlers.training",
-           "experiments.resnet34_center")
+           "experiments.resnet34_center", "zygote_freeze")
 
 
 # ------------------------------------------------------------------------- in the forked child
