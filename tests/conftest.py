@@ -65,10 +65,11 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 # the fast tier's longest test files, longest first (their durations in the fast tier on 2 idle
-# cores: 42, 34, 11, 10, 9, 7, 6 and 5 s; BENCHMARKS.md, "Test suite: tiers")
-LONG_FILES = ("test_custom_example.py", "test_elastic.py", "test_face_backbones.py",
-              "test_field_weights.py", "test_second_system.py", "test_evaluate_any_model.py",
-              "test_ijb.py", "test_nothing_lost.py")
+# cores: 29, 19, 13, 9, 8, 7, 6, 5, 5 and 4 s; BENCHMARKS.md, "Test suite: tiers")
+LONG_FILES = ("test_elastic.py", "test_custom_example.py", "test_face_backbones.py",
+              "test_field_weights.py", "test_evaluate_any_model.py", "test_new_user.py",
+              "test_second_system.py", "test_nothing_lost.py", "test_clearml.py",
+              "test_reliability_runs.py")
 
 
 @pytest.hookimpl(trylast=True)  # after ``-m``/``-k`` deselected what will not run
