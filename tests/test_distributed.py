@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import socket
+import sys
 
 import ignite.distributed as idist
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from conftest import START_METHOD, copy_subset, one_error
+import zygote
+from conftest import REPO, START_METHOD, copy_subset, one_error
 
 from handlers.training import main
 
@@ -130,6 +132,18 @@ def test_two_processes_train_identical_replicas_and_resume_in_one(small_root, tm
     assert_equal_tree(ckpt["criterion_state_dict"], rank0["criterion"], "checkpoint")
     log = (run_dir / "run.log").read_text()
     assert "2 processes (gloo" in log and "[rank 1]" not in log  # rank 0 logs the run
+
+    # the start method is not part of the run: the same command, its ranks forked from the
+    # launcher (a command line, as users start it), trains the same weights
+    forked = tmp_path / "forked"
+    done = zygote.run([sys.executable, "experiments/resnet34_center.py",
+                       *run_args(small_root, forked, "--nproc_per_node", "2", "--backend", "gloo",
+                                 "--start_method", "fork")],
+                      cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (same,) = forked.glob("resnet34_center-*/training_checkpoint_3.pt")
+    assert_equal_tree(torch.load(same, weights_only=True)["model_state_dict"],
+                      ckpt["model_state_dict"], "--start_method fork")
 
     # ... and one process goes on from it for a second epoch
     metrics = main(run_args(small_root, tmp_path / "unused", "--epochs", "2",

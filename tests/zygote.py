@@ -8,9 +8,10 @@ tests' own two-process runs fork from it too).  The fork runs the command's scri
 module or ``-c`` code as ``__main__`` with its own argv, working folder, environment,
 stdin/stdout/stderr and process group, as the main process of its program.  That is a real
 process: its own pid, signals (Ctrl-C to its group, SIGTERM, SIGKILL), exit code, ``atexit`` and
-children (``--nproc_per_node`` ranks and torchrun workers start from ``sys.executable`` as usual:
-``test_custom_example`` and ``test_elastic`` run the experiment files in fresh interpreters that
-way).  It ends as ``python`` does but without tearing down every module (``_exit``).
+children (spawned ``--nproc_per_node`` ranks and torchrun's workers start from
+``sys.executable`` as usual: ``test_custom_example`` and ``test_elastic`` run the experiment
+files in fresh interpreters that way; ``--start_method fork`` ranks are forks of the command).
+It ends as ``python`` does but without tearing down every module (``_exit``).
 
 Environment variables read while importing (``OMP_NUM_THREADS``) are the forkserver's, i.e. the
 test process's; ClearML (which reads its variables on import) is not preloaded.
