@@ -145,6 +145,15 @@ def fold_pairs(pairs_txt: Path, keep: int, folds: int = 10, skip: int = 0) -> li
     return chosen
 
 
+def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str, str]:
+    """Real LFW crops and a pairs file of the first ``per_fold`` same and different pairs of
+    LFW's first ``folds`` folds: (images folder, pairs file).  Skips without ../shared/data."""
+    kept = fold_pairs(shared_path("lfw", "pairs.txt"), per_fold, folds)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{folds}\t{per_fold}\n" + "\n".join(kept) + "\n")
+    return str(shared_path("lfw", "lfw-mtcnn-160")), str(pairs)
+
+
 def pair_files(line: str) -> tuple[list[tuple[str, str]], bool]:
     """``[(person, file name)] * 2`` and same-or-not of one ``pairs.txt`` line."""
     t = line.split()

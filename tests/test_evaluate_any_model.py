@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fold_pairs, installed, one_error, shared_path
+from conftest import installed, lfw_subset, one_error
 from faceignite.evaluate import main as evaluate
 from faceignite.models import build_model
 
 pytestmark = pytest.mark.skipif(not installed("onnxruntime"), reason="pip install onnxruntime")
-
-
-def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str, str]:
-    """A pairs file of the first ``per_fold`` same and different pairs of LFW's first folds."""
-    kept = fold_pairs(shared_path("lfw", "pairs.txt"), per_fold, folds)
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text(f"{folds}\t{per_fold}\n" + "\n".join(kept) + "\n")
-    return str(shared_path("lfw", "lfw-mtcnn-160")), str(pairs)
 
 
 def lfw_bin(tmp_path: Path, lfw: tuple[str, str]) -> str:
@@ -87,29 +79,6 @@ def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
     # the normalisation matters: ImageNet's gives other embeddings
     other = run(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"), "--normalize", "imagenet")
     assert other.auc != pytest.approx(native.auc, abs=1e-6)
-
-
-def test_our_onnx_export_records_its_normalisation(tmp_path):
-    pytest.importorskip("onnxscript", reason="pip install onnx onnxscript")
-    from faceignite.eval_models import read_metadata
-    from faceignite.onnx_export import main as onnx_export
-
-    lfw = lfw_subset(tmp_path, per_fold=5)
-    torch.manual_seed(1)
-    model = build_model("tiny", 32)
-    with torch.no_grad():
-        model.train()(torch.randn(8, 3, 112, 112))
-    ckpt = tmp_path / "ckpt.pt"
-    torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
-                "embedding_dimension": 32, "image_size": 112,
-                "config": {"normalize": "facenet", "image_size": 112}}, ckpt)
-    out = tmp_path / "tiny.onnx"
-    onnx_export(["--checkpoint", str(ckpt), "--out", str(out)])
-    recorded = read_metadata(str(out))
-    assert recorded["normalize"] == "facenet" and recorded["std"] == [128.0] * 3
-    from_onnx = run(tmp_path, lfw, "--onnx", str(out))
-    from_checkpoint = run(tmp_path, lfw, "--checkpoint", str(ckpt))
-    assert from_onnx.auc == pytest.approx(from_checkpoint.auc, abs=1e-6)
 
 
 def test_a_checkpoint_from_before_normalize_evaluates_as_before(tmp_path):

@@ -1,41 +1,74 @@
-"""ONNX export of the embedding model: ONNX Runtime's output matches PyTorch's within 1e-4."""
+"""ONNX export of the embedding model: ONNX Runtime's output matches PyTorch's within 1e-4 for
+any batch size, and the file records the normalisation the network was trained with, so that
+``faceignite.evaluate --onnx`` scores it as its checkpoint.  One export serves every test (the
+dynamo exporter costs 1-2 CPU-s a network)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import installed, lfw_subset
 from faceignite.data import eval_transform
 from faceignite.data.dataset import read_rgb
 from faceignite.errors import FaceIgniteError
-from conftest import installed
 from faceignite.models import build_model
 from faceignite.onnx_export import check_onnx, main, onnx_embed
 
 pytestmark = pytest.mark.skipif(not installed("onnx", "onnxscript", "onnxruntime"),
                                 reason="pip install onnx onnxscript onnxruntime")
 
-SIZE = 32
+SIZE, DIM = 112, 32
 
 
-def face_batch(root, n: int) -> torch.Tensor:
+def face_batch(root: Path, n: int) -> torch.Tensor:
     """``n`` images of the synthetic JPEG faces, decoded and normalised as for evaluation."""
     paths = sorted(root.glob("*/*.jpg"))[:: 7][:n]
     transform = eval_transform(SIZE)
     return torch.stack([transform(image=read_rgb(str(p)))["image"] for p in paths])
 
 
-def test_onnx_export_matches_pytorch_for_any_batch_size(tmp_path, synthetic_root):
-    torch.manual_seed(0)
-    model = build_model("tiny", 64).eval()
-    checkpoint = tmp_path / "checkpoint.pt"
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
+    """The tiny network with non-trivial BatchNorm statistics, trained (its checkpoint says)
+    with facenet-pytorch's normalisation, exported once: (model, checkpoint, ONNX file)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(1)
+    model = build_model("tiny", DIM)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, SIZE, SIZE))
+    checkpoint = folder / "checkpoint.pt"
     torch.save({"model_state_dict": model.state_dict(), "model_architecture": "tiny",
-                "embedding_dimension": 64, "image_size": SIZE}, checkpoint)
-    out = main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "model.onnx")])
+                "embedding_dimension": DIM, "image_size": SIZE,
+                "config": {"normalize": "facenet", "image_size": SIZE}}, checkpoint)
+    out = main(["--checkpoint", str(checkpoint), "--out", str(folder / "tiny.onnx")])
+    return model.eval(), checkpoint, Path(out)
+
+
+def test_onnx_export_matches_pytorch_for_any_batch_size(exported, synthetic_root):
+    model, _, out = exported
     for n in (1, 5):  # dynamic batch axis
         images = face_batch(synthetic_root[0], n)
-        assert check_onnx(model, out, images, atol=1e-4) < 1e-4
-        embeddings = onnx_embed(out, images.numpy())
-        assert embeddings.shape == (n, 64)
+        assert check_onnx(model, str(out), images, atol=1e-4) < 1e-4
+        embeddings = onnx_embed(str(out), images.numpy())
+        assert embeddings.shape == (n, DIM)
         assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)  # normalised
-    other = build_model("tiny", 64).eval()  # other weights: the check must refuse
+    other = build_model("tiny", DIM).eval()  # other weights: the check must refuse
     with pytest.raises(FaceIgniteError, match="differ from PyTorch's"):
-        check_onnx(other, out, face_batch(synthetic_root[0], 2))
+        check_onnx(other, str(out), face_batch(synthetic_root[0], 2))
+
+
+def test_our_onnx_export_records_its_normalisation(exported, tmp_path):
+    from faceignite.eval_models import read_metadata
+    from faceignite.evaluate import main as evaluate
+
+    _, checkpoint, out = exported
+    recorded = read_metadata(str(out))
+    assert recorded["normalize"] == "facenet" and recorded["std"] == [128.0] * 3
+    lfw_root, pairs = lfw_subset(tmp_path, per_fold=5)
+
+    def auc(*source: str) -> float:
+        return evaluate([*source, "--lfw", lfw_root, "--lfw_pairs", pairs, "--device", "cpu",
+                         "--output_dir", str(tmp_path / "out"), "--lfw_batch_size", "16"]).auc
+
+    assert auc("--onnx", str(out)) == pytest.approx(auc("--checkpoint", str(checkpoint)), abs=1e-6)

@@ -131,15 +131,20 @@ def test_vgg16_models_take_any_size_from_32_px_and_imagenet_weights(tmp_path):
             assert net.embed(torch.randn(2, 3, 32, 48)).shape == (2, 8)
     with pytest.raises(Exception, match="--image_size 32 or more"):
         build_model("vgg16", 64, image_size=24)
-    source = build_model("vgg16", 8, image_size=32)
-    # an ImageNet-style file: the trunk plus the 1000-class classifier.6 it drops
-    weights = {k: v for k, v in source.backbone.state_dict().items()}
+    # an ImageNet-style file: torchvision's VGG16 (its names and shapes, from the meta model),
+    # the 1000-class classifier.6 it drops included; two tensors random, the rest zeros
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build_model("vgg16", 8).backbone.state_dict().items()}
+    torch.manual_seed(0)
+    weights = {k: torch.randn(shape) if k in ("features.0.weight", "classifier.3.weight")
+               else torch.zeros(shape) for k, shape in shapes.items()}
     weights["classifier.6.weight"] = torch.zeros(1000, 4096)
     weights["classifier.6.bias"] = torch.zeros(1000)
     torch.save(weights, tmp_path / "vgg16-imagenet.pth")
     model = build_model("vgg16", 8, pretrained=str(tmp_path / "vgg16-imagenet.pth"))
-    assert torch.equal(model.backbone.features[0].weight, source.backbone.features[0].weight)
-    assert torch.equal(model.backbone.classifier[3].weight, source.backbone.classifier[3].weight)
+    assert torch.equal(model.backbone.features[0].weight, weights["features.0.weight"])
+    assert torch.equal(model.backbone.classifier[3].weight, weights["classifier.3.weight"])
+    assert not model.backbone.classifier[0].weight.any()  # every trunk tensor from the file
 
 
 # --------------------------------------------------------------------------- config files
