@@ -154,6 +154,15 @@ def lfw_subset(tmp_path: Path, per_fold: int = 10, folds: int = 2) -> tuple[str,
     return str(shared_path("lfw", "lfw-mtcnn-160")), str(pairs)
 
 
+def evaluate_on(tmp_path: Path, lfw: tuple[str, str], *source: str):
+    """``python -m faceignite.evaluate SOURCE...`` on an :func:`lfw_subset` (CPU, results under
+    ``tmp_path/out``): its LFW result."""
+    from faceignite.evaluate import main as evaluate
+
+    return evaluate([*source, "--lfw", lfw[0], "--lfw_pairs", lfw[1], "--device", "cpu",
+                     "--output_dir", str(tmp_path / "out"), "--lfw_batch_size", "16"])
+
+
 def pair_files(line: str) -> tuple[list[tuple[str, str]], bool]:
     """``[(person, file name)] * 2`` and same-or-not of one ``pairs.txt`` line."""
     t = line.split()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import installed, lfw_subset, one_error
+from conftest import evaluate_on, installed, lfw_subset, one_error
 from faceignite.evaluate import main as evaluate
 from faceignite.models import build_model
 
@@ -45,11 +45,6 @@ def field_style_onnx(model: torch.nn.Module, path: Path, batch: int | None) -> P
     return path
 
 
-def run(tmp_path: Path, lfw: tuple[str, str], *source: str):
-    return evaluate([*source, "--lfw", lfw[0], "--lfw_pairs", lfw[1], "--device", "cpu",
-                     "--output_dir", str(tmp_path / "out"), "--lfw_batch_size", "16"])
-
-
 def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
     lfw = lfw_subset(tmp_path)
     torch.manual_seed(0)
@@ -58,12 +53,12 @@ def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
         model.train()(torch.randn(8, 3, 112, 112))
     weights = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), weights)
-    native = run(tmp_path, lfw, "--model", "tiny", "--weights", str(weights),
+    native = evaluate_on(tmp_path, lfw, "--model", "tiny", "--weights", str(weights),
                  "--normalize", "insightface")
     assert native.num_pairs == 40 and 0 < native.auc < 1
     for batch in (1, None):  # insightface's packs: fixed batch 1, or dynamic
         onnx_file = field_style_onnx(model, tmp_path / f"b{batch}.onnx", batch)
-        result = run(tmp_path, lfw, "--onnx", str(onnx_file))  # no metadata: insightface's
+        result = evaluate_on(tmp_path, lfw, "--onnx", str(onnx_file))  # no metadata: insightface's
         assert result.accuracy == pytest.approx(native.accuracy, abs=1e-9)
         assert result.auc == pytest.approx(native.auc, abs=1e-6)
     # --val_targets (.bin) and --lfw_flip: the same pairs as a .bin, both ways equal too
@@ -77,7 +72,7 @@ def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
     assert by_onnx.num_pairs == 40 and by_onnx.auc == pytest.approx(by_weights.auc, abs=1e-6)
     assert by_onnx.accuracy == pytest.approx(by_weights.accuracy, abs=1e-9)
     # the normalisation matters: ImageNet's gives other embeddings
-    other = run(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"), "--normalize", "imagenet")
+    other = evaluate_on(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"), "--normalize", "imagenet")
     assert other.auc != pytest.approx(native.auc, abs=1e-6)
 
 
@@ -92,12 +87,12 @@ def test_a_checkpoint_from_before_normalize_evaluates_as_before(tmp_path):
     torch.save({"model_state_dict": model.state_dict(), "model_architecture": "mobilefacenet",
                 "embedding_dimension": 128, "image_size": 112,
                 "config": {"image_size": 112, "model": "mobilefacenet"}}, ckpt)
-    old = run(tmp_path, lfw, "--checkpoint", str(ckpt))
+    old = evaluate_on(tmp_path, lfw, "--checkpoint", str(ckpt))
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
-    as_imagenet = run(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights),
+    as_imagenet = evaluate_on(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights),
                       "--normalize", "imagenet")
-    as_insightface = run(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights))
+    as_insightface = evaluate_on(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights))
     assert old.auc == pytest.approx(as_imagenet.auc, abs=1e-9)
     assert old.auc != pytest.approx(as_insightface.auc, abs=1e-6)
 
@@ -111,7 +106,7 @@ def test_weights_needs_model_and_a_fitting_file(tmp_path, capsys, caplog):
     torch.save(build_model("mobilefacenet", 128).state_dict(), weights)
     lfw = lfw_subset(tmp_path, per_fold=1, folds=1)
     with pytest.raises(SystemExit) as exit_:
-        run(tmp_path, lfw, "--model", "mbf", "--weights", str(weights))
+        evaluate_on(tmp_path, lfw, "--model", "mbf", "--weights", str(weights))
     assert exit_.value.code == 2
     line = one_error(caplog)
     assert "mbf.pt: weights do not fit mbf" in line and "use --model mobilefacenet" in line

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import installed, lfw_subset
+from conftest import evaluate_on, installed, lfw_subset
 from faceignite.data import eval_transform
 from faceignite.data.dataset import read_rgb
 from faceignite.errors import FaceIgniteError
@@ -29,7 +29,7 @@ def face_batch(root: Path, n: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
+def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path, str]:
     """The tiny network with non-trivial BatchNorm statistics, trained (its checkpoint says)
     with facenet-pytorch's normalisation, exported once: (model, checkpoint, ONNX file)."""
     folder = tmp_path_factory.mktemp("onnx")
@@ -42,33 +42,29 @@ def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
                 "embedding_dimension": DIM, "image_size": SIZE,
                 "config": {"normalize": "facenet", "image_size": SIZE}}, checkpoint)
     out = main(["--checkpoint", str(checkpoint), "--out", str(folder / "tiny.onnx")])
-    return model.eval(), checkpoint, Path(out)
+    return model.eval(), checkpoint, out
 
 
 def test_onnx_export_matches_pytorch_for_any_batch_size(exported, synthetic_root):
     model, _, out = exported
     for n in (1, 5):  # dynamic batch axis
         images = face_batch(synthetic_root[0], n)
-        assert check_onnx(model, str(out), images, atol=1e-4) < 1e-4
-        embeddings = onnx_embed(str(out), images.numpy())
+        assert check_onnx(model, out, images, atol=1e-4) < 1e-4
+        embeddings = onnx_embed(out, images.numpy())
         assert embeddings.shape == (n, DIM)
         assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)  # normalised
     other = build_model("tiny", DIM).eval()  # other weights: the check must refuse
     with pytest.raises(FaceIgniteError, match="differ from PyTorch's"):
-        check_onnx(other, str(out), face_batch(synthetic_root[0], 2))
+        check_onnx(other, out, face_batch(synthetic_root[0], 2))
 
 
 def test_our_onnx_export_records_its_normalisation(exported, tmp_path):
     from faceignite.eval_models import read_metadata
-    from faceignite.evaluate import main as evaluate
 
     _, checkpoint, out = exported
-    recorded = read_metadata(str(out))
+    recorded = read_metadata(out)
     assert recorded["normalize"] == "facenet" and recorded["std"] == [128.0] * 3
-    lfw_root, pairs = lfw_subset(tmp_path, per_fold=5)
-
-    def auc(*source: str) -> float:
-        return evaluate([*source, "--lfw", lfw_root, "--lfw_pairs", pairs, "--device", "cpu",
-                         "--output_dir", str(tmp_path / "out"), "--lfw_batch_size", "16"]).auc
-
-    assert auc("--onnx", str(out)) == pytest.approx(auc("--checkpoint", str(checkpoint)), abs=1e-6)
+    lfw = lfw_subset(tmp_path, per_fold=5)
+    from_onnx = evaluate_on(tmp_path, lfw, "--onnx", out)
+    from_checkpoint = evaluate_on(tmp_path, lfw, "--checkpoint", str(checkpoint))
+    assert from_onnx.auc == pytest.approx(from_checkpoint.auc, abs=1e-6)

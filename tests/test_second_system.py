@@ -126,15 +126,14 @@ def test_triplet_json_trains_vgg16_on_n_random_triplets(faces, tmp_path, caplog)
 
 def test_vgg16_models_take_any_size_from_32_px_and_imagenet_weights(tmp_path):
     with torch.device("meta"):  # shapes only: 134 M parameters neither stored nor initialised
-        for name in ("vgg16_bn", "vgg16"):
-            net = build_model(name, 8, image_size=32).eval()
+        nets = {name: build_model(name, 8, image_size=32).eval() for name in ("vgg16_bn", "vgg16")}
+        for net in nets.values():
             assert net.embed(torch.randn(2, 3, 32, 48)).shape == (2, 8)
     with pytest.raises(Exception, match="--image_size 32 or more"):
         build_model("vgg16", 64, image_size=24)
     # an ImageNet-style file: torchvision's VGG16 (its names and shapes, from the meta model),
     # the 1000-class classifier.6 it drops included; two tensors random, the rest zeros
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in build_model("vgg16", 8).backbone.state_dict().items()}
+    shapes = {k: v.shape for k, v in nets["vgg16"].backbone.state_dict().items()}
     torch.manual_seed(0)
     weights = {k: torch.randn(shape) if k in ("features.0.weight", "classifier.3.weight")
                else torch.zeros(shape) for k, shape in shapes.items()}
