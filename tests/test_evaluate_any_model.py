@@ -54,7 +54,7 @@ def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
     weights = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), weights)
     native = evaluate_on(tmp_path, lfw, "--model", "tiny", "--weights", str(weights),
-                 "--normalize", "insightface")
+                         "--normalize", "insightface")
     assert native.num_pairs == 40 and 0 < native.auc < 1
     for batch in (1, None):  # insightface's packs: fixed batch 1, or dynamic
         onnx_file = field_style_onnx(model, tmp_path / f"b{batch}.onnx", batch)
@@ -72,7 +72,8 @@ def test_weights_and_onnx_give_the_same_accuracy_and_auc(tmp_path):
     assert by_onnx.num_pairs == 40 and by_onnx.auc == pytest.approx(by_weights.auc, abs=1e-6)
     assert by_onnx.accuracy == pytest.approx(by_weights.accuracy, abs=1e-9)
     # the normalisation matters: ImageNet's gives other embeddings
-    other = evaluate_on(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"), "--normalize", "imagenet")
+    other = evaluate_on(tmp_path, lfw, "--onnx", str(tmp_path / "bNone.onnx"),
+                        "--normalize", "imagenet")
     assert other.auc != pytest.approx(native.auc, abs=1e-6)
 
 
@@ -90,9 +91,10 @@ def test_a_checkpoint_from_before_normalize_evaluates_as_before(tmp_path):
     old = evaluate_on(tmp_path, lfw, "--checkpoint", str(ckpt))
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
-    as_imagenet = evaluate_on(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights),
-                      "--normalize", "imagenet")
-    as_insightface = evaluate_on(tmp_path, lfw, "--model", "mobilefacenet", "--weights", str(weights))
+    as_imagenet = evaluate_on(tmp_path, lfw, "--model", "mobilefacenet",
+                              "--weights", str(weights), "--normalize", "imagenet")
+    as_insightface = evaluate_on(tmp_path, lfw, "--model", "mobilefacenet",
+                                 "--weights", str(weights))
     assert old.auc == pytest.approx(as_imagenet.auc, abs=1e-9)
     assert old.auc != pytest.approx(as_insightface.auc, abs=1e-6)
 
